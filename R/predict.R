@@ -1,0 +1,116 @@
+#' Predictions from a variational fit
+#'
+#' Posterior summaries of the linear predictor or the mean response, with
+#' credible intervals (for the mean) or prediction intervals (for a new
+#' observation, from the posterior predictive distribution).
+#'
+#' `type = "response"` returns the posterior mean of the mean response
+#' (for poisson, E_q exp(eta) = exp(m + v/2)), not the response at the
+#' posterior mean.  Credible intervals are exact quantiles of q pushed through
+#' the link; prediction intervals are quantiles of `nsim` posterior predictive
+#' draws (so `set.seed()` makes them reproducible).
+#'
+#' @param object A `vbfit`.
+#' @param newdata Optional data frame; the fitted data by default.  Offsets and
+#'   exposure are taken from it as in the original call.
+#' @param type `"link"` or `"response"`.
+#' @param interval `"none"`, `"credible"` (for the mean) or `"prediction"`
+#'   (for a new observation; always on the response scale).
+#' @param level Interval level.
+#' @param nsim Posterior predictive draws for `interval = "prediction"`.
+#' @param ... Unused.
+#' @return A vector (no interval) or a matrix with columns `fit`, `lwr`, `upr`.
+#' @examples
+#' fit <- vb(mpg ~ wt, data = mtcars)
+#' predict(fit, data.frame(wt = c(2.5, 3.5)), interval = "credible")
+#' predict(fit, data.frame(wt = c(2.5, 3.5)), interval = "prediction")
+#' @export
+predict.vbfit <- function(object, newdata, type = c("link", "response"),
+                          interval = c("none", "credible", "prediction"), level = 0.95,
+                          nsim = 4000, ...) {
+  type <- match.arg(type)
+  interval <- match.arg(interval)
+  check_level(level)
+  d <- new_design(object, if (missing(newdata)) NULL else newdata)
+  mu <- object$coefficients
+  m <- drop(d$X %*% mu) + d$offset
+  v <- rowSums((d$X %*% object$vcov) * d$X)
+  fam <- object$family
+  a <- (1 - level) / 2
+  if (interval == "prediction") {
+    ysim <- predictive_draws(object, d, check_count(nsim, "nsim"))
+    out <- cbind(fit = response_mean(fam, m, v, object$control$gh_nodes),
+                 lwr = apply(ysim, 1, quantile, a, names = FALSE),
+                 upr = apply(ysim, 1, quantile, 1 - a, names = FALSE))
+    if (fam$family == "binomial") out[, 2:3] <- out[, 2:3] / d$trials
+    return(out)
+  }
+  fit <- if (type == "link") m else response_mean(fam, m, v, object$control$gh_nodes)
+  if (interval == "none") return(setNames(fit, rownames(d$X)))
+  lo <- m + qnorm(a) * sqrt(v); hi <- m + qnorm(1 - a) * sqrt(v)
+  if (type == "response") { lo <- fam$linkinv(lo); hi <- fam$linkinv(hi) }
+  cbind(fit = fit, lwr = lo, upr = hi)
+}
+
+# Design, offset (with log exposure) and prior weights (binomial: trials);
+# new data get weight 1.
+new_design <- function(object, newdata) {
+  if (is.null(newdata)) {
+    if (is.null(object$x)) stop("this fit was made with x = FALSE; give 'newdata'.", call. = FALSE)
+    return(list(X = object$x, offset = object$offset,
+                trials = object$prior.weights))
+  }
+  if (is.null(object$terms)) stop("'newdata' needs a fit made from a formula by vb().", call. = FALSE)
+  tt <- delete.response(object$terms)
+  mf <- model.frame(tt, newdata, na.action = stats::na.pass, xlev = object$xlevels)
+  X <- model.matrix(tt, mf, contrasts.arg = object$contrasts)
+  n <- nrow(X)
+  off <- rep(0, n)
+  if (!is.null(fo <- model.offset(mf))) off <- off + fo
+  cl <- object$call
+  env <- environment(object$terms)
+  if (!is.null(cl$offset)) off <- off + rep_len(eval(cl$offset, newdata, env), n)
+  if (!is.null(cl$exposure)) {
+    ex <- rep_len(eval(cl$exposure, newdata, env), n)
+    if (any(!is.finite(ex) | ex <= 0)) stop("'exposure' in newdata must be finite and positive.", call. = FALSE)
+    off <- off + log(ex)
+  }
+  list(X = X, offset = off, trials = 1)
+}
+
+# n x nsim matrix of posterior predictive draws at design d.
+predictive_draws <- function(object, d, nsim) {
+  th <- q_sample(object, nsim)$theta
+  p <- ncol(d$X)
+  eta <- d$X %*% th[seq_len(p), , drop = FALSE] + d$offset
+  n <- nrow(eta)
+  switch(object$family$family,
+    gaussian = {
+      sig <- exp(-th[p + 1L, ] / 2)   # prior weights scale the noise precision
+      eta + matrix(rnorm(n * nsim), n, nsim) * outer(1 / sqrt(rep_len(d$trials, n)), sig)
+    },
+    poisson = matrix(rpois(n * nsim, exp(eta)), n, nsim),
+    binomial = matrix(rbinom(n * nsim, rep_len(d$trials, n), plogis(eta)), n, nsim))
+}
+
+#' Simulate responses from the posterior predictive distribution
+#'
+#' Each simulation draws coefficients (and sigma) from q, then a response for
+#' every observation of the fitted data.
+#' @param object A `vbfit`.
+#' @param nsim Number of simulated response vectors.
+#' @param seed Optional seed, as in [stats::simulate()].
+#' @param ... Unused.
+#' @return A data frame with `nsim` columns `sim_1`, ...
+#' @examples
+#' fit <- vb(mpg ~ wt, data = mtcars)
+#' head(simulate(fit, nsim = 2, seed = 1))
+#' @export
+simulate.vbfit <- function(object, nsim = 1, seed = NULL, ...) {
+  if (!is.null(seed)) set.seed(seed)
+  d <- new_design(object, NULL)
+  ysim <- predictive_draws(object, d, check_count(nsim, "nsim"))
+  out <- as.data.frame(ysim)
+  names(out) <- paste0("sim_", seq_len(nsim))
+  out
+}

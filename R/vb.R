@@ -1,0 +1,177 @@
+#' Variational Bayesian generalised linear models
+#'
+#' Fits a Bayesian GLM by variational Bayes: a Gaussian approximate posterior
+#' q(beta) = N(mu, Sigma) (and, for `gaussian()`, q(tau) = Gamma for the noise
+#' precision) chosen to maximise the evidence lower bound
+#' ELBO = E_q[log p(y | beta)] - KL(q || prior), a lower bound on log p(y).
+#'
+#' The interface follows [stats::glm()]: `data`, `subset`, `weights`,
+#' `na.action`, `offset` (argument or `offset()` terms), factors and
+#' interactions all behave as there.
+#'
+#' * `gaussian()` (identity link): y ~ N(X beta, 1/(tau w)), tau ~
+#'   `prior_precision`; q(beta) q(tau) by CAVI, each update exact.
+#' * `poisson()` (log link): y ~ Poisson(exposure * exp(X beta)); the ELBO is
+#'   in closed form since E_q exp(x'beta) = exp(x'mu + x'Sigma x / 2).
+#' * `binomial()` (logit link): y as 0/1, a factor, proportions with `weights`
+#'   (trials), or `cbind(successes, failures)`.
+#'
+#' The fixed-point Newton update Sigma^-1 = X'WX + S0^-1 is damped by step
+#' halving so the ELBO never decreases.  `approx` chooses the family of q:
+#' `"fullrank"` (dense Sigma), `"block"` (block-diagonal, one block per
+#' formula term unless `vb_control(blocks = )` says otherwise) or `"meanfield"`
+#' (diagonal; coordinate updates costing O(n) each).
+#'
+#' @param formula A model formula, as for [stats::glm()].
+#' @param data A data frame (or environment) holding the variables.
+#' @param family `gaussian()`, `poisson()` or `binomial()` (a family object,
+#'   function or name).
+#' @param prior Prior for the non-intercept coefficients: [normal()] or
+#'   [laplace()]; location and scale may be vectors, one per coefficient.
+#' @param prior_intercept Prior for the intercept.
+#' @param prior_precision [gamma_prior()] on the noise precision 1/sigma^2
+#'   (gaussian only).
+#' @param approx Variational family: `"fullrank"`, `"block"` or `"meanfield"`.
+#' @param method `"cavi"` (coordinate ascent; deterministic) or `"sgvb"`
+#'   (stochastic gradients).
+#' @param exposure Poisson only: the bin width or exposure time Delta, so that
+#'   y ~ Poisson(Delta exp(x'beta)); a positive number (recycled) or a variable
+#'   in `data`.  Equivalent to `offset(log(Delta))`.
+#' @param weights,subset,na.action,offset As in [stats::glm()].
+#' @param control A [vb_control()] list.
+#' @param x,y For `vb()`: return the design matrix / response in the fit.
+#' @param contrasts Optional contrasts for factors, as in [stats::model.matrix()].
+#' @return An object of class `vbfit`: `coefficients` (posterior means),
+#'   `vcov` (posterior covariance), `elbo`, `elbo_trace`, `elbo_terms`
+#'   (expected log-likelihood and KL), `converged`, `iterations`, `time`, and
+#'   the fields of a `glm` fit (`fitted.values`, `residuals`, `terms`, ...).
+#'   `fitted.values` are posterior means of the mean response.
+#' @seealso [summary.vbfit()], [predict.vbfit()], [elbo()], [draws()].
+#' @examples
+#' set.seed(1)
+#' d <- data.frame(x = rnorm(200))
+#' d$y <- rpois(200, 0.01 * exp(3 + 0.5 * d$x))
+#' fit <- vb(y ~ x, data = d, family = poisson(), exposure = 0.01)
+#' fit
+#' elbo(fit)
+#' @export
+vb <- function(formula, data, family = gaussian(), prior = normal(0, 1),
+               prior_intercept = normal(0, 10), prior_precision = gamma_prior(1, 1),
+               approx = c("fullrank", "block", "meanfield"), method = c("cavi", "sgvb"),
+               exposure = NULL, weights, subset, na.action, offset,
+               control = vb_control(), x = TRUE, y = TRUE, contrasts = NULL) {
+  cl <- match.call()
+  family <- check_family(family)
+  approx <- match.arg(approx)
+  method <- match.arg(method)
+  if (!inherits(control, "vb_control")) control <- do.call(vb_control, as.list(control))
+  if (missing(data)) data <- environment(formula)
+
+  # the model frame, as glm() builds it; a scalar exposure is recycled later
+  mf <- match.call(expand.dots = FALSE)
+  m <- match(c("formula", "data", "subset", "weights", "na.action", "offset", "exposure"),
+             names(mf), 0L)
+  mf <- mf[c(1L, m)]
+  mf$drop.unused.levels <- TRUE
+  mf[[1L]] <- quote(stats::model.frame)
+  expo_scalar <- NULL
+  if (!is.null(mf$exposure)) {
+    ev <- eval(mf$exposure, data, parent.frame())
+    if (length(ev) == 1L) {
+      expo_scalar <- ev
+      mf$exposure <- NULL
+    }
+  }
+  mf <- eval(mf, parent.frame())
+  mt <- attr(mf, "terms")
+  if (nrow(mf) == 0L) stop("vb(): the model frame has no rows (after subset and na.action).", call. = FALSE)
+
+  yr <- model.response(mf, "any")
+  if (is.null(yr)) stop("vb(): the formula has no response.", call. = FALSE)
+  X <- if (!is.empty.model(mt)) model.matrix(mt, mf, contrasts) else matrix(numeric(0), nrow(mf), 0L)
+  n <- nrow(X)
+  w <- as.vector(model.weights(mf))
+  if (!is.null(w) && (!is.numeric(w) || any(!is.finite(w)) || any(w < 0)))
+    stop("vb(): 'weights' must be finite and non-negative.", call. = FALSE)
+  off <- as.vector(model.offset(mf))
+  if (!is.null(off) && length(off) != n)
+    stop(sprintf("vb(): 'offset' has length %d but the data have %d rows.", length(off), n), call. = FALSE)
+  expo <- if (!is.null(expo_scalar)) expo_scalar else model.extract(mf, "exposure")
+  if (!is.null(expo)) {
+    if (family$family != "poisson")
+      stop("vb(): 'exposure' is for poisson() models (bin width or exposure time); use 'offset' otherwise.", call. = FALSE)
+    if (!is.numeric(expo) || any(!is.finite(expo)) || any(expo <= 0))
+      stop("vb(): 'exposure' must be finite and positive (a bin width or exposure time).", call. = FALSE)
+    expo <- rep_len(as.numeric(expo), n)
+  }
+  resp <- family_response(yr, w, family, n)
+
+  fit <- vb_fit(X, resp$y, family = family, weights = resp$weights,
+                offset = off, exposure = expo, prior = prior,
+                prior_intercept = prior_intercept, prior_precision = prior_precision,
+                approx = approx, method = method, control = control,
+                assign = attr(X, "assign"))
+  fit$call <- cl
+  fit$formula <- formula(mt)
+  fit$terms <- mt
+  fit$model <- mf
+  fit$xlevels <- .getXlevels(mt, mf)
+  fit$contrasts <- attr(X, "contrasts")
+  fit$na.action <- attr(mf, "na.action")
+  fit$response <- yr
+  if (!x) fit$x <- NULL
+  if (!y) fit$y <- NULL
+  fit
+}
+
+check_family <- function(family) {
+  if (is.character(family)) family <- get(family, mode = "function", envir = parent.frame(2))
+  if (is.function(family)) family <- family()
+  if (!inherits(family, "family"))
+    stop("vb(): 'family' must be a family object such as poisson().", call. = FALSE)
+  ok <- list(gaussian = "identity", poisson = "log", binomial = "logit")
+  if (!family$family %in% names(ok) || ok[[family$family]] != family$link)
+    stop(sprintf("vb(): the %s family with the %s link is not supported; vb() supports gaussian(link = \"identity\"), poisson(link = \"log\") and binomial(link = \"logit\").",
+                 family$family, family$link), call. = FALSE)
+  family
+}
+
+# Turn the model response into (y, weights) on the scale the C core uses:
+# binomial y = successes with weights = trials; others y with prior weights.
+family_response <- function(yr, w, family, n) {
+  fam <- family$family
+  if (fam == "binomial") {
+    if (is.factor(yr)) yr <- as.numeric(yr != levels(yr)[1L])
+    if (is.logical(yr)) yr <- as.numeric(yr)
+    if (is.matrix(yr)) {
+      if (ncol(yr) != 2L || !is.numeric(yr))
+        stop("vb(): a binomial matrix response must be cbind(successes, failures).", call. = FALSE)
+      if (any(!is.finite(yr))) stop("vb(): the response contains NA or infinite values.", call. = FALSE)
+      if (any(yr < 0) || any(yr != round(yr)))
+        stop("vb(): cbind(successes, failures) needs non-negative whole counts.", call. = FALSE)
+      trials <- rowSums(yr)
+      if (!is.null(w)) trials <- trials * w
+      return(list(y = yr[, 1] * (if (is.null(w)) 1 else w), weights = trials))
+    }
+    if (!is.numeric(yr)) stop("vb(): the binomial response must be numeric, logical, a factor or cbind(successes, failures).", call. = FALSE)
+    if (any(!is.finite(yr))) stop("vb(): the response contains NA or infinite values.", call. = FALSE)
+    if (is.null(w)) {
+      if (any(!yr %in% c(0, 1)))
+        stop("vb(): a binomial response without weights must be 0/1 (or a factor); give proportions with 'weights' = trials, or cbind(successes, failures).", call. = FALSE)
+      return(list(y = as.numeric(yr), weights = rep(1, n)))
+    }
+    if (any(yr < 0 | yr > 1))
+      stop("vb(): with 'weights', a binomial response must be a proportion in [0, 1]; successes cannot exceed trials.", call. = FALSE)
+    s <- yr * w
+    if (any(abs(s - round(s)) > 1e-8))
+      stop("vb(): proportion * weights must be whole numbers of successes.", call. = FALSE)
+    return(list(y = round(s), weights = w))
+  }
+  if (is.matrix(yr) && ncol(yr) > 1L) stop("vb(): the response must be a vector for this family.", call. = FALSE)
+  if (!is.numeric(yr) || is.factor(yr)) stop("vb(): the response must be numeric.", call. = FALSE)
+  yr <- as.vector(yr)
+  if (any(!is.finite(yr))) stop("vb(): the response contains NA, NaN or infinite values.", call. = FALSE)
+  if (fam == "poisson" && (any(yr < 0) || any(yr != round(yr))))
+    stop("vb(): a poisson response must be non-negative whole counts.", call. = FALSE)
+  list(y = yr, weights = if (is.null(w)) rep(1, n) else w)
+}

@@ -1,0 +1,26 @@
+/*
+ * init.c — registration of every .Call entry point with its exact arity.
+ * Dynamic symbol lookup is off and symbols are forced, so R code reaches the
+ * routines only as C_<name> objects (NAMESPACE: .fixes = "C_").
+ */
+#include "vbayes.h"
+#include <R_ext/Rdynload.h>
+
+/* glm.c */
+SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control);
+SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau);
+SEXP C_glm_log_joint(SEXP model, SEXP theta);
+
+#define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
+
+static const R_CallMethodDef call_methods[] = {
+    CALLDEF(glm_cavi, 4),
+    CALLDEF(glm_elbo, 4),
+    CALLDEF(glm_log_joint, 2),
+    {NULL, NULL, 0}};
+
+void R_init_vbayes(DllInfo *dll) {
+    R_registerRoutines(dll, NULL, call_methods, NULL, NULL);
+    R_useDynamicSymbols(dll, FALSE);
+    R_forceSymbols(dll, TRUE);
+}

@@ -1,0 +1,70 @@
+/*
+ * linalg.c — the few dense operations the engines need, on R's BLAS/LAPACK.
+ *
+ * Workers receive status codes (LAPACK's `info`) and pass them up; only the
+ * .Call wrappers turn them into R errors, through vb_linalg_error(), so a
+ * failure never leaves a worker half-way through with the R API.
+ * Matrices are column-major; Cholesky factors are upper triangular (A = R'R).
+ */
+#include "vbayes.h"
+
+/* Upper Cholesky factor of the p x p matrix A (lower triangle left untouched). */
+int vb_chol(int p, double *A, int lda) {
+    int info = 0;
+    if (p == 0) return 0;
+    F77_CALL(dpotrf)("U", &p, A, &lda, &info FCONE);
+    return info;
+}
+
+double vb_chol_logdet(int p, const double *R, int ldr) {
+    double s = 0.0;
+    for (int i = 0; i < p; i++) s += log(R[i + (size_t)i * ldr]);
+    return 2.0 * s;
+}
+
+/* Overwrites the factor R with the full symmetric inverse of A = R'R. */
+int vb_chol_inv(int p, double *R, int ldr) {
+    int info = 0;
+    if (p == 0) return 0;
+    F77_CALL(dpotri)("U", &p, R, &ldr, &info FCONE);
+    if (info == 0) vb_symmetrize(p, R);
+    return info;
+}
+
+/* Solves (R'R) x = b in place. */
+void vb_chol_solve(int p, const double *R, int ldr, double *b) {
+    int one = 1;
+    if (p == 0) return;
+    F77_CALL(dtrsv)("U", "T", "N", &p, R, &ldr, b, &one FCONE FCONE FCONE);
+    F77_CALL(dtrsv)("U", "N", "N", &p, R, &ldr, b, &one FCONE FCONE FCONE);
+}
+
+void vb_symmetrize(int p, double *A) {
+    for (int j = 0; j < p; j++)
+        for (int i = j + 1; i < p; i++) A[i + (size_t)j * p] = A[j + (size_t)i * p];
+}
+
+/*
+ * out = X' diag(w) X (k x k, full), w >= 0, by one dsyrk on sqrt(w) * X.
+ * work holds n * k doubles.  Cost n k^2 flops.
+ */
+void vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work,
+             double *out) {
+    double one = 1.0, zero = 0.0;
+    if (k == 0) return;
+    for (int j = 0; j < k; j++) {
+        const double *xj = X + (size_t)j * ldx;
+        double *zj = work + (size_t)j * n;
+        for (int t = 0; t < n; t++) zj[t] = sqrt(w[t]) * xj[t];
+    }
+    F77_CALL(dsyrk)("U", "T", &k, &n, &one, work, &n, &zero, out, &k FCONE FCONE);
+    vb_symmetrize(k, out);
+}
+
+void vb_linalg_error(int info, const char *what) {
+    if (info > 0)
+        Rf_error("%s: the matrix is not positive definite (leading minor %d); "
+                 "check for non-finite values or an improper prior",
+                 what, info);
+    if (info < 0) Rf_error("%s: LAPACK argument %d was invalid (internal error)", what, -info);
+}

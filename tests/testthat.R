@@ -1,0 +1,3 @@
+library(testthat)
+library(vbayes)
+test_check("vbayes")
