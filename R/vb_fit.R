@@ -58,6 +58,11 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
     if (!exists("sgvb_glm", mode = "function"))
       stop("vb(): method = \"sgvb\" is not available in this version.", call. = FALSE)
     core <- sgvb_glm(model, approx, control)
+  } else if (family$family == "binomial" && control$binomial_method == "jj") {
+    if (approx != "fullrank" || any(pa$type != 0L))
+      stop("vb(): binomial_method = \"jj\" (the Jaakkola-Jordan bound) needs approx = \"fullrank\" and normal() priors.", call. = FALSE)
+    core <- .Call(C_glm_jj, model, c(control$maxit, control$tol, as.numeric(control$quiet), 0))
+    core$blocks <- integer(p)
   } else {
     blocks <- make_blocks(approx, colnames(X), assign, control$blocks)
     init <- glm_init(model, colnames(X))

@@ -650,3 +650,121 @@ SEXP C_glm_log_joint(SEXP model, SEXP theta) {
     UNPROTECT(1);
     return out;
 }
+
+/* ------------------------------------------------ Jaakkola-Jordan bound -- */
+
+/*
+ * Logistic regression by the Jaakkola-Jordan bound (equivalently mean-field
+ * CAVI on the Polya-Gamma augmented model), normal priors, dense q:
+ *   Sigma^-1 = S0^-1 + 2 X' diag(n lambda(xi)) X,
+ *   mu = Sigma (S0^-1 m0 + X'(y - n/2 - 2 n lambda(xi) o)),   xi_t^2 = E eta_t^2,
+ * with lambda(xi) = tanh(xi/2)/(4 xi).  Each step is an exact coordinate
+ * ascent step on the bound, so its trace is monotone.  Cost 2np^2 + p^3/3.
+ */
+static double jj_lambda(double xi) {
+    return xi < 1e-4 ? 0.125 - xi * xi / 96.0 : tanh(0.5 * xi) / (4.0 * xi);
+}
+
+static double log_sigmoid(double x) {
+    return -softplus(-x);
+}
+
+SEXP C_glm_jj(SEXP model, SEXP control) {
+    vb_glm M;
+    vb_glm_unpack(model, &M);
+    int n = M.n, p = M.p, one = 1, nprot = 0;
+    if (M.family != VB_BINOMIAL) Rf_error("the Jaakkola-Jordan bound is for binomial models");
+    for (int j = 0; j < p; j++)
+        if (M.ptype[j] != VB_PRIOR_NORMAL) Rf_error("the Jaakkola-Jordan bound needs normal priors");
+    if (!Rf_isReal(control) || Rf_length(control) != 4) Rf_error("'control' must be c(maxit, tol, quiet, 0)");
+    int maxit = (int)REAL(control)[0];
+    double tol = REAL(control)[1], done = 1.0, dzero = 0.0;
+    if (maxit < 1 || !(tol > 0)) Rf_error("'maxit' must be >= 1 and 'tol' positive");
+    double *xi2 = (double *)R_alloc(n, sizeof(double)), *w = (double *)R_alloc(n, sizeof(double));
+    double *r = (double *)R_alloc(n, sizeof(double)), *m = (double *)R_alloc(n, sizeof(double));
+    double *v = (double *)R_alloc(n, sizeof(double)), *work = (double *)R_alloc((size_t)n * p + 1, sizeof(double));
+    double *Lam = (double *)R_alloc((size_t)p * p + 1, sizeof(double)), *mu = (double *)R_alloc(p + 1, sizeof(double));
+    SEXP trace = PROTECT(Rf_allocVector(REALSXP, maxit + 1));
+    nprot++;
+    for (int t = 0; t < n; t++) xi2[t] = 0;
+    double elbo = R_NegInf, ll = 0, kl = 0, ldet = 0;
+    int it = 0, converged = 0;
+    for (it = 0; it <= maxit; it++) {
+        /* q(beta) given xi */
+        for (int t = 0; t < n; t++) {
+            double lam = jj_lambda(sqrt(xi2[t]));
+            w[t] = 2.0 * M.wt[t] * lam;
+            r[t] = M.y[t] - 0.5 * M.wt[t] - w[t] * M.off[t];
+        }
+        vb_xtwx(n, p, M.X, n, w, work, Lam);
+        if (p > 0) F77_CALL(dgemv)("T", &n, &p, &done, M.X, &n, r, &one, &dzero, mu, &one FCONE);
+        for (int j = 0; j < p; j++) {
+            double s2 = M.pscale[j] * M.pscale[j];
+            Lam[j + (size_t)j * p] += 1.0 / s2;
+            mu[j] += M.ploc[j] / s2;
+        }
+        int info = vb_chol(p, Lam, p);
+        if (info != 0) vb_linalg_error(info, "posterior precision");
+        vb_chol_solve(p, Lam, p, mu);
+        ldet = -vb_chol_logdet(p, Lam, p); /* log|Sigma| */
+        /* linear predictor moments: v_t = || R^{-T} x_t ||^2 */
+        memcpy(work, M.X, sizeof(double) * (size_t)n * p);
+        if (p > 0)
+            F77_CALL(dtrsm)("R", "U", "N", "N", &n, &p, &done, Lam, &p, work, &n FCONE FCONE FCONE FCONE);
+        for (int t = 0; t < n; t++) {
+            m[t] = M.off[t];
+            v[t] = 0;
+            for (int j = 0; j < p; j++) v[t] += work[t + (size_t)j * n] * work[t + (size_t)j * n];
+        }
+        if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M.X, &n, mu, &one, &done, m, &one FCONE);
+        /* the bound at (q, xi), then the xi update */
+        ll = 0;
+        for (int t = 0; t < n; t++) {
+            double nt = M.wt[t], x = sqrt(xi2[t]), lam = jj_lambda(x);
+            if (nt == 0) continue;
+            ll += (M.y[t] - 0.5 * nt) * m[t] - nt * lam * (m[t] * m[t] + v[t]) +
+                  nt * (lam * xi2[t] + log_sigmoid(x) - 0.5 * x) + lgammafn(nt + 1.0) -
+                  lgammafn(M.y[t] + 1.0) - lgammafn(nt - M.y[t] + 1.0);
+        }
+        vb_chol_inv(p, Lam, p); /* Lam now holds Sigma */
+        double G = 0, a, c;
+        for (int j = 0; j < p; j++) G += vb_glm_prior(&M, j, mu[j], Lam[j + (size_t)j * p], &a, &c);
+        kl = -(G + 0.5 * ldet + 0.5 * p * (1 + LOG2PI));
+        double prev = elbo;
+        elbo = ll - kl;
+        REAL(trace)[it] = elbo;
+        for (int t = 0; t < n; t++) xi2[t] = m[t] * m[t] + v[t];
+        if (it > 0 && fabs(elbo - prev) <= tol * (fabs(elbo) + tol)) {
+            converged = 1;
+            break;
+        }
+        R_CheckUserInterrupt();
+    }
+    if (it > maxit) it = maxit;
+    const char *nms[] = {"mu", "Sigma", "elbo", "trace", "loglik", "kl", "iterations",
+                         "converged", "tau", "eta_mean", "eta_var", ""};
+    SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
+    nprot++;
+    SEXP smu = Rf_allocVector(REALSXP, p);
+    SET_VECTOR_ELT(out, 0, smu);
+    memcpy(REAL(smu), mu, sizeof(double) * p);
+    SEXP Sig = Rf_allocMatrix(REALSXP, p, p);
+    SET_VECTOR_ELT(out, 1, Sig);
+    memcpy(REAL(Sig), Lam, sizeof(double) * (size_t)p * p);
+    SET_VECTOR_ELT(out, 2, Rf_ScalarReal(elbo));
+    SEXP tr = Rf_allocVector(REALSXP, it + 1);
+    SET_VECTOR_ELT(out, 3, tr);
+    memcpy(REAL(tr), REAL(trace), sizeof(double) * (it + 1));
+    SET_VECTOR_ELT(out, 4, Rf_ScalarReal(ll));
+    SET_VECTOR_ELT(out, 5, Rf_ScalarReal(kl));
+    SET_VECTOR_ELT(out, 6, Rf_ScalarInteger(it));
+    SET_VECTOR_ELT(out, 7, Rf_ScalarLogical(converged));
+    SET_VECTOR_ELT(out, 8, R_NilValue);
+    SEXP em = Rf_allocVector(REALSXP, n), ev = Rf_allocVector(REALSXP, n);
+    SET_VECTOR_ELT(out, 9, em);
+    SET_VECTOR_ELT(out, 10, ev);
+    memcpy(REAL(em), m, sizeof(double) * n);
+    memcpy(REAL(ev), v, sizeof(double) * n);
+    UNPROTECT(nprot);
+    return out;
+}

@@ -10,6 +10,7 @@
 SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control);
 SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau);
 SEXP C_glm_log_joint(SEXP model, SEXP theta);
+SEXP C_glm_jj(SEXP model, SEXP control);
 
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
@@ -17,6 +18,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(glm_cavi, 4),
     CALLDEF(glm_elbo, 4),
     CALLDEF(glm_log_joint, 2),
+    CALLDEF(glm_jj, 2),
     {NULL, NULL, 0}};
 
 void R_init_vbayes(DllInfo *dll) {
