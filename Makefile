@@ -42,7 +42,7 @@ check: deps
 	    grep -B2 -A20 -E "\.\.\. (ERROR|WARNING)" vbayes.Rcheck/00check.log; exit 1; fi
 
 demo: install
-	R_LIBS=$(LIB) $(RSCRIPT) -e 'demo("spikes", package = "vbayes", ask = FALSE, echo = TRUE)'
+	VBAYES_DEMO_DIR=$(CURDIR)/demo-output R_LIBS=$(LIB) $(RSCRIPT) -e 'demo("spikes", package = "vbayes", ask = FALSE, echo = TRUE)'
 
 bench: install
 	R_LIBS=$(LIB) $(RSCRIPT) bench/run.R

@@ -12,7 +12,7 @@
 #'   pnorm dnorm rnorm rpois rbinom qlogis plogis coef vcov confint predict fitted
 #'   residuals nobs formula simulate na.omit quantile median sd setNames
 #'   printCoefmat is.empty.model
-#' @importFrom graphics plot lines points segments abline axis par legend mtext
+#' @importFrom graphics plot lines points segments abline axis par legend mtext polygon
 #' @importFrom grDevices dev.off png
 #' @importFrom utils head
 "_PACKAGE"
