@@ -2,7 +2,7 @@
 #'
 #' `elbo()` returns the final ELBO, a lower bound on the log evidence log p(y).
 #' With `terms = TRUE` it returns the decomposition
-#' ELBO = E_q[log p(y | theta)] - KL(q || prior).
+#' ELBO = E_q log p(y | theta) - KL(q || prior).
 #'
 #' @param object A fitted model (`vbfit`, or any object with an `elbo` field).
 #' @param terms If `TRUE`, return `c(elbo, loglik, kl)`.

@@ -3,7 +3,7 @@
 #' Fits a Bayesian GLM by variational Bayes: a Gaussian approximate posterior
 #' q(beta) = N(mu, Sigma) (and, for `gaussian()`, q(tau) = Gamma for the noise
 #' precision) chosen to maximise the evidence lower bound
-#' ELBO = E_q[log p(y | beta)] - KL(q || prior), a lower bound on log p(y).
+#' ELBO = E_q log p(y | beta) - KL(q || prior), a lower bound on log p(y).
 #'
 #' The interface follows [stats::glm()]: `data`, `subset`, `weights`,
 #' `na.action`, `offset` (argument or `offset()` terms), factors and

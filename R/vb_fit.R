@@ -55,9 +55,9 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   model <- glm_model(X, y, weights, offset, family, pa, prior_precision, control)
 
   if (method == "sgvb") {
-    if (!exists("sgvb_glm", mode = "function"))
-      stop("vb(): method = \"sgvb\" is not available in this version.", call. = FALSE)
-    core <- sgvb_glm(model, approx, control)
+    sgvb <- get0("sgvb_glm", envir = asNamespace("vbayes"), mode = "function")
+    if (is.null(sgvb)) stop("vb(): method = \"sgvb\" is not available in this version.", call. = FALSE)
+    core <- sgvb(model, approx, control)
   } else if (family$family == "binomial" && control$binomial_method == "jj") {
     if (approx != "fullrank" || any(pa$type != 0L))
       stop("vb(): binomial_method = \"jj\" (the Jaakkola-Jordan bound) needs approx = \"fullrank\" and normal() priors.", call. = FALSE)
