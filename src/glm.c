@@ -220,7 +220,8 @@ typedef struct {
     double *mu, *Lam, *Sig; /* p, p x p (block entries used), p x p       */
     double *m, *v;          /* linear predictor mean (with offset), variance */
     double A, B;            /* q(tau) = Gamma(A, B) for gaussian           */
-    double *Xb, *Z, *vold, *mt, *vt, *dm, *dv, *work;        /* n or n x kmax  */
+    double *Xb, *Z, *vold, *mt, *vt, *dm, *dv, *dmt, *dvt, *work; /* n or n x kmax */
+    int grad_ok;            /* dm, dv hold the derivatives at the current (m, v) */
     double *Lb, *Rb, *Lcur, *Scur, *La, *Sa;                  /* kmax x kmax    */
     double *g, *delta, *mub, *mua;                            /* kmax           */
 } cavi_state;
@@ -230,12 +231,11 @@ static void set_tau(cavi_state *S) {
     S->M->Elogtau = digamma(S->A) - log(S->B);
 }
 
-/* sum_t f_t(m_t, v_t); derivatives into S->dm, S->dv when want_grad */
-static double sum_obs(cavi_state *S, const double *m, const double *v, int want_grad) {
+/* sum_t f_t(m_t, v_t); derivatives into dm, dv unless they are NULL */
+static double sum_obs(cavi_state *S, const double *m, const double *v, double *dm, double *dv) {
     double F = 0, a, b;
-    for (int t = 0; t < S->M->n; t++) {
-        F += vb_glm_obs(S->M, t, m[t], v[t], want_grad ? S->dm + t : &a, want_grad ? S->dv + t : &b);
-    }
+    for (int t = 0; t < S->M->n; t++)
+        F += vb_glm_obs(S->M, t, m[t], v[t], dm ? dm + t : &a, dv ? dv + t : &b);
     return F;
 }
 
@@ -328,7 +328,8 @@ static double block_step(cavi_state *S, int b, double *F) {
     const int *ix = S->idx + S->bstart[b];
     double done = 1.0, dzero = 0.0;
 
-    sum_obs(S, S->m, S->v, 1);
+    if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
+    S->grad_ok = 1;
     block_target(S, b, 0);
     double *Lcur = S->Lcur, *Scur = S->Scur, *La = S->La, *Sa = S->Sa, *mub = S->mub,
            *mua = S->mua;
@@ -361,12 +362,16 @@ static double block_step(cavi_state *S, int b, double *F) {
             S->vt[t] = S->v[t] - S->vold[t] + S->vt[t];
             if (S->vt[t] < 0) S->vt[t] = 0;
         }
-        double Fa = sum_obs(S, S->mt, S->vt, 0);
+        /* derivatives at the trial point come for free; kept if it is accepted */
+        double Fa = sum_obs(S, S->mt, S->vt, S->dmt, S->dvt);
         double val = Fa + block_prior_entropy(S, b, mua, Sa, vb_chol_logdet(k, S->Rb, k));
         if (R_FINITE(val) && val >= old - slack) {
             block_store(S, b, mua, La, S->Rb);
-            memcpy(S->m, S->mt, sizeof(double) * n);
-            memcpy(S->v, S->vt, sizeof(double) * n);
+            double *tmp;
+            tmp = S->m, S->m = S->mt, S->mt = tmp;
+            tmp = S->v, S->v = S->vt, S->vt = tmp;
+            tmp = S->dm, S->dm = S->dmt, S->dmt = tmp;
+            tmp = S->dv, S->dv = S->dvt, S->dvt = tmp;
             *F = Fa;
             return val - old;
         }
@@ -379,7 +384,7 @@ static double full_elbo(cavi_state *S, double *F, double *loglik, double *kl) {
     vb_glm *M = S->M;
     int p = M->p;
     double G = 0, ldet = 0, a, c;
-    *F = sum_obs(S, S->m, S->v, 0);
+    *F = sum_obs(S, S->m, S->v, NULL, NULL);
     for (int j = 0; j < p; j++) G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
     for (int b = 0; b < S->nb; b++) {
         int k = S->bstart[b + 1] - S->bstart[b];
@@ -406,6 +411,7 @@ static void gaussian_tau_update(cavi_state *S) {
     S->A = M->a0 + 0.5 * neff;
     S->B = M->b0 + 0.5 * ss;
     set_tau(S);
+    S->grad_ok = 0;
 }
 
 SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
@@ -458,6 +464,9 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     S.vt = (double *)R_alloc(n, sizeof(double));
     S.dm = (double *)R_alloc(n, sizeof(double));
     S.dv = (double *)R_alloc(n, sizeof(double));
+    S.dmt = (double *)R_alloc(n, sizeof(double));
+    S.dvt = (double *)R_alloc(n, sizeof(double));
+    S.grad_ok = 0;
     S.work = (double *)R_alloc(n, sizeof(double));
     double **kk_bufs[] = {&S.Lb, &S.Rb, &S.Lcur, &S.Scur, &S.La, &S.Sa};
     for (int i = 0; i < 6; i++) *kk_bufs[i] = (double *)R_alloc((size_t)kmax * kmax + 1, sizeof(double));
@@ -479,7 +488,7 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         S.v[t] = 0;
     }
     if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M.X, &n, S.mu, &one, &done, S.m, &one FCONE);
-    sum_obs(&S, S.m, S.v, 1);
+    sum_obs(&S, S.m, S.v, S.dm, S.dv);
     for (int b = 0; b < nb; b++) {
         int k = S.bstart[b + 1] - S.bstart[b];
         block_target(&S, b, 1);
@@ -596,7 +605,7 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau) {
         v[t] = 0;
         for (int j = 0; j < p; j++) v[t] += Z[t + (size_t)j * n] * Z[t + (size_t)j * n];
     }
-    double F = sum_obs(&S, m, v, 1), G = 0, a, c;
+    double F = sum_obs(&S, m, v, S.dm, S.dv), G = 0, a, c;
     const char *nms[] = {"elbo", "loglik", "kl", "grad_mu", "grad_Sigma", ""};
     SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
     nprot++;
