@@ -128,7 +128,15 @@ print.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), ...) {
   cat(sprintf("%s in %d iterations, %.3g s\n", if (isTRUE(x$converged)) "Converged" else "NOT converged",
               x$iterations, x$time))
   rank_note(x$rank, length(x$coefficients))
+  separation_note(x$separated)
   invisible(x)
+}
+
+separation_note <- function(separated) {
+  if (isTRUE(separated))
+    cat("Note: the data are (quasi-)separated, so the likelihood has no finite maximum;",
+        "the proper prior keeps the posterior proper and determines how far the separating",
+        "coefficients go.\n", sep = "\n")
 }
 
 rank_note <- function(rank, p) {
@@ -162,7 +170,8 @@ summary.vbfit <- function(object, level = 0.95, ...) {
                  method = object$method, coefficients = tab, sigma = sig,
                  elbo_terms = object$elbo_terms, converged = object$converged,
                  iterations = object$iterations, nobs = nobs(object), rank = object$rank,
-                 ncoef = length(object$coefficients), level = level, mc_se = object$mc_se),
+                 ncoef = length(object$coefficients), level = level, mc_se = object$mc_se,
+                 separated = object$separated),
             class = "summary.vbfit")
 }
 
@@ -184,5 +193,6 @@ print.summary.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), .
   cat("\n(a lower bound on the log evidence log p(y))\n")
   cat(sprintf("%s in %d iterations.\n", if (isTRUE(x$converged)) "Converged" else "NOT converged", x$iterations))
   rank_note(x$rank, x$ncoef)
+  separation_note(x$separated)
   invisible(x)
 }

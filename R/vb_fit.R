@@ -79,6 +79,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   fitted <- response_mean(family, eta, v, control$gh_nodes)
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
   rank <- if (p > 0) qr(X)$rank else 0L
+  separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, offset)
   fit <- list(coefficients = mu, vcov = Sigma, elbo = core$elbo, elbo_trace = core$trace,
               elbo_terms = c(elbo = core$elbo, loglik = core$loglik, kl = core$kl),
               converged = core$converged, iterations = core$iterations,
@@ -88,13 +89,27 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               family = family, prior.weights = weights, offset = offset, exposure = exposure,
               y = y, x = X, rank = rank, approx = approx, method = method,
               blocks = core$blocks, prior = list(coef = pa, precision = prior_precision),
-              control = control, mc_se = core$mc_se)
+              control = control, mc_se = core$mc_se, separated = separated)
   if (!core$converged && !control$quiet)
     warning(sprintf("vb(): not converged after %d iterations (relative ELBO change > %g); increase vb_control(maxit).",
                     core$iterations, control$tol), call. = FALSE)
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- "vbfit"
   fit
+}
+
+# (Quasi-)complete separation: the binomial likelihood has no finite maximum.
+# glm.fit's own diagnosis is what glm() users know; the prior keeps q proper.
+is_separated <- function(X, y, weights, offset) {
+  sep <- FALSE
+  withCallingHandlers(
+    stats::glm.fit(X, cbind(y, weights - y), family = binomial(), offset = offset,
+                   control = list(epsilon = 1e-8, maxit = 50, trace = FALSE)),
+    warning = function(w) {
+      if (grepl("fitted probabilities numerically 0 or 1", conditionMessage(w))) sep <<- TRUE
+      invokeRestart("muffleWarning")
+    })
+  sep
 }
 
 family_code <- function(family) match(family$family, c("gaussian", "poisson", "binomial")) - 1L

@@ -38,6 +38,9 @@ test_that("perfectly separated data still fit: the proper prior keeps q proper",
   expect_true(all(is.finite(coef(fit))) && all(is.finite(vcov(fit))))
   expect_gt(coef(fit)[["x"]], 1)
   expect_lt(coef(fit)[["x"]], 5)    # bounded by the normal(0, 1) prior
+  expect_true(fit$separated)
+  expect_output(print(fit), "separated")
+  expect_false(isTRUE(vb(y ~ x, data = transform(d, y = c(0, 1, 0, 1, 0, 1)), family = binomial())$separated))
 })
 
 test_that("folded-normal expectations match Monte Carlo and finite differences", {

@@ -142,3 +142,14 @@ test_that("exposure = Delta gives the same fit as offset(log(Delta))", {
   o <- vb(y ~ x1, data = d, family = poisson(), offset = rep(log(0.01), 200))
   expect_equal(coef(s), coef(o), tolerance = 1e-10)
 })
+
+test_that("the block family defaults to one block per formula term", {
+  set.seed(9)
+  d <- data.frame(x1 = rnorm(100), x2 = rnorm(100))
+  d$y <- rpois(100, exp(0.5 + 0.3 * d$x1))
+  fit <- vb(y ~ x1 + poly(x2, 3), data = d, family = poisson(), approx = "block")
+  expect_equal(fit$blocks, c(0L, 1L, 2L, 2L, 2L))
+  # within a term the covariance is kept, across terms it is zero
+  expect_true(all(vcov(fit)[3:5, 3:5][upper.tri(diag(3))] != 0))
+  expect_true(all(vcov(fit)[1:2, 3:5] == 0))
+})
