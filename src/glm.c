@@ -55,17 +55,20 @@ void vb_glm_unpack(SEXP model, vb_glm *M) {
     SEXP X = list_elt(model, "X");
     if (!Rf_isReal(X) || !Rf_isMatrix(X)) Rf_error("model element 'X' must be a double matrix");
     SEXP fam = list_elt(model, "family");
-    if (!Rf_isInteger(fam) || Rf_length(fam) != 1) Rf_error("model element 'family' must be an integer");
+    if (!Rf_isInteger(fam) || Rf_length(fam) != 1)
+        Rf_error("model element 'family' must be an integer");
     M->n = Rf_nrows(X);
     M->p = Rf_ncols(X);
     M->X = REAL(X);
     M->family = INTEGER(fam)[0];
-    if (M->family < VB_GAUSSIAN || M->family > VB_BINOMIAL) Rf_error("unknown family code %d", M->family);
+    if (M->family < VB_GAUSSIAN || M->family > VB_BINOMIAL)
+        Rf_error("unknown family code %d", M->family);
     M->y = real_elt(model, "y", M->n);
     M->off = real_elt(model, "offset", M->n);
     M->wt = real_elt(model, "weights", M->n);
     SEXP pt = list_elt(model, "prior_type");
-    if (!Rf_isInteger(pt) || Rf_length(pt) != M->p) Rf_error("model element 'prior_type' must be an integer vector of length p");
+    if (!Rf_isInteger(pt) || Rf_length(pt) != M->p)
+        Rf_error("model element 'prior_type' must be an integer vector of length p");
     M->ptype = INTEGER(pt);
     M->ploc = real_elt(model, "prior_location", M->p);
     M->pscale = real_elt(model, "prior_scale", M->p);
@@ -90,6 +93,22 @@ void vb_glm_unpack(SEXP model, vb_glm *M) {
     for (int t = 0; t < M->n; t++)
         if (!R_FINITE(M->y[t]) || !R_FINITE(M->off[t]) || !R_FINITE(M->wt[t]) || M->wt[t] < 0)
             Rf_error("y, offset and weights must be finite (weights non-negative)");
+    for (int t = 0; t < M->n; t++) {
+        if (M->family == VB_POISSON && M->y[t] < 0) Rf_error("poisson counts must be non-negative");
+        if (M->family == VB_BINOMIAL && (M->y[t] < 0 || M->y[t] > M->wt[t]))
+            Rf_error("binomial successes must lie between 0 and the number of trials");
+    }
+    M->llconst = 0;
+    for (int t = 0; t < M->n; t++) {
+        double y = M->y[t], w = M->wt[t];
+        if (w == 0) continue;
+        if (M->family == VB_GAUSSIAN)
+            M->llconst += 0.5 * (log(w) - LOG2PI);
+        else if (M->family == VB_POISSON)
+            M->llconst -= w * lgammafn(y + 1.0);
+        else
+            M->llconst += lgammafn(w + 1.0) - lgammafn(y + 1.0) - lgammafn(w - y + 1.0);
+    }
     M->Etau = 1.0;
     M->Elogtau = 0.0;
     M->eta = NULL;
@@ -101,7 +120,10 @@ static double softplus(double x) {
     return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));
 }
 
-/* f_t = E log p(y_t | eta), eta ~ N(m, v) (m includes the offset); df/dm, df/dv. */
+/*
+ * f_t = E log p(y_t | eta), eta ~ N(m, v) (m includes the offset), without the
+ * terms free of eta and tau (those are summed once, in M->llconst); df/dm, df/dv.
+ */
 double vb_glm_obs(const vb_glm *M, int t, double m, double v, double *dm, double *dv) {
     double y = M->y[t], w = M->wt[t];
     if (w == 0) {
@@ -113,13 +135,13 @@ double vb_glm_obs(const vb_glm *M, int t, double m, double v, double *dm, double
         double r = y - m;
         *dm = M->Etau * w * r;
         *dv = -0.5 * M->Etau * w;
-        return 0.5 * (log(w) + M->Elogtau - LOG2PI - M->Etau * w * (r * r + v));
+        return 0.5 * (M->Elogtau - M->Etau * w * (r * r + v));
     }
     case VB_POISSON: {
         double lam = exp(m + 0.5 * v);
         *dm = w * (y - lam);
         *dv = -0.5 * w * lam;
-        return w * (y * m - lam - lgammafn(y + 1.0));
+        return w * (y * m - lam);
     }
     default: { /* binomial: y successes out of w trials */
         double sp = 0, s1 = 0, s2 = 0, sd = sqrt(2.0 * v);
@@ -131,7 +153,7 @@ double vb_glm_obs(const vb_glm *M, int t, double m, double v, double *dm, double
         }
         *dm = y - w * s1;
         *dv = -0.5 * w * s2;
-        return y * m - w * sp + lgammafn(w + 1.0) - lgammafn(y + 1.0) - lgammafn(w - y + 1.0);
+        return y * m - w * sp;
     }
     }
 }
@@ -145,7 +167,8 @@ double vb_glm_prior(const vb_glm *M, int j, double mu, double s2, double *dmu, d
         return -0.5 * (LOG2PI + 2.0 * log(b)) - 0.5 * (d * d + s2) / (b * b);
     }
     /* laplace: E|beta - loc| is the folded-normal mean */
-    double s = sqrt(s2), z = d / s, phi = dnorm(z, 0, 1, 0), Phi2 = 2.0 * pnorm(z, 0, 1, 1, 0) - 1.0;
+    double s = sqrt(s2), z = d / s, phi = dnorm(z, 0, 1, 0),
+           Phi2 = 2.0 * pnorm(z, 0, 1, 1, 0) - 1.0;
     *dmu = -Phi2 / b;
     *ds2 = -phi / (s * b);
     return -log(2.0 * b) - (s * M_SQRT2 / M_SQRT_PI * exp(-0.5 * z * z) + d * Phi2) / b;
@@ -162,7 +185,9 @@ double vb_glm_log_joint(const double *theta, double *grad, void *model) {
     int n = M->n, p = M->p, one = 1;
     double done = 1.0, dzero = 0.0, lp = 0.0;
     double *eta = M->eta;
-    for (int t = 0; t < n; t++) eta[t] = M->off[t];
+    lp = M->llconst;
+    for (int t = 0; t < n; t++)
+        eta[t] = M->off[t];
     if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, theta, &one, &done, eta, &one FCONE);
     double tau = M->family == VB_GAUSSIAN ? exp(theta[p]) : 0, dltau = 0;
     /* eta is overwritten by d log p / d eta */
@@ -175,20 +200,19 @@ double vb_glm_log_joint(const double *theta, double *grad, void *model) {
         switch (M->family) {
         case VB_GAUSSIAN: {
             double r = y - e;
-            lp += 0.5 * (log(w) + theta[p] - LOG2PI - tau * w * r * r);
+            lp += 0.5 * (theta[p] - tau * w * r * r);
             dltau += 0.5 * (1.0 - tau * w * r * r);
             eta[t] = tau * w * r;
             break;
         }
         case VB_POISSON: {
             double lam = exp(e);
-            lp += w * (y * e - lam - lgammafn(y + 1.0));
+            lp += w * (y * e - lam);
             eta[t] = w * (y - lam);
             break;
         }
         default:
-            lp += y * e - w * softplus(e) + lgammafn(w + 1.0) - lgammafn(y + 1.0) -
-                  lgammafn(w - y + 1.0);
+            lp += y * e - w * softplus(e);
             eta[t] = y - w / (1.0 + exp(-e));
         }
     }
@@ -216,14 +240,14 @@ double vb_glm_log_joint(const double *theta, double *grad, void *model) {
 
 typedef struct {
     vb_glm *M;
-    int nb, *bstart, *idx; /* block b holds idx[bstart[b] .. bstart[b+1]-1] */
+    int nb, *bstart, *idx;  /* block b holds idx[bstart[b] .. bstart[b+1]-1] */
     double *mu, *Lam, *Sig; /* p, p x p (block entries used), p x p       */
     double *m, *v;          /* linear predictor mean (with offset), variance */
     double A, B;            /* q(tau) = Gamma(A, B) for gaussian           */
     double *Xb, *Z, *vold, *mt, *vt, *dm, *dv, *dmt, *dvt, *work; /* n or n x kmax */
-    int grad_ok;            /* dm, dv hold the derivatives at the current (m, v) */
-    double *Lb, *Rb, *Lcur, *Scur, *La, *Sa;                  /* kmax x kmax    */
-    double *g, *delta, *mub, *mua;                            /* kmax           */
+    int grad_ok;                             /* dm, dv hold the derivatives at the current (m, v) */
+    double *Lb, *Rb, *Lcur, *Scur, *La, *Sa; /* kmax x kmax    */
+    double *g, *delta, *mub, *mua;           /* kmax           */
 } cavi_state;
 
 static void set_tau(cavi_state *S) {
@@ -262,22 +286,26 @@ static double block_prior_entropy(cavi_state *S, int b, const double *mub, const
 static void block_var(int n, int k, const double *Xb, const double *R, double *Z, double *out) {
     if (k == 1) {
         double s2 = 1.0 / (R[0] * R[0]);
-        for (int t = 0; t < n; t++) out[t] = Xb[t] * Xb[t] * s2;
+        for (int t = 0; t < n; t++)
+            out[t] = Xb[t] * Xb[t] * s2;
         return;
     }
     double one = 1.0;
     memcpy(Z, Xb, sizeof(double) * (size_t)n * k);
     F77_CALL(dtrsm)("R", "U", "N", "N", &n, &k, &one, R, &k, Z, &n FCONE FCONE FCONE FCONE);
-    for (int t = 0; t < n; t++) out[t] = 0;
+    for (int t = 0; t < n; t++)
+        out[t] = 0;
     for (int j = 0; j < k; j++)
-        for (int t = 0; t < n; t++) out[t] += Z[t + (size_t)j * n] * Z[t + (size_t)j * n];
+        for (int t = 0; t < n; t++)
+            out[t] += Z[t + (size_t)j * n] * Z[t + (size_t)j * n];
 }
 
 static void gather_block(cavi_state *S, int b, double *dst, const double *full) {
     int k = S->bstart[b + 1] - S->bstart[b], p = S->M->p;
     const int *ix = S->idx + S->bstart[b];
     for (int j = 0; j < k; j++)
-        for (int i = 0; i < k; i++) dst[i + j * k] = full[ix[i] + (size_t)ix[j] * p];
+        for (int i = 0; i < k; i++)
+            dst[i + j * k] = full[ix[i] + (size_t)ix[j] * p];
 }
 
 /*
@@ -292,7 +320,8 @@ static void block_target(cavi_state *S, int b, int at_prior_var) {
     double done = 1.0, dzero = 0.0, a, c;
     for (int j = 0; j < k; j++)
         memcpy(S->Xb + (size_t)j * n, M->X + (size_t)ix[j] * n, sizeof(double) * n);
-    for (int t = 0; t < n; t++) S->work[t] = -2.0 * S->dv[t];
+    for (int t = 0; t < n; t++)
+        S->work[t] = -2.0 * S->dv[t];
     vb_xtwx(n, k, S->Xb, n, S->work, S->Z, S->Lb);
     F77_CALL(dgemv)("T", &n, &k, &done, S->Xb, &n, S->dm, &one, &dzero, S->g, &one FCONE);
     for (int i = 0; i < k; i++) {
@@ -331,11 +360,11 @@ static double block_step(cavi_state *S, int b, double *F) {
     if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
     S->grad_ok = 1;
     block_target(S, b, 0);
-    double *Lcur = S->Lcur, *Scur = S->Scur, *La = S->La, *Sa = S->Sa, *mub = S->mub,
-           *mua = S->mua;
+    double *Lcur = S->Lcur, *Scur = S->Scur, *La = S->La, *Sa = S->Sa, *mub = S->mub, *mua = S->mua;
     gather_block(S, b, Lcur, S->Lam);
     gather_block(S, b, Scur, S->Sig);
-    for (int i = 0; i < k; i++) mub[i] = S->mu[ix[i]];
+    for (int i = 0; i < k; i++)
+        mub[i] = S->mu[ix[i]];
     memcpy(S->Rb, Lcur, sizeof(double) * kk);
     if (vb_chol(k, S->Rb, k) != 0) return 0;
     double old = *F + block_prior_entropy(S, b, mub, Scur, vb_chol_logdet(k, S->Rb, k));
@@ -347,12 +376,15 @@ static double block_step(cavi_state *S, int b, double *F) {
     /* accept within rounding of the old value so converged blocks do not halve forever */
     double slack = 1e-13 * fabs(old);
     for (double a = 1.0; a > 1e-7; a *= 0.5) {
-        for (int i = 0; i < kk; i++) La[i] = (1 - a) * Lcur[i] + a * S->Lb[i];
+        for (int i = 0; i < kk; i++)
+            La[i] = (1 - a) * Lcur[i] + a * S->Lb[i];
         memcpy(S->Rb, La, sizeof(double) * kk);
         if (vb_chol(k, S->Rb, k) != 0) continue;
-        for (int i = 0; i < k; i++) S->delta[i] = a * S->g[i];
+        for (int i = 0; i < k; i++)
+            S->delta[i] = a * S->g[i];
         vb_chol_solve(k, S->Rb, k, S->delta);
-        for (int i = 0; i < k; i++) mua[i] = mub[i] + S->delta[i];
+        for (int i = 0; i < k; i++)
+            mua[i] = mub[i] + S->delta[i];
         memcpy(Sa, S->Rb, sizeof(double) * kk);
         if (vb_chol_inv(k, Sa, k) != 0) continue;
         F77_CALL(dgemv)("N", &n, &k, &done, S->Xb, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
@@ -385,7 +417,9 @@ static double full_elbo(cavi_state *S, double *F, double *loglik, double *kl) {
     int p = M->p;
     double G = 0, ldet = 0, a, c;
     *F = sum_obs(S, S->m, S->v, NULL, NULL);
-    for (int j = 0; j < p; j++) G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
+    *loglik = *F + M->llconst;
+    for (int j = 0; j < p; j++)
+        G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
     for (int b = 0; b < S->nb; b++) {
         int k = S->bstart[b + 1] - S->bstart[b];
         gather_block(S, b, S->Rb, S->Lam);
@@ -394,9 +428,8 @@ static double full_elbo(cavi_state *S, double *F, double *loglik, double *kl) {
     }
     double negkl = G - 0.5 * ldet + 0.5 * p * (1 + LOG2PI);
     if (M->family == VB_GAUSSIAN) negkl += tau_terms(S);
-    *loglik = *F;
     *kl = -negkl;
-    return *F + negkl;
+    return *loglik + negkl;
 }
 
 static void gaussian_tau_update(cavi_state *S) {
@@ -419,7 +452,8 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     vb_glm_unpack(model, &M);
     int n = M.n, p = M.p, nprot = 0;
     if (!Rf_isReal(init) || Rf_length(init) != p + 2)
-        Rf_error("'init' must be a double vector of length p + 2 (coefficients, tau shape, tau rate)");
+        Rf_error(
+            "'init' must be a double vector of length p + 2 (coefficients, tau shape, tau rate)");
     if (!Rf_isInteger(blocks) || Rf_length(blocks) != p)
         Rf_error("'blocks' must be an integer vector with one block id per coefficient");
     if (!Rf_isReal(control) || Rf_length(control) != 4)
@@ -469,9 +503,11 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     S.grad_ok = 0;
     S.work = (double *)R_alloc(n, sizeof(double));
     double **kk_bufs[] = {&S.Lb, &S.Rb, &S.Lcur, &S.Scur, &S.La, &S.Sa};
-    for (int i = 0; i < 6; i++) *kk_bufs[i] = (double *)R_alloc((size_t)kmax * kmax + 1, sizeof(double));
+    for (int i = 0; i < 6; i++)
+        *kk_bufs[i] = (double *)R_alloc((size_t)kmax * kmax + 1, sizeof(double));
     double **k_bufs[] = {&S.g, &S.delta, &S.mub, &S.mua};
-    for (int i = 0; i < 4; i++) *k_bufs[i] = (double *)R_alloc(kmax + 1, sizeof(double));
+    for (int i = 0; i < 4; i++)
+        *k_bufs[i] = (double *)R_alloc(kmax + 1, sizeof(double));
     memset(S.Lam, 0, sizeof(double) * pp);
     memset(S.Sig, 0, sizeof(double) * pp);
     memcpy(S.mu, REAL(init), sizeof(double) * p);
@@ -495,7 +531,8 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         memcpy(S.Rb, S.Lb, sizeof(double) * k * k);
         int info = vb_chol(k, S.Rb, k);
         if (info != 0) vb_linalg_error(info, "initial posterior precision");
-        for (int i = 0; i < k; i++) S.mub[i] = S.mu[S.idx[S.bstart[b] + i]];
+        for (int i = 0; i < k; i++)
+            S.mub[i] = S.mu[S.idx[S.bstart[b] + i]];
         block_store(&S, b, S.mub, S.Lb, S.Rb);
     }
     for (int b = 0; b < nb; b++) {
@@ -506,7 +543,8 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         gather_block(&S, b, S.Rb, S.Lam);
         vb_chol(k, S.Rb, k);
         block_var(n, k, S.Xb, S.Rb, S.Z, S.vt);
-        for (int t = 0; t < n; t++) S.v[t] += S.vt[t];
+        for (int t = 0; t < n; t++)
+            S.v[t] += S.vt[t];
     }
     if (M.family == VB_GAUSSIAN) gaussian_tau_update(&S);
 
@@ -518,7 +556,8 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     clock_t t0 = clock(), tlast = t0;
     while (it < maxit) {
         it++;
-        for (int b = 0; b < nb; b++) block_step(&S, b, &F);
+        for (int b = 0; b < nb; b++)
+            block_step(&S, b, &F);
         if (M.family == VB_GAUSSIAN) gaussian_tau_update(&S);
         double prev = elbo;
         elbo = full_elbo(&S, &F, &ll, &kl);
@@ -534,8 +573,8 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         R_CheckUserInterrupt();
     }
 
-    const char *nms[] = {"mu", "Sigma", "elbo", "trace", "loglik", "kl", "iterations",
-                         "converged", "tau", "eta_mean", "eta_var", ""};
+    const char *nms[] = {"mu",         "Sigma",     "elbo", "trace",    "loglik",  "kl",
+                         "iterations", "converged", "tau",  "eta_mean", "eta_var", ""};
     SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
     nprot++;
     SEXP mu = Rf_allocVector(REALSXP, p);
@@ -592,7 +631,8 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau) {
     double *Z = (double *)R_alloc((size_t)n * p + 1, sizeof(double));
     double *R = (double *)R_alloc((size_t)p * p + 1, sizeof(double));
     double done = 1.0, dzero = 0.0;
-    for (int t = 0; t < n; t++) m[t] = M.off[t];
+    for (int t = 0; t < n; t++)
+        m[t] = M.off[t];
     if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M.X, &n, REAL(mu), &one, &done, m, &one FCONE);
     memcpy(R, REAL(Sigma), sizeof(double) * p * p);
     int info = vb_chol(p, R, p);
@@ -603,7 +643,8 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau) {
         F77_CALL(dtrmm)("R", "U", "T", "N", &n, &p, &done, R, &p, Z, &n FCONE FCONE FCONE FCONE);
     for (int t = 0; t < n; t++) {
         v[t] = 0;
-        for (int j = 0; j < p; j++) v[t] += Z[t + (size_t)j * n] * Z[t + (size_t)j * n];
+        for (int j = 0; j < p; j++)
+            v[t] += Z[t + (size_t)j * n] * Z[t + (size_t)j * n];
     }
     double F = sum_obs(&S, m, v, S.dm, S.dv), G = 0, a, c;
     const char *nms[] = {"elbo", "loglik", "kl", "grad_mu", "grad_Sigma", ""};
@@ -616,9 +657,11 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau) {
     if (p > 0) {
         F77_CALL(dgemv)("T", &n, &p, &done, M.X, &n, S.dm, &one, &dzero, REAL(gm), &one FCONE);
         /* d/dSigma = X' diag(dv) X + diag(dg/ds2) + 1/2 Sigma^{-1}; dv <= 0 */
-        for (int t = 0; t < n; t++) S.dv[t] = -S.dv[t];
+        for (int t = 0; t < n; t++)
+            S.dv[t] = -S.dv[t];
         vb_xtwx(n, p, M.X, n, S.dv, Z, REAL(gS));
-        for (size_t i = 0; i < (size_t)p * p; i++) REAL(gS)[i] = -REAL(gS)[i];
+        for (size_t i = 0; i < (size_t)p * p; i++)
+            REAL(gS)[i] = -REAL(gS)[i];
     }
     for (int j = 0; j < p; j++) {
         G += vb_glm_prior(&M, j, REAL(mu)[j], REAL(Sigma)[j + (size_t)j * p], &a, &c);
@@ -627,9 +670,11 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau) {
     }
     double ldet = vb_chol_logdet(p, R, p);
     vb_chol_inv(p, R, p);
-    for (size_t i = 0; i < (size_t)p * p; i++) REAL(gS)[i] += 0.5 * R[i];
+    for (size_t i = 0; i < (size_t)p * p; i++)
+        REAL(gS)[i] += 0.5 * R[i];
     double negkl = G + 0.5 * ldet + 0.5 * p * (1 + LOG2PI);
     if (M.family == VB_GAUSSIAN) negkl += tau_terms(&S);
+    F += M.llconst;
     SET_VECTOR_ELT(out, 0, Rf_ScalarReal(F + negkl));
     SET_VECTOR_ELT(out, 1, Rf_ScalarReal(F));
     SET_VECTOR_ELT(out, 2, Rf_ScalarReal(-negkl));
@@ -684,18 +729,23 @@ SEXP C_glm_jj(SEXP model, SEXP control) {
     int n = M.n, p = M.p, one = 1, nprot = 0;
     if (M.family != VB_BINOMIAL) Rf_error("the Jaakkola-Jordan bound is for binomial models");
     for (int j = 0; j < p; j++)
-        if (M.ptype[j] != VB_PRIOR_NORMAL) Rf_error("the Jaakkola-Jordan bound needs normal priors");
-    if (!Rf_isReal(control) || Rf_length(control) != 4) Rf_error("'control' must be c(maxit, tol, quiet, 0)");
+        if (M.ptype[j] != VB_PRIOR_NORMAL)
+            Rf_error("the Jaakkola-Jordan bound needs normal priors");
+    if (!Rf_isReal(control) || Rf_length(control) != 4)
+        Rf_error("'control' must be c(maxit, tol, quiet, 0)");
     int maxit = (int)REAL(control)[0];
     double tol = REAL(control)[1], done = 1.0, dzero = 0.0;
     if (maxit < 1 || !(tol > 0)) Rf_error("'maxit' must be >= 1 and 'tol' positive");
     double *xi2 = (double *)R_alloc(n, sizeof(double)), *w = (double *)R_alloc(n, sizeof(double));
     double *r = (double *)R_alloc(n, sizeof(double)), *m = (double *)R_alloc(n, sizeof(double));
-    double *v = (double *)R_alloc(n, sizeof(double)), *work = (double *)R_alloc((size_t)n * p + 1, sizeof(double));
-    double *Lam = (double *)R_alloc((size_t)p * p + 1, sizeof(double)), *mu = (double *)R_alloc(p + 1, sizeof(double));
+    double *v = (double *)R_alloc(n, sizeof(double)),
+           *work = (double *)R_alloc((size_t)n * p + 1, sizeof(double));
+    double *Lam = (double *)R_alloc((size_t)p * p + 1, sizeof(double)),
+           *mu = (double *)R_alloc(p + 1, sizeof(double));
     SEXP trace = PROTECT(Rf_allocVector(REALSXP, maxit + 1));
     nprot++;
-    for (int t = 0; t < n; t++) xi2[t] = 0;
+    for (int t = 0; t < n; t++)
+        xi2[t] = 0;
     double elbo = R_NegInf, ll = 0, kl = 0, ldet = 0;
     int it = 0, converged = 0;
     for (it = 0; it <= maxit; it++) {
@@ -719,11 +769,13 @@ SEXP C_glm_jj(SEXP model, SEXP control) {
         /* linear predictor moments: v_t = || R^{-T} x_t ||^2 */
         memcpy(work, M.X, sizeof(double) * (size_t)n * p);
         if (p > 0)
-            F77_CALL(dtrsm)("R", "U", "N", "N", &n, &p, &done, Lam, &p, work, &n FCONE FCONE FCONE FCONE);
+            F77_CALL(dtrsm)
+            ("R", "U", "N", "N", &n, &p, &done, Lam, &p, work, &n FCONE FCONE FCONE FCONE);
         for (int t = 0; t < n; t++) {
             m[t] = M.off[t];
             v[t] = 0;
-            for (int j = 0; j < p; j++) v[t] += work[t + (size_t)j * n] * work[t + (size_t)j * n];
+            for (int j = 0; j < p; j++)
+                v[t] += work[t + (size_t)j * n] * work[t + (size_t)j * n];
         }
         if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M.X, &n, mu, &one, &done, m, &one FCONE);
         /* the bound at (q, xi), then the xi update */
@@ -732,17 +784,19 @@ SEXP C_glm_jj(SEXP model, SEXP control) {
             double nt = M.wt[t], x = sqrt(xi2[t]), lam = jj_lambda(x);
             if (nt == 0) continue;
             ll += (M.y[t] - 0.5 * nt) * m[t] - nt * lam * (m[t] * m[t] + v[t]) +
-                  nt * (lam * xi2[t] + log_sigmoid(x) - 0.5 * x) + lgammafn(nt + 1.0) -
-                  lgammafn(M.y[t] + 1.0) - lgammafn(nt - M.y[t] + 1.0);
+                  nt * (lam * xi2[t] + log_sigmoid(x) - 0.5 * x);
         }
+        ll += M.llconst;
         vb_chol_inv(p, Lam, p); /* Lam now holds Sigma */
         double G = 0, a, c;
-        for (int j = 0; j < p; j++) G += vb_glm_prior(&M, j, mu[j], Lam[j + (size_t)j * p], &a, &c);
+        for (int j = 0; j < p; j++)
+            G += vb_glm_prior(&M, j, mu[j], Lam[j + (size_t)j * p], &a, &c);
         kl = -(G + 0.5 * ldet + 0.5 * p * (1 + LOG2PI));
         double prev = elbo;
         elbo = ll - kl;
         REAL(trace)[it] = elbo;
-        for (int t = 0; t < n; t++) xi2[t] = m[t] * m[t] + v[t];
+        for (int t = 0; t < n; t++)
+            xi2[t] = m[t] * m[t] + v[t];
         if (it > 0 && fabs(elbo - prev) <= tol * (fabs(elbo) + tol)) {
             converged = 1;
             break;
@@ -750,8 +804,8 @@ SEXP C_glm_jj(SEXP model, SEXP control) {
         R_CheckUserInterrupt();
     }
     if (it > maxit) it = maxit;
-    const char *nms[] = {"mu", "Sigma", "elbo", "trace", "loglik", "kl", "iterations",
-                         "converged", "tau", "eta_mean", "eta_var", ""};
+    const char *nms[] = {"mu",         "Sigma",     "elbo", "trace",    "loglik",  "kl",
+                         "iterations", "converged", "tau",  "eta_mean", "eta_var", ""};
     SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
     nprot++;
     SEXP smu = Rf_allocVector(REALSXP, p);

@@ -18,7 +18,8 @@ int vb_chol(int p, double *A, int lda) {
 
 double vb_chol_logdet(int p, const double *R, int ldr) {
     double s = 0.0;
-    for (int i = 0; i < p; i++) s += log(R[i + (size_t)i * ldr]);
+    for (int i = 0; i < p; i++)
+        s += log(R[i + (size_t)i * ldr]);
     return 2.0 * s;
 }
 
@@ -41,21 +42,22 @@ void vb_chol_solve(int p, const double *R, int ldr, double *b) {
 
 void vb_symmetrize(int p, double *A) {
     for (int j = 0; j < p; j++)
-        for (int i = j + 1; i < p; i++) A[i + (size_t)j * p] = A[j + (size_t)i * p];
+        for (int i = j + 1; i < p; i++)
+            A[i + (size_t)j * p] = A[j + (size_t)i * p];
 }
 
 /*
  * out = X' diag(w) X (k x k, full), w >= 0, by one dsyrk on sqrt(w) * X.
  * work holds n * k doubles.  Cost n k^2 flops.
  */
-void vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work,
-             double *out) {
+void vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work, double *out) {
     double one = 1.0, zero = 0.0;
     if (k == 0) return;
     for (int j = 0; j < k; j++) {
         const double *xj = X + (size_t)j * ldx;
         double *zj = work + (size_t)j * n;
-        for (int t = 0; t < n; t++) zj[t] = sqrt(w[t]) * xj[t];
+        for (int t = 0; t < n; t++)
+            zj[t] = sqrt(w[t]) * xj[t];
     }
     F77_CALL(dsyrk)("U", "T", &k, &n, &one, work, &n, &zero, out, &k FCONE FCONE);
     vb_symmetrize(k, out);

@@ -46,6 +46,7 @@ typedef struct {
     const double *ploc, *pscale;
     double a0, b0;        /* Gamma(shape, rate) prior on the noise precision */
     double Etau, Elogtau; /* moments of q(tau) (gaussian)                  */
+    double llconst;       /* terms of log p(y | eta) free of eta and tau   */
     int ngh;              /* Gauss-Hermite rule for binomial expectations  */
     const double *ghx, *ghw;
     double *eta;          /* scratch, length n (log joint)                 */
