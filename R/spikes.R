@@ -35,8 +35,10 @@
 #' @examples
 #' bin_spikes(c(0.001, 0.004, 0.0101, 0.03), binwidth = 0.01, start = 0, end = 0.04)
 #' # trials from boot::neuro (spike times in ms around a stimulus)
-#' trials <- lapply(1:3, function(i) as.numeric(na.omit(boot::neuro[i, ])))
-#' head(bin_spikes(trials, binwidth = 5, start = -250, end = 250))
+#' if (requireNamespace("boot", quietly = TRUE)) {
+#'   trials <- lapply(1:3, function(i) as.numeric(na.omit(boot::neuro[i, ])))
+#'   head(bin_spikes(trials, binwidth = 5, start = -250, end = 250))
+#' }
 #' @export
 bin_spikes <- function(times, binwidth, start = 0, end = NULL, by = c("trial", "neuron")) {
   by <- match.arg(by)
@@ -344,7 +346,9 @@ plot.vb_filters <- function(x, which = seq_along(x), scale = c("log", "gain"), t
   if (length(sel) == 0L) stop("plot.vb_filters(): 'which' selects no filter.", call. = FALSE)
   if (!is.null(truth) && !is.list(truth)) truth <- list(truth)
   if (length(sel) > 1L) {
-    op <- graphics::par(mfrow = grDevices::n2mfrow(length(sel)))
+    k <- length(sel)
+    op <- graphics::par(mfrow = if (k <= 3L) c(1L, k) else grDevices::n2mfrow(k),
+                        mar = c(4, 4, 2, 1), cex.main = 0.8)
     on.exit(graphics::par(op))
   }
   tr <- if (scale == "gain") exp else identity
