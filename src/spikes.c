@@ -21,12 +21,14 @@
  *   Cost O(n S L); R's RNG (GetRNGstate/PutRNGstate), so set.seed() repeats.
  */
 #include "vbayes.h"
+#include <limits.h>
 
 /* ---------------------------------------------------------------- history */
 
 static void history_worker(const double *x, const double *B, const int *seg, int n, int L,
                            int k, int first_lag, double *H) {
     for (R_xlen_t i = 0; i < (R_xlen_t)n * k; i++) H[i] = 0.0;
+    if (first_lag >= n) return; /* every lag reaches before the series */
     /* end[t] = one past the last row of t's segment */
     int seg_end = n;
     for (int s = n - 1; s >= 0; s--) {
@@ -35,7 +37,7 @@ static void history_worker(const double *x, const double *B, const int *seg, int
         double xs = x[s];
         if (xs == 0.0) continue;
         for (int l = 0; l < L; l++) {
-            int t = s + first_lag + l;
+            R_xlen_t t = (R_xlen_t)s + first_lag + l;
             if (t >= seg_end) break;
             for (int j = 0; j < k; j++) H[t + (R_xlen_t)j * n] += xs * B[l + (R_xlen_t)j * L];
         }

@@ -90,6 +90,7 @@ test_that("history columns are the counts shifted by the stated lags", {
   # first_lag: 0 includes the current bin, 2 skips one bin
   expect_equal(unname(history(y, diag(1), first_lag = 0)[, 1]), y)
   expect_equal(unname(history(y, diag(1), first_lag = 2)[, 1]), shift(y, 2))
+  expect_equal(unname(history(y, diag(2), first_lag = 100)), matrix(0, 8, 2), ignore_attr = TRUE)
   # no bin sees its own count: history of a single spike is zero at and before it
   e <- numeric(20); e[10] <- 1
   Bc <- raised_cosine_basis(3, c(0.01, 0.03), 0.01, 0.005)
