@@ -12,6 +12,10 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau);
 SEXP C_glm_log_joint(SEXP model, SEXP theta);
 SEXP C_glm_jj(SEXP model, SEXP control);
 
+/* spikes.c */
+SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag);
+SEXP C_spikes_simulate(SEXP eta0, SEXP h, SEXP seg, SEXP control);
+
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
 static const R_CallMethodDef call_methods[] = {
@@ -19,6 +23,8 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(glm_elbo, 4),
     CALLDEF(glm_log_joint, 2),
     CALLDEF(glm_jj, 2),
+    CALLDEF(spikes_history, 4),
+    CALLDEF(spikes_simulate, 4),
     {NULL, NULL, 0}};
 
 void R_init_vbayes(DllInfo *dll) {
