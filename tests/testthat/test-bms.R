@@ -86,6 +86,24 @@ erlang_exceedance <- function(a) {
   })
 }
 
+test_that("for decisively attributed subjects F1 and the omnibus risk are exact", {
+  # each subject's evidence singles out one model, so q(m) is exact and q(r) the
+  # exact Dirichlet posterior: F1 = log Dirichlet-multinomial evidence
+  L <- cbind(c(rep(0, 10), rep(-200, 6)), c(rep(-200, 10), rep(0, 6)))
+  b <- bms(L)
+  expect_equal(b$free_energy, lbeta(11, 7), tolerance = 1e-10)
+  # BOR = P(equal frequencies | attributions): the binomial test of r = 1/2
+  # against a uniform prior on r, with even prior odds
+  expect_equal(b$omnibus_risk, 1 / (1 + exp(lbeta(11, 7) - 16 * log(0.5))), tolerance = 1e-10)
+  L3 <- cbind(L, -200)
+  a0 <- c(2, 0.5, 1.5)
+  b3 <- bms(L3, alpha0 = a0)
+  n <- c(10, 6, 0)
+  ldm <- lgamma(sum(a0)) - lgamma(sum(a0) + 16) + sum(lgamma(a0 + n) - lgamma(a0))
+  expect_equal(b3$free_energy, ldm, tolerance = 1e-10)
+  expect_equal(unname(b3$alpha), a0 + n, tolerance = 1e-10)
+})
+
 test_that("exceedance probabilities for K > 2 are exact", {
   xp <- getFromNamespace("dirichlet_exceedance", "vbayes")
   v <- xp(c(2, 3, 4))
