@@ -90,6 +90,14 @@
 #' b$ffx_log_bf["m2", "m1"]   # fixed effects: group log Bayes factor 3
 #' @export
 bms <- function(lme, alpha0 = 1, families = NULL, tol = 1e-10, maxit = 10000L, ...) {
+  if (...length()) {
+    ex <- as.list(substitute(list(...)))[-1L]
+    lab <- vapply(ex, function(e) deparse(e)[1L], "")
+    nm <- names(ex)
+    if (!is.null(nm)) lab <- ifelse(nm == "", lab, paste(nm, "=", lab))
+    stop(sprintf("bms(): unused argument(s) %s; see ?bms for the arguments.",
+                 paste(lab, collapse = ", ")), call. = FALSE)
+  }
   L <- bms_lme(lme)
   N <- nrow(L); K <- ncol(L)
   mn <- colnames(L)

@@ -71,7 +71,8 @@ anova.vbfit <- function(object, ..., prior_prob = NULL, iwae = FALSE) {
   compare_fits(fits, prior_prob, iwae)
 }
 
-is_fit <- function(x) inherits(x, "vbfit") || (is.list(x) && !is.null(x$elbo))
+# exact [[ ]], not $: a list of fits named "elbo_a", ... is not itself a fit
+is_fit <- function(x) inherits(x, "vbfit") || (is.list(x) && !is.null(x[["elbo"]]))
 
 compare_fits <- function(fits, prior_prob, iwae) {
   M <- length(fits)

@@ -232,6 +232,7 @@ test_that("bad input gets clear errors", {
   expect_error(bms(L4, families = rep(1, 4)), "at least two")
   expect_error(bms(list(list(1, 2), list(1))), "same number")
   expect_error(bms(spm_unit, tol = -1), "tol")
+  expect_error(bms(spm_unit, alpah0 = 2), "unused argument.*alpah0")
 })
 
 test_that("print, summary and plot show the fit and return its numbers", {

@@ -47,6 +47,8 @@ test_that("on nested Gaussian models, ELBO differences rank the models as the ex
   }, 0)
   cm <- compare_models(fits)
   expect_identical(cm$model, names(fits))
+  # names that begin with "elbo" do not make the list look like a fit
+  expect_identical(compare_models(list(elbo_a = fits$x1, elbo_b = fits$x12))$model, c("elbo_a", "elbo_b"))
   expect_identical(order(cm$elbo), order(ex))
   expect_identical(cm$model[which.max(cm$delta)], names(which.max(ex)))
   # each ELBO is a lower bound, and a tight one for this near-conjugate model
