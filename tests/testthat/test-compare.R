@@ -112,6 +112,16 @@ test_that("compare_models() refuses fits to different data", {
   sp$yy <- sp$y
   g <- vb(yy ~ x, data = sp)
   expect_error(compare_models(a = p1, b = g), "not comparable")
+  # binomial trials are part of the data
+  set.seed(2)
+  bd <- data.frame(x = rnorm(30), s = rbinom(30, 5, 0.4))
+  bd$f5 <- 5 - bd$s
+  bd$f6 <- 6 - bd$s
+  b5 <- vb(cbind(s, f5) ~ x, data = bd, family = binomial())
+  b6 <- vb(cbind(s, f6) ~ x, data = bd, family = binomial())
+  expect_error(compare_models(a = b5, b = b6), "binomial trials")
+  expect_s3_class(compare_models(a = b5, b = vb(cbind(s, f5) ~ 1, data = bd, family = binomial())),
+                  "vb_comparison")
   noy <- vb(y ~ x1, data = d, y = FALSE)
   expect_error(compare_models(a = fits$x1, b = noy), "refit with y = TRUE")
 })
