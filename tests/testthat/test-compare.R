@@ -1,0 +1,166 @@
+# compare_models(): the reference is the exact log evidence of the
+# semi-conjugate Gaussian model y ~ N(Xb, 1/tau), b ~ N(m0, S0) independent of
+# tau ~ Ga(a0, b0), by one-dimensional quadrature over tau of
+# N(y; X m0, I/tau + X S0 X') Ga(tau; a0, b0)  (algorithms.md section 4).
+
+exact_log_evidence <- function(X, y, m0, s, a0, b0) {
+  n <- length(y)
+  r <- y - drop(X %*% m0)
+  XSX <- if (ncol(X)) X %*% (s^2 * t(X)) else matrix(0, n, n)
+  logf <- function(lt) vapply(lt, function(l) {
+    R <- chol(diag(exp(-l), n) + XSX)
+    z <- backsolve(R, r, transpose = TRUE)
+    -0.5 * n * log(2 * pi) - sum(log(diag(R))) - 0.5 * sum(z^2) +
+      dgamma(exp(l), a0, b0, log = TRUE) + l  # + l: Jacobian of tau = e^l
+  }, 0)
+  grid <- seq(-12, 12, by = 0.05)
+  lg <- logf(grid)
+  top <- max(lg)
+  mid <- grid[which.max(lg)]
+  top + log(integrate(function(l) exp(logf(l) - top), mid - 6, mid + 6, rel.tol = 1e-10)$value)
+}
+
+set.seed(42)
+n <- 40
+d <- data.frame(x1 = rnorm(n), x2 = rnorm(n), x3 = rnorm(n))
+d$y <- 1 + 0.8 * d$x1 + 0.3 * d$x2 + rnorm(n, sd = 0.7)
+ctl <- vb_control(tol = 1e-12)
+fits <- list(const = vb(y ~ 1, data = d, control = ctl),
+             x1 = vb(y ~ x1, data = d, control = ctl),
+             x12 = vb(y ~ x1 + x2, data = d, control = ctl),
+             x123 = vb(y ~ x1 + x2 + x3, data = d, control = ctl))
+
+test_that("the quadrature evidence equals the multivariate t with no coefficients", {
+  # X empty: y ~ t_{2 a0}(0, (b0 / a0) I) in closed form
+  a0 <- 2; b0 <- 1.5
+  lz <- lgamma(a0 + n / 2) - lgamma(a0) + a0 * log(b0) - (a0 + n / 2) * log(b0 + sum(d$y^2) / 2) -
+    n / 2 * log(2 * pi)
+  expect_equal(exact_log_evidence(matrix(0, n, 0), d$y, numeric(0), numeric(0), a0, b0), lz,
+               tolerance = 1e-9)
+})
+
+test_that("on nested Gaussian models, ELBO differences rank the models as the exact evidences do", {
+  ex <- vapply(fits, function(f) {
+    X <- f$x
+    s <- ifelse(colnames(X) == "(Intercept)", 10, 1)  # vb()'s default priors
+    exact_log_evidence(X, d$y, rep(0, ncol(X)), s, 1, 1)
+  }, 0)
+  cm <- compare_models(fits)
+  expect_identical(cm$model, names(fits))
+  # names that begin with "elbo" do not make the list look like a fit
+  expect_identical(compare_models(list(elbo_a = fits$x1, elbo_b = fits$x12))$model, c("elbo_a", "elbo_b"))
+  expect_identical(order(cm$elbo), order(ex))
+  expect_identical(cm$model[which.max(cm$delta)], names(which.max(ex)))
+  # each ELBO is a lower bound, and a tight one for this near-conjugate model
+  expect_true(all(cm$elbo < ex))
+  expect_true(all(ex - cm$elbo < 0.1))
+  # so the differences approximate the log Bayes factors
+  expect_equal(cm$delta, unname(ex - max(ex)), tolerance = 0.05)
+  # the terms add up, and delta is measured from the best
+  expect_equal(cm$elbo, cm$loglik - cm$kl, tolerance = 1e-10)
+  expect_equal(max(cm$delta), 0)
+  # approximate posterior model probabilities are close to the exact ones
+  pexact <- exp(ex - max(ex)) / sum(exp(ex - max(ex)))
+  expect_equal(cm$prob, unname(pexact), tolerance = 0.05)
+})
+
+test_that("posterior model probabilities are the softmax of ELBO plus log prior", {
+  e <- vapply(fits, elbo, 0)
+  cm <- compare_models(a = fits$x1, b = fits$x12, c = fits$x123, prior_prob = c(2, 1, 1))
+  w <- exp(e[2:4] - max(e[2:4])) * c(0.5, 0.25, 0.25)
+  expect_equal(cm$prob, unname(w / sum(w)), tolerance = 1e-12)
+  expect_equal(cm$prior_prob, c(0.5, 0.25, 0.25))
+  expect_equal(sum(cm$prob), 1)
+  expect_identical(cm$model, c("a", "b", "c"))
+  expect_equal(cm$npar, c(2L, 3L, 4L))
+})
+
+test_that("anova() on fits dispatches to compare_models() with the fits' names", {
+  small <- fits$x1; big <- fits$x123
+  a <- anova(small, big)
+  expect_s3_class(a, "vb_comparison")
+  expect_identical(a$model, c("small", "big"))
+  expect_equal(a$elbo, c(elbo(small), elbo(big)))
+  expect_equal(unclass(a), unclass(compare_models(small = small, big = big)))
+  expect_error(anova(small), "at least two")
+})
+
+test_that("the print method names the preferred model and the caveat", {
+  out <- capture.output(print(compare_models(fits)))
+  expect_true(any(grepl("Preferred: x12", out)))
+  expect_true(any(grepl("lower bound on its model's log evidence", out)))
+})
+
+test_that("compare_models() refuses fits to different data", {
+  d2 <- d; d2$y[1] <- d2$y[1] + 1
+  other <- vb(y ~ x1, data = d2)
+  expect_error(compare_models(a = fits$x1, b = other), "different responses")
+  fewer <- vb(y ~ x1, data = d, subset = -1)
+  expect_error(compare_models(a = fits$x1, b = fewer), "different numbers of observations")
+  # counts with different bin widths are different data
+  set.seed(1)
+  sp <- data.frame(x = rnorm(200))
+  sp$y <- rpois(200, 0.01 * exp(3 + 0.5 * sp$x))
+  p1 <- vb(y ~ x, data = sp, family = poisson(), exposure = 0.01)
+  p2 <- vb(y ~ 1, data = sp, family = poisson(), exposure = 0.02)
+  expect_error(compare_models(a = p1, b = p2), "different exposures")
+  # an exposure given as an offset is the same model of the same data
+  p3 <- vb(y ~ x + offset(log(rep(0.01, 200))), data = sp, family = poisson())
+  expect_equal(compare_models(a = p1, b = p3)$elbo[2], elbo(p1), tolerance = 1e-8)
+  p4 <- vb(y ~ x + offset(sp$x / 10), data = sp, family = poisson(), exposure = 0.01)
+  expect_error(compare_models(a = p1, b = p4), "different offsets")
+  sp$yy <- sp$y
+  g <- vb(yy ~ x, data = sp)
+  expect_error(compare_models(a = p1, b = g), "not comparable")
+  # binomial trials are part of the data
+  set.seed(2)
+  bd <- data.frame(x = rnorm(30), s = rbinom(30, 5, 0.4))
+  bd$f5 <- 5 - bd$s
+  bd$f6 <- 6 - bd$s
+  b5 <- vb(cbind(s, f5) ~ x, data = bd, family = binomial())
+  b6 <- vb(cbind(s, f6) ~ x, data = bd, family = binomial())
+  expect_error(compare_models(a = b5, b = b6), "binomial trials")
+  expect_s3_class(compare_models(a = b5, b = vb(cbind(s, f5) ~ 1, data = bd, family = binomial())),
+                  "vb_comparison")
+  noy <- vb(y ~ x1, data = d, y = FALSE)
+  expect_error(compare_models(a = fits$x1, b = noy), "refit with y = TRUE")
+})
+
+test_that("bad arguments get clear errors", {
+  expect_error(compare_models(fits$x1), "at least two")
+  expect_error(compare_models(a = fits$x1, a = fits$x12), "distinct names")
+  expect_error(compare_models(a = fits$x1, b = 3), "not a fitted model")
+  expect_error(compare_models(a = fits$x1, b = fits$x12, prior_prob = c(1, -1)), "prior_prob")
+  expect_error(compare_models(a = fits$x1, b = fits$x12, prior_prob = 1), "prior_prob")
+  expect_error(compare_models(a = fits$x1, b = fits$x12, iwae = NA), "iwae")
+})
+
+# testthat < 3.1.7 lacks local_mocked_bindings(): swap the namespace binding
+# while `code` runs, and put it back afterwards.
+with_find_diagnose <- function(value, code) {
+  ns <- asNamespace("vbayes")
+  old <- get("find_diagnose", envir = ns)
+  unlockBinding("find_diagnose", ns)
+  assign("find_diagnose", function() value, envir = ns)
+  on.exit({
+    assign("find_diagnose", old, envir = ns)
+    lockBinding("find_diagnose", ns)
+  })
+  force(code)
+}
+
+test_that("iwae = TRUE adds the importance-weighted evidence from vb_diagnose()", {
+  fake <- function(fit) list(iwae = elbo(fit) + 0.01 * length(coef(fit)), iwae_se = 0.002)
+  cm <- with_find_diagnose(fake, compare_models(a = fits$x1, b = fits$x12, iwae = TRUE))
+  expect_equal(cm$iwae, c(elbo(fits$x1) + 0.02, elbo(fits$x12) + 0.03))
+  expect_equal(cm$iwae_se, c(0.002, 0.002))
+  expect_equal(cm$delta_iwae, cm$iwae - max(cm$iwae))
+  expect_output(print(cm), "importance-weighted evidence prefers b")
+})
+
+test_that("iwae = TRUE without vb_diagnose() says so", {
+  expect_error(with_find_diagnose(NULL, compare_models(a = fits$x1, b = fits$x12, iwae = TRUE)),
+               "vb_diagnose")
+  # the binding is restored afterwards
+  expect_identical(environment(get("find_diagnose", asNamespace("vbayes"))), asNamespace("vbayes"))
+})
