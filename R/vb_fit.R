@@ -90,7 +90,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               y = y, x = X, rank = rank, approx = approx, method = method,
               blocks = core$blocks, prior = list(coef = pa, precision = prior_precision),
               control = control, mc_se = core$mc_se, separated = separated)
-  if (!core$converged && !control$quiet)
+  if (!core$converged)
     warning(sprintf("vb(): not converged after %d iterations (relative ELBO change > %g); increase vb_control(maxit).",
                     core$iterations, control$tol), call. = FALSE)
   fit$time <- proc.time()[["elapsed"]] - t0
