@@ -447,6 +447,36 @@ static void gaussian_tau_update(cavi_state *S) {
     S->grad_ok = 0;
 }
 
+/* The result list shared by the GLM engines (unprotected on return). */
+static SEXP glm_result(int n, int p, const double *mu, const double *Sigma, double elbo,
+                       const double *trace, int it, double ll, double kl, int converged,
+                       const double *tau, const double *m, const double *v) {
+    const char *nms[] = {"mu",         "Sigma",     "elbo", "trace",    "loglik",  "kl",
+                         "iterations", "converged", "tau",  "eta_mean", "eta_var", ""};
+    SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
+    SET_VECTOR_ELT(out, 0, Rf_allocVector(REALSXP, p));
+    memcpy(REAL(VECTOR_ELT(out, 0)), mu, sizeof(double) * p);
+    SET_VECTOR_ELT(out, 1, Rf_allocMatrix(REALSXP, p, p));
+    memcpy(REAL(VECTOR_ELT(out, 1)), Sigma, sizeof(double) * (size_t)p * p);
+    SET_VECTOR_ELT(out, 2, Rf_ScalarReal(elbo));
+    SET_VECTOR_ELT(out, 3, Rf_allocVector(REALSXP, it + 1));
+    memcpy(REAL(VECTOR_ELT(out, 3)), trace, sizeof(double) * (it + 1));
+    SET_VECTOR_ELT(out, 4, Rf_ScalarReal(ll));
+    SET_VECTOR_ELT(out, 5, Rf_ScalarReal(kl));
+    SET_VECTOR_ELT(out, 6, Rf_ScalarInteger(it));
+    SET_VECTOR_ELT(out, 7, Rf_ScalarLogical(converged));
+    if (tau) {
+        SET_VECTOR_ELT(out, 8, Rf_allocVector(REALSXP, 2));
+        memcpy(REAL(VECTOR_ELT(out, 8)), tau, sizeof(double) * 2);
+    }
+    SET_VECTOR_ELT(out, 9, Rf_allocVector(REALSXP, n));
+    memcpy(REAL(VECTOR_ELT(out, 9)), m, sizeof(double) * n);
+    SET_VECTOR_ELT(out, 10, Rf_allocVector(REALSXP, n));
+    memcpy(REAL(VECTOR_ELT(out, 10)), v, sizeof(double) * n);
+    UNPROTECT(1);
+    return out;
+}
+
 SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     vb_glm M;
     vb_glm_unpack(model, &M);
@@ -573,34 +603,9 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         R_CheckUserInterrupt();
     }
 
-    const char *nms[] = {"mu",         "Sigma",     "elbo", "trace",    "loglik",  "kl",
-                         "iterations", "converged", "tau",  "eta_mean", "eta_var", ""};
-    SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
-    nprot++;
-    SEXP mu = Rf_allocVector(REALSXP, p);
-    SET_VECTOR_ELT(out, 0, mu);
-    memcpy(REAL(mu), S.mu, sizeof(double) * p);
-    SEXP Sig = Rf_allocMatrix(REALSXP, p, p);
-    SET_VECTOR_ELT(out, 1, Sig);
-    memcpy(REAL(Sig), S.Sig, sizeof(double) * pp);
-    SET_VECTOR_ELT(out, 2, Rf_ScalarReal(elbo));
-    SEXP tr = Rf_allocVector(REALSXP, it + 1);
-    SET_VECTOR_ELT(out, 3, tr);
-    memcpy(REAL(tr), REAL(trace), sizeof(double) * (it + 1));
-    SET_VECTOR_ELT(out, 4, Rf_ScalarReal(ll));
-    SET_VECTOR_ELT(out, 5, Rf_ScalarReal(kl));
-    SET_VECTOR_ELT(out, 6, Rf_ScalarInteger(it));
-    SET_VECTOR_ELT(out, 7, Rf_ScalarLogical(converged));
-    SEXP tau = Rf_allocVector(REALSXP, 2);
-    SET_VECTOR_ELT(out, 8, tau);
-    REAL(tau)[0] = S.A;
-    REAL(tau)[1] = S.B;
-    SEXP em = Rf_allocVector(REALSXP, n);
-    SET_VECTOR_ELT(out, 9, em);
-    memcpy(REAL(em), S.m, sizeof(double) * n);
-    SEXP ev = Rf_allocVector(REALSXP, n);
-    SET_VECTOR_ELT(out, 10, ev);
-    memcpy(REAL(ev), S.v, sizeof(double) * n);
+    double tau[2] = {S.A, S.B};
+    SEXP out = glm_result(n, p, S.mu, S.Sig, elbo, REAL(trace), it, ll, kl, converged,
+                          M.family == VB_GAUSSIAN ? tau : NULL, S.m, S.v);
     UNPROTECT(nprot);
     return out;
 }
@@ -768,9 +773,8 @@ SEXP C_glm_jj(SEXP model, SEXP control) {
         ldet = -vb_chol_logdet(p, Lam, p); /* log|Sigma| */
         /* linear predictor moments: v_t = || R^{-T} x_t ||^2 */
         memcpy(work, M.X, sizeof(double) * (size_t)n * p);
-        if (p > 0)
-            F77_CALL(dtrsm)
-            ("R", "U", "N", "N", &n, &p, &done, Lam, &p, work, &n FCONE FCONE FCONE FCONE);
+        if (p > 0) F77_CALL(dtrsm)
+        ("R", "U", "N", "N", &n, &p, &done, Lam, &p, work, &n FCONE FCONE FCONE FCONE);
         for (int t = 0; t < n; t++) {
             m[t] = M.off[t];
             v[t] = 0;
@@ -804,30 +808,7 @@ SEXP C_glm_jj(SEXP model, SEXP control) {
         R_CheckUserInterrupt();
     }
     if (it > maxit) it = maxit;
-    const char *nms[] = {"mu",         "Sigma",     "elbo", "trace",    "loglik",  "kl",
-                         "iterations", "converged", "tau",  "eta_mean", "eta_var", ""};
-    SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
-    nprot++;
-    SEXP smu = Rf_allocVector(REALSXP, p);
-    SET_VECTOR_ELT(out, 0, smu);
-    memcpy(REAL(smu), mu, sizeof(double) * p);
-    SEXP Sig = Rf_allocMatrix(REALSXP, p, p);
-    SET_VECTOR_ELT(out, 1, Sig);
-    memcpy(REAL(Sig), Lam, sizeof(double) * (size_t)p * p);
-    SET_VECTOR_ELT(out, 2, Rf_ScalarReal(elbo));
-    SEXP tr = Rf_allocVector(REALSXP, it + 1);
-    SET_VECTOR_ELT(out, 3, tr);
-    memcpy(REAL(tr), REAL(trace), sizeof(double) * (it + 1));
-    SET_VECTOR_ELT(out, 4, Rf_ScalarReal(ll));
-    SET_VECTOR_ELT(out, 5, Rf_ScalarReal(kl));
-    SET_VECTOR_ELT(out, 6, Rf_ScalarInteger(it));
-    SET_VECTOR_ELT(out, 7, Rf_ScalarLogical(converged));
-    SET_VECTOR_ELT(out, 8, R_NilValue);
-    SEXP em = Rf_allocVector(REALSXP, n), ev = Rf_allocVector(REALSXP, n);
-    SET_VECTOR_ELT(out, 9, em);
-    SET_VECTOR_ELT(out, 10, ev);
-    memcpy(REAL(em), m, sizeof(double) * n);
-    memcpy(REAL(ev), v, sizeof(double) * n);
+    SEXP out = glm_result(n, p, mu, Lam, elbo, REAL(trace), it, ll, kl, converged, NULL, m, v);
     UNPROTECT(nprot);
     return out;
 }
