@@ -11,12 +11,19 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control);
 SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau);
 SEXP C_glm_log_joint(SEXP model, SEXP theta);
 
+/* lds.c */
+SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx,
+                 SEXP control);
+SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SEXP control);
+
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
 static const R_CallMethodDef call_methods[] = {
     CALLDEF(glm_cavi, 4),
     CALLDEF(glm_elbo, 4),
     CALLDEF(glm_log_joint, 2),
+    CALLDEF(lds_estep, 7),
+    CALLDEF(lds_poisson_mstep, 7),
     {NULL, NULL, 0}};
 
 void R_init_vbayes(DllInfo *dll) {
