@@ -271,7 +271,7 @@ lds_em <- function(Y, Off, params, pois, approx, learn, control) {
   state <- vector("list", K)
   trace <- numeric(0)
   t0 <- proc.time()[["elapsed"]]; last <- t0
-  inner <- if (length(learn)) c(if (pois) 5 else 1, control$tol) else c(control$maxit, control$tol)
+  inner <- if (length(learn)) c(if (pois) 3 else 1, control$tol) else c(control$maxit, control$tol)
   outer <- if (length(learn)) control$maxit else 1L
   converged <- FALSE
   for (it in seq_len(outer)) {
@@ -345,7 +345,7 @@ lds_mstep <- function(Y, Off, E, p, pois, learn) {
     Sall <- do.call(c, lapply(E, function(e) as.vector(e$S)))
     dim(Sall) <- c(k, k, ncol(M))
     if (pois) {
-      r <- .Call(C_lds_poisson_mstep, Yall, unlist(Off), M, Sall, p$C, p$d, c(10, 1e-12))
+      r <- .Call(C_lds_poisson_mstep, Yall, unlist(Off), M, Sall, p$C, p$d, c(3, 1e-10))
       p$C <- r$C; p$d <- r$d
     } else {
       O <- !is.na(Yall)

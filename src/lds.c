@@ -222,15 +222,22 @@ static double obs_total(const lds_model *M, const double *m, const double *S, do
 
 /* ---------- structured E-step ---------- */
 
+/* A structured q: natural parameters (D, L, b), moments (m, S, Sc, logdet),
+ * its ELBO and the pseudo-observations (J, h) of the next natural-gradient
+ * step, computed in the same pass as the ELBO. */
 typedef struct {
-    double *D, *L, *b, *m, *S, *Sc, logdet, elbo, loglik;
+    double *D, *L, *b, *m, *S, *Sc, *J, *h, logdet, elbo, loglik;
 } btd_q;
 
 static int q_moments(const lds_model *M, btd_q *q, double *work) {
-    int info = btd_solve(M->T, M->d, q->D, q->L, M->d * M->d, q->b, q->m, q->S, q->Sc,
-                         &q->logdet, work);
+    int d = M->d, dd = d * d;
+    int info = btd_solve(M->T, d, q->D, q->L, dd, q->b, q->m, q->S, q->Sc, &q->logdet, work);
     if (info) return info;
-    q->loglik = obs_total(M, q->m, q->S, work);
+    double ll = 0.0;
+    for (int t = 0; t < M->T; t++)
+        ll += obs_term(M, t, q->m + (size_t)t * d, q->S + (size_t)t * dd, q->J + (size_t)t * dd,
+                       q->h + (size_t)t * d, work);
+    q->loglik = ll - M->lgy;
     q->elbo = q->loglik + latent_term(M, M->T, q->m, q->S, q->Sc, q->logdet, work);
     return 0;
 }
@@ -240,7 +247,7 @@ static int q_moments(const lds_model *M, btd_q *q, double *work) {
 static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxit, double tol,
                             int *iter, int *conv, double *work) {
     int T = M->T, d = M->d, dd = d * d, info;
-    double *Jt = work, *ht = work + dd, *D0 = ht + d, *wk = D0 + dd;
+    double *D0 = work, *wk = D0 + dd;
     *conv = 0;
     *iter = 0;
     if ((info = q_moments(M, cur, wk))) return info;
@@ -253,7 +260,7 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
                        *bt = try->b + (size_t)t * d;
                 const double *Dc = cur->D + (size_t)t * dd, *Lc = cur->L + (size_t)t * dd,
                              *bc = cur->b + (size_t)t * d;
-                obs_term(M, t, cur->m + (size_t)t * d, cur->S + (size_t)t * dd, Jt, ht, wk);
+                const double *Jt = cur->J + (size_t)t * dd, *ht = cur->h + (size_t)t * d;
                 prior_diag(M, T, t, D0);
                 for (int k = 0; k < dd; k++) {
                     Dt[k] = (1.0 - a) * Dc[k] + a * (D0[k] + Jt[k]);
@@ -485,14 +492,17 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
         D = new_real((R_xlen_t)dd * T, &np);
         L = new_real((R_xlen_t)dd * T, &np);
         b = new_real((R_xlen_t)d * T, &np);
-        btd_q cur = {REAL(D), REAL(L), REAL(b), REAL(m), REAL(S), REAL(Sc), 0, 0, 0};
+        btd_q cur = {REAL(D), REAL(L), REAL(b), REAL(m), REAL(S), REAL(Sc),
+                     (double *)R_alloc((size_t)dd * T, sizeof(double)),
+                     (double *)R_alloc((size_t)d * T, sizeof(double)), 0, 0, 0};
         btd_q try = {(double *)R_alloc((size_t)dd * T, sizeof(double)),
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
                      (double *)R_alloc((size_t)d * T, sizeof(double)),
                      (double *)R_alloc((size_t)d * T, sizeof(double)),
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     0, 0, 0};
+                     (double *)R_alloc((size_t)dd * T, sizeof(double)),
+                     (double *)R_alloc((size_t)d * T, sizeof(double)), 0, 0, 0};
         if (Rf_isNull(state)) {
             for (int t = 0; t < T; t++) {
                 prior_diag(&M, T, t, cur.D + (size_t)t * dd);
@@ -591,21 +601,29 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
 /*
  * Poisson M-step for (C, d): unit by unit, maximise
  *   f(c, d) = sum_t o_ti [y_ti (c'm_t + d) - exp(off_t + d + c'm_t + c'S_t c / 2)],
- * concave, by Newton with step halving (never decreases f).
+ * concave, by Newton with step halving (never decreases f).  The gradient is
+ * sum_t [y_t x_t - lam_t u_t], u_t = (m_t + S_t c, 1), and the negative Hessian
+ * sum_t lam_t (u_t u_t' + blockdiag(S_t, 0)); both are accumulated in one pass
+ * per unit with loops over the tiny latent dimension (a BLAS call per time
+ * step would cost more than its d^2 flops).  O(T d^2) per unit and step.
  * y: Ttot x N, off: Ttot, m: d x Ttot, S: d x d x Ttot (trials stacked).
  * control = c(maxit, tol).  Returns list(C, d).
  */
 static double pois_unit_obj(int T, int d, const double *y, const double *off, const double *m,
-                            const double *S, const double *c, double di, double *u) {
+                            const double *S, const double *c, double di) {
     double f = 0.0;
-    int one = 1, dd = d * d;
+    int dd = d * d;
     for (int t = 0; t < T; t++) {
         if (ISNAN(y[t])) continue;
-        const double *mt = m + (size_t)t * d;
-        F77_CALL(dsymv)("U", &d, &(double){1.0}, S + (size_t)t * dd, &d, c, &one, &(double){0.0},
-                        u, &one FCONE);
+        const double *mt = m + (size_t)t * d, *St = S + (size_t)t * dd;
+        double q = 0.0;
+        for (int b = 0; b < d; b++) {
+            double s = 0.0;
+            for (int a = 0; a < d; a++) s += St[a + b * d] * c[a];
+            q += s * c[b];
+        }
         double e = off[t] + di + dot(d, c, mt);
-        f += y[t] * e - exp(e + 0.5 * dot(d, c, u));
+        f += y[t] * e - exp(e + 0.5 * q);
     }
     return f;
 }
@@ -615,7 +633,7 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
     int T = Rf_nrows(y), N = Rf_ncols(y);
     if (TYPEOF(C) != REALSXP || !Rf_isMatrix(C) || Rf_nrows(C) != N)
         Rf_error("lds: 'C' must be a double matrix with one row per unit");
-    int d = Rf_ncols(C), dd = d * d, p = d + 1, one = 1, np = 0;
+    int d = Rf_ncols(C), dd = d * d, p = d + 1, np = 0;
     if (d < 1) Rf_error("lds: 'C' has no columns");
     if (TYPEOF(off) != REALSXP || XLENGTH(off) != T) Rf_error("lds: bad 'off'");
     if (TYPEOF(m) != REALSXP || XLENGTH(m) != (R_xlen_t)d * T) Rf_error("lds: bad 'm'");
@@ -636,25 +654,33 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
         const double *yi = Y + (size_t)i * T;
         for (int k = 0; k < d; k++) c[k] = REAL(Cn)[i + (size_t)k * N];
         double di = REAL(dn)[i];
-        double f = pois_unit_obj(T, d, yi, O, Mm, SS, c, di, u);
+        double f = pois_unit_obj(T, d, yi, O, Mm, SS, c, di);
         for (int it = 0; it < maxit; it++) {
             memset(g, 0, p * sizeof(double));
             memset(H, 0, p * p * sizeof(double));
             for (int t = 0; t < T; t++) {
                 if (ISNAN(yi[t])) continue;
                 const double *mt = Mm + (size_t)t * d, *St = SS + (size_t)t * dd;
-                F77_CALL(dsymv)("U", &d, &(double){1.0}, St, &d, c, &one, &(double){0.0}, u,
-                                &one FCONE);
-                double lam = exp(O[t] + di + dot(d, c, mt) + 0.5 * dot(d, c, u));
+                double q = 0.0, e = O[t] + di;
+                for (int b = 0; b < d; b++) {
+                    double s = 0.0;
+                    for (int a = 0; a < d; a++) s += St[a + b * d] * c[a];
+                    u[b] = s;
+                    q += s * c[b];
+                    e += c[b] * mt[b];
+                }
+                double lam = exp(e + 0.5 * q);
                 for (int k = 0; k < d; k++) u[k] += mt[k]; /* m_t + S_t c */
                 u[d] = 1.0;
                 for (int k = 0; k < d; k++) g[k] += yi[t] * mt[k] - lam * u[k];
                 g[d] += yi[t] - lam;
-                /* -Hessian: lam (u u' + blockdiag(S_t, 0)), upper triangle */
-                F77_CALL(dsyr)("U", &p, &lam, u, &one, H, &p FCONE);
+                for (int b = 0; b < p; b++) {
+                    double lb = lam * u[b];
+                    for (int a = 0; a <= b; a++) H[a + b * p] += lb * u[a];
+                }
                 for (int b = 0; b < d; b++)
                     for (int a = 0; a <= b; a++) H[a + b * p] += lam * St[a + b * d];
-                if ((t & 4095) == 4095) R_CheckUserInterrupt();
+                if ((t & 65535) == 65535) R_CheckUserInterrupt();
             }
             int info = vb_chol(p, H, p);
             if (info) break; /* unit without information: leave it */
@@ -664,7 +690,7 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
             for (int h = 0; h < 40; h++, a *= 0.5) {
                 for (int k = 0; k < d; k++) cn[k] = c[k] + a * g[k];
                 double dn_ = di + a * g[d];
-                fn = pois_unit_obj(T, d, yi, O, Mm, SS, cn, dn_, u);
+                fn = pois_unit_obj(T, d, yi, O, Mm, SS, cn, dn_);
                 if (R_FINITE(fn) && fn >= f) {
                     memcpy(c, cn, d * sizeof(double));
                     di = dn_;

@@ -1,0 +1,63 @@
+# Benchmark of vb_lds() (issue 6).
+#   Rscript bench/lds.R        (R_LIBS must hold vbayes; KFAS optional)
+# 1. Poisson LDS, N = 50 units, d = 5 latents, T = 1e4 and 1e5 bins: seconds per
+#    variational-EM iteration (E-step fixed-point passes + M-step) and per
+#    structured E-step pass, and the ratio between the two T (linear: 10x).
+# 2. Gaussian LDS against KFAS on the same data and parameters: log-likelihood
+#    agreement (our structured ELBO is the exact log-likelihood) and time ratio.
+library(vbayes)
+set.seed(20261124)
+N <- 50; k <- 5
+rot <- function(th) matrix(c(cos(th), sin(th), -sin(th), cos(th)), 2)
+A <- diag(0.98, k); A[1:2, 1:2] <- 0.99 * rot(0.05); A[3:4, 3:4] <- 0.97 * rot(0.15)
+p <- list(A = A, Q = diag(1 - 0.98^2, k), C = matrix(rnorm(N * k, sd = 0.3), N, k),
+          d = rep(log(20), N), R = rep(1, N), m0 = rep(0, k), V0 = diag(1, k))
+sim <- function(T, family, dt) vbayes:::lds_sim(p, T, family, dt)
+ctl <- function(maxit) vb_control(maxit = maxit, tol = 1e-300, quiet = TRUE)
+# best of `reps` runs of f(); the last result is kept in .last
+timeit <- function(f, reps = 3) {
+  tm <- numeric(reps)
+  for (r in seq_len(reps)) tm[r] <- system.time(.last <<- f())[["elapsed"]]
+  min(tm)
+}
+
+cat("== Poisson LDS, N = 50, d = 5, bin 10 ms, about 20 Hz ==\n")
+res <- data.frame()
+for (T in c(1e4, 1e5)) {
+  y <- sim(T, "poisson", 0.01)
+  reps <- if (T > 5e4) 1 else 3
+  # E-step passes with parameters fixed: one smoother pass + ELBO per iteration
+  e_time <- timeit(function() vb_lds(y, k, poisson(), params = p, learn = FALSE, exposure = 0.01,
+                                      control = ctl(10)), reps)
+  e_iter <- .last$iterations
+  em_time <- timeit(function() vb_lds(y, k, poisson(), params = p, exposure = 0.01, control = ctl(5)), reps)
+  f2 <- .last
+  res <- rbind(res, data.frame(T = T, estep_passes = e_iter, sec_per_pass = e_time / e_iter,
+                               em_iters = f2$iterations, sec_per_em_iter = em_time / f2$iterations))
+}
+print(res, digits = 4)
+cat(sprintf("ratio T=1e5 / T=1e4: %.2f per E-step pass, %.2f per EM iteration\n",
+            res$sec_per_pass[2] / res$sec_per_pass[1], res$sec_per_em_iter[2] / res$sec_per_em_iter[1]))
+
+cat("\n== Gaussian LDS against KFAS (exact log-likelihood, fixed parameters) ==\n")
+if (requireNamespace("KFAS", quietly = TRUE)) {
+  pg <- p; pg$d <- rnorm(N); pg$C <- matrix(rnorm(N * k), N, k); pg$R <- runif(N, 0.5, 2)
+  for (T in c(1e3, 1e4)) {
+    y <- vbayes:::lds_sim(pg, T, "gaussian")
+    t_ours <- timeit(function() vb_lds(y, k, params = pg, learn = FALSE, control = ctl(5)))
+    ours <- .last
+    # KFAS recognises the special only by its bare name
+    SSMcustom <- KFAS::SSMcustom
+    yc <- sweep(y, 2, pg$d); Zm <- pg$C; Tm <- pg$A; Qm <- pg$Q; a1 <- pg$m0; P1 <- pg$V0
+    Hm <- diag(pg$R); Rm <- diag(k)
+    mod <- KFAS::SSModel(yc ~ -1 + SSMcustom(Z = Zm, T = Tm, R = Rm, Q = Qm, a1 = a1, P1 = P1),
+                         H = Hm)
+    t_ll <- timeit(function() logLik(mod)); ll <- .last
+    t_kfs <- timeit(function() KFAS::KFS(mod, smoothing = "state", filtering = "none")); ks <- .last
+    dmean <- max(abs(ks$alphahat - ours$posterior[[1]]$mean))
+    cat(sprintf("T = %g: vb_lds ELBO %.6f, KFAS logLik %.6f, diff %.2e; max |smoothed mean diff| %.1e\n",
+                T, ours$elbo, as.numeric(ll), ours$elbo - as.numeric(ll), dmean))
+    cat(sprintf("        time vb_lds %.3f s; KFAS logLik %.3f s (ratio %.2f); KFAS KFS smoother %.3f s (ratio %.2f)\n",
+                t_ours, t_ll, t_ours / t_ll, t_kfs, t_ours / t_kfs))
+  }
+} else cat("KFAS not installed: skipped (install.packages(\"KFAS\") to run).\n")
