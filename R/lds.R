@@ -401,9 +401,21 @@ lds_rates <- function(object, type = c("response", "link")) {
     eta <- sweep(po$mean %*% t(p$C), 2L, p$d, `+`)
     if (type == "link") return(eta)
     if (!pois) return(eta)
-    v <- t(apply(po$cov, 3L, function(S) rowSums((p$C %*% S) * p$C)))
-    exp(eta + 0.5 * v) * object$exposure[[k]]
+    exp(eta + 0.5 * lds_eta_var(po$cov, p$C)) * object$exposure[[k]]
   })
+}
+
+# Var(c_i'z_t) = c_i' S_t c_i for all t and i by one matrix product: T x N.
+lds_eta_var <- function(S, C) {
+  k <- ncol(C)
+  W <- vapply(seq_len(nrow(C)), function(i) as.vector(tcrossprod(C[i, ])), numeric(k * k))
+  crossprod(matrix(S, k * k), matrix(W, k * k))
+}
+
+# Posterior standard deviations of z_t: T x d.
+lds_latent_sd <- function(S) {
+  k <- dim(S)[1L]
+  t(sqrt(matrix(S, k * k)[seq(1L, k * k, by = k + 1L), , drop = FALSE]))
 }
 
 # ---- methods ---------------------------------------------------------------------
@@ -499,7 +511,7 @@ predict.vblds <- function(object, newdata = NULL, type = c("response", "link", "
   }
   out <- if (type == "latent") {
     lapply(object$posterior, function(po) {
-      structure(po$mean, sd = sqrt(t(matrix(apply(po$cov, 3L, diag), nrow = object$latent_dim))))
+      structure(po$mean, sd = lds_latent_sd(po$cov))
     })
   } else lds_rates(object, type)
   if (single) out[[1L]] else out
@@ -583,8 +595,8 @@ plot.vblds <- function(x, which = c("latents", "elbo", "rates"), trial = 1L, uni
   po <- x$posterior[[trial]]
   T <- nrow(po$mean); tt <- seq_len(T)
   if (which == "latents") {
-    sd <- sqrt(matrix(apply(po$cov, 3L, diag), nrow = x$latent_dim))
-    lo <- po$mean - 1.96 * t(sd); hi <- po$mean + 1.96 * t(sd)
+    sd <- lds_latent_sd(po$cov)
+    lo <- po$mean - 1.96 * sd; hi <- po$mean + 1.96 * sd
     k <- x$latent_dim
     op <- par(mfrow = c(k, 1L), mar = c(3, 4, 1, 1)); on.exit(par(op))
     for (j in seq_len(k)) {
