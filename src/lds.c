@@ -44,6 +44,8 @@ typedef struct {
     const double *A, *Q, *C, *dv, *R, *m0, *V0;
     double *Qi, *V0i, *QiA, *AtQiA, *V0im0;
     double ldQ, ldV0, lgy; /* log|Q|, log|V0|, sum of lgamma(y+1) */
+    int *rowobs;           /* 1 if every unit is observed in bin t */
+    double *Jg, gconst;    /* gaussian: C'R^{-1}C and -sum_i log(2 pi R_i) / 2 */
 } lds_model;
 
 /* ---------- small dense helpers (column-major, d x d) ---------- */
@@ -55,8 +57,8 @@ static void mat_mult(const char *ta, const char *tb, int n, int k, int m, double
     F77_CALL(dgemm)(ta, tb, &n, &m, &k, &alpha, X, &ldx, Y, &ldy, &beta, Z, &ldz FCONE FCONE);
 }
 
-static void mat_vec(const char *ta, int nr, int nc, double alpha, const double *X,
-                    const double *x, double beta, double *y) {
+static void mat_vec(const char *ta, int nr, int nc, double alpha, const double *X, const double *x,
+                    double beta, double *y) {
     int one = 1;
     F77_CALL(dgemv)(ta, &nr, &nc, &alpha, X, &nr, x, &one, &beta, y, &one FCONE);
 }
@@ -71,7 +73,8 @@ static int spd_inverse(int p, double *A, double *logdet) {
 
 static double dot(int n, const double *a, const double *b) {
     double s = 0.0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
@@ -81,8 +84,10 @@ static void prior_diag(const lds_model *M, int T, int t, double *D) {
     int dd = M->d * M->d;
     for (int k = 0; k < dd; k++) {
         double v = 0.0;
-        if (t == 0) v += M->V0i[k];
-        else v += M->Qi[k];
+        if (t == 0)
+            v += M->V0i[k];
+        else
+            v += M->Qi[k];
         if (t < T - 1) v += M->AtQiA[k];
         D[k] = v;
     }
@@ -94,9 +99,8 @@ static void prior_diag(const lds_model *M, int T, int t, double *D) {
  * Outputs m = Lambda^{-1} b, S[t] = Sigma_tt, Sc[t] = Sigma_{t,t-1} (Sc[0] = 0)
  * and log|Sigma|.  work: 3 d^2 + d doubles.
  */
-static int btd_solve(int T, int d, const double *D, const double *L, int lstride,
-                     const double *b, double *m, double *S, double *Sc, double *logdet,
-                     double *work) {
+static int btd_solve(int T, int d, const double *D, const double *L, int lstride, const double *b,
+                     double *m, double *S, double *Sc, double *logdet, double *work) {
     int dd = d * d, info;
     double *K = work, *G = work + dd, *H = work + 2 * dd, *v = work + 3 * dd;
     double ld = 0.0, ldF = 0.0;
@@ -116,7 +120,8 @@ static int btd_solve(int T, int d, const double *D, const double *L, int lstride
         ld += ldF;
         if ((t & 1023) == 1023) R_CheckUserInterrupt();
     }
-    /* backward: z_t | z_{t+1} ~ N(F_t^{-1} f_t + G_t z_{t+1}, F_t^{-1}), G_t = -F_t^{-1} L_{t+1}' */
+    /* backward: z_t | z_{t+1} ~ N(F_t^{-1} f_t + G_t z_{t+1}, F_t^{-1}), G_t = -F_t^{-1} L_{t+1}'
+     */
     {
         double *f = m + (size_t)(T - 1) * d;
         mat_vec("N", d, d, 1.0, S + (size_t)(T - 1) * dd, f, 0.0, v);
@@ -134,7 +139,8 @@ static int btd_solve(int T, int d, const double *D, const double *L, int lstride
         double *Sct = Sc + (size_t)(t + 1) * dd;
         mat_mult("N", "T", d, d, d, 1.0, Sn, d, G, d, 0.0, Sct, d);
         mat_mult("N", "N", d, d, d, 1.0, G, d, Sct, d, 0.0, H, d);
-        for (int k = 0; k < dd; k++) Fi[k] += H[k];
+        for (int k = 0; k < dd; k++)
+            Fi[k] += H[k];
         vb_symmetrize(d, Fi);
         if ((t & 1023) == 1023) R_CheckUserInterrupt();
     }
@@ -150,17 +156,33 @@ static int btd_solve(int T, int d, const double *D, const double *L, int lstride
 static double obs_term(const lds_model *M, int t, const double *m, const double *S, double *J,
                        double *h, double *work) {
     int N = M->N, d = M->d, T = M->T;
-    double *CS = work, *eta = work + (size_t)N * d, *wt = eta + N, *r = wt + N,
-           *wk = r + N;
+    double *CS = work, *eta = work + (size_t)N * d, *wt = eta + N, *r = wt + N, *wk = r + N;
     double val = 0.0;
-    for (int i = 0; i < N; i++) eta[i] = M->dv[i];
+    for (int i = 0; i < N; i++)
+        eta[i] = M->dv[i];
     mat_vec("N", N, d, 1.0, M->C, m, 1.0, eta);
-    F77_CALL(dsymm)("R", "U", &N, &d, &(double){1.0}, S, &d, M->C, &N, &(double){0.0}, CS, &N
-                    FCONE FCONE);
+    if (M->family == 0 && M->rowobs[t]) {
+        /* gaussian, all units observed: sum_i c_i'S c_i / R_i = <C'R^{-1}C, S>, and the
+         * pseudo-observation precision is the constant C'R^{-1}C */
+        val = M->gconst - 0.5 * dot(d * d, M->Jg, S);
+        for (int i = 0; i < N; i++) {
+            double yi = M->y[t + (size_t)i * T], ri = 1.0 / M->R[i], res = yi - eta[i];
+            val -= 0.5 * res * res * ri;
+            r[i] = (yi - M->dv[i]) * ri;
+        }
+        if (J) {
+            memcpy(J, M->Jg, d * d * sizeof(double));
+            mat_vec("T", N, d, 1.0, M->C, r, 0.0, h);
+        }
+        return val;
+    }
+    F77_CALL(dsymm)
+    ("R", "U", &N, &d, &(double){1.0}, S, &d, M->C, &N, &(double){0.0}, CS, &N FCONE FCONE);
     for (int i = 0; i < N; i++) {
         double yi = M->y[t + (size_t)i * T];
         double vi = 0.0;
-        for (int k = 0; k < d; k++) vi += CS[i + (size_t)k * N] * M->C[i + (size_t)k * N];
+        for (int k = 0; k < d; k++)
+            vi += CS[i + (size_t)k * N] * M->C[i + (size_t)k * N];
         if (ISNAN(yi)) {
             wt[i] = 0.0;
             r[i] = 0.0;
@@ -197,7 +219,8 @@ static double latent_term(const lds_model *M, int T, const double *m, const doub
         const double *mt = m + (size_t)t * d, *St = S + (size_t)t * dd;
         double q;
         if (t == 0) {
-            for (int k = 0; k < d; k++) e[k] = mt[k] - M->m0[k];
+            for (int k = 0; k < d; k++)
+                e[k] = mt[k] - M->m0[k];
             mat_vec("N", d, d, 1.0, M->V0i, e, 0.0, u);
             q = dot(d, e, u) + dot(dd, M->V0i, St) + M->ldV0;
         } else {
@@ -250,6 +273,26 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
     double *D0 = work, *wk = D0 + dd;
     *conv = 0;
     *iter = 0;
+    if (M->family == 0) {
+        /* exact in one pass: the pseudo-observations do not depend on q */
+        memset(D0, 0, dd * sizeof(double));
+        for (int t = 0; t < T; t++) {
+            double *Dt = cur->D + (size_t)t * dd, *Lt = cur->L + (size_t)t * dd,
+                   *bt = cur->b + (size_t)t * d;
+            obs_term(M, t, D0, D0, cur->J, cur->h, wk); /* J, h only (zero q) */
+            prior_diag(M, T, t, Dt);
+            for (int k = 0; k < dd; k++) {
+                Dt[k] += cur->J[k];
+                Lt[k] = t > 0 ? -M->QiA[k] : 0.0;
+            }
+            for (int k = 0; k < d; k++)
+                bt[k] = cur->h[k] + (t == 0 ? M->V0im0[k] : 0.0);
+        }
+        if ((info = q_moments(M, cur, wk))) return info;
+        *iter = 1;
+        *conv = 1;
+        return 0;
+    }
     if ((info = q_moments(M, cur, wk))) return info;
     for (int it = 1; it <= maxit; it++) {
         double a = 1.0;
@@ -302,8 +345,8 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
 /* ---------- meanfield E-step ---------- */
 
 /* Local objective of q(z_t) = N(m, S) with the others fixed. */
-static double mf_local(const lds_model *M, int t, const double *m, const double *S,
-                       const double *P, const double *lin, double logdetS, double *work) {
+static double mf_local(const lds_model *M, int t, const double *m, const double *S, const double *P,
+                       const double *lin, double logdetS, double *work) {
     int d = M->d;
     double *u = work;
     double *wk = work + d;
@@ -313,9 +356,9 @@ static double mf_local(const lds_model *M, int t, const double *m, const double 
     return val;
 }
 
-static int estep_meanfield(const lds_model *M, double *m, double *S, double *logdetS,
-                           int maxit, double tol, int *iter, int *conv, double *elbo,
-                           double *loglik, double *work, double *Sc0) {
+static int estep_meanfield(const lds_model *M, double *m, double *S, double *logdetS, int maxit,
+                           double tol, int *iter, int *conv, double *elbo, double *loglik,
+                           double *work, double *Sc0) {
     int T = M->T, d = M->d, dd = d * d, info;
     double *P = work, *lin = P + dd, *J = lin + d, *h = J + dd, *Lc = h + d, *etac = Lc + dd,
            *Ln = etac + d, *etan = Ln + dd, *mn = etan + d, *Sn = mn + d, *wk = Sn + dd;
@@ -323,14 +366,16 @@ static int estep_meanfield(const lds_model *M, double *m, double *S, double *log
     *conv = 0;
     *iter = 0;
     ld = 0.0;
-    for (int t = 0; t < T; t++) ld += logdetS[t];
+    for (int t = 0; t < T; t++)
+        ld += logdetS[t];
     *loglik = obs_total(M, m, S, wk);
     double cur = *loglik + latent_term(M, T, m, S, Sc0, ld, wk);
     for (int it = 1; it <= maxit; it++) {
         for (int t = 0; t < T; t++) {
             double *mt = m + (size_t)t * d, *St = S + (size_t)t * dd;
             prior_diag(M, T, t, P);
-            for (int k = 0; k < d; k++) lin[k] = (t == 0) ? M->V0im0[k] : 0.0;
+            for (int k = 0; k < d; k++)
+                lin[k] = (t == 0) ? M->V0im0[k] : 0.0;
             if (t > 0) mat_vec("N", d, d, 1.0, M->QiA, m + (size_t)(t - 1) * d, 1.0, lin);
             if (t < T - 1) mat_vec("T", d, d, 1.0, M->QiA, m + (size_t)(t + 1) * d, 1.0, lin);
             double f0 = mf_local(M, t, mt, St, P, lin, logdetS[t], wk);
@@ -341,8 +386,10 @@ static int estep_meanfield(const lds_model *M, double *m, double *S, double *log
             mat_vec("N", d, d, 1.0, Lc, mt, 0.0, etac);
             double a = 1.0;
             for (int halve = 0; halve < 40; halve++, a *= 0.5) {
-                for (int k = 0; k < dd; k++) Ln[k] = (1.0 - a) * Lc[k] + a * (P[k] + J[k]);
-                for (int k = 0; k < d; k++) etan[k] = (1.0 - a) * etac[k] + a * (lin[k] + h[k]);
+                for (int k = 0; k < dd; k++)
+                    Ln[k] = (1.0 - a) * Lc[k] + a * (P[k] + J[k]);
+                for (int k = 0; k < d; k++)
+                    etan[k] = (1.0 - a) * etac[k] + a * (lin[k] + h[k]);
                 memcpy(Sn, Ln, dd * sizeof(double));
                 if ((info = spd_inverse(d, Sn, &ldS))) return info;
                 ldS = -ldS;
@@ -358,7 +405,8 @@ static int estep_meanfield(const lds_model *M, double *m, double *S, double *log
             if ((t & 1023) == 1023) R_CheckUserInterrupt();
         }
         ld = 0.0;
-        for (int t = 0; t < T; t++) ld += logdetS[t];
+        for (int t = 0; t < T; t++)
+            ld += logdetS[t];
         *loglik = obs_total(M, m, S, wk);
         double nw = *loglik + latent_term(M, T, m, S, Sc0, ld, wk);
         *iter = it;
@@ -386,8 +434,7 @@ static SEXP list_get(SEXP list, const char *name) {
 static const double *real_elt(SEXP list, const char *name, R_xlen_t len) {
     SEXP x = list_get(list, name);
     if (TYPEOF(x) != REALSXP || XLENGTH(x) != len)
-        Rf_error("lds: element '%s' must be a double vector of length %lld", name,
-                 (long long)len);
+        Rf_error("lds: element '%s' must be a double vector of length %lld", name, (long long)len);
     return REAL(x);
 }
 
@@ -448,6 +495,24 @@ static void unpack_model(lds_model *M, SEXP y, SEXP off, SEXP family, SEXP param
     mat_mult("T", "N", d, d, d, 1.0, M->A, d, M->QiA, d, 0.0, M->AtQiA, d);
     vb_symmetrize(d, M->AtQiA);
     mat_vec("N", d, d, 1.0, M->V0i, M->m0, 0.0, M->V0im0);
+    M->rowobs = (int *)R_alloc(M->T, sizeof(int));
+    for (int t = 0; t < M->T; t++) {
+        int all = 1;
+        for (int i = 0; i < N && all; i++)
+            if (ISNAN(M->y[t + (size_t)i * M->T])) all = 0;
+        M->rowobs[t] = all;
+    }
+    M->Jg = (double *)R_alloc(dd, sizeof(double));
+    M->gconst = 0.0;
+    if (M->family == 0) {
+        double *wt = (double *)R_alloc(N, sizeof(double)),
+               *wk = (double *)R_alloc((size_t)N * d, sizeof(double));
+        for (int i = 0; i < N; i++) {
+            wt[i] = 1.0 / M->R[i];
+            M->gconst -= 0.5 * (LOG2PI + log(M->R[i]));
+        }
+        vb_xtwx(N, d, M->C, N, wt, wk, M->Jg);
+    }
     M->lgy = 0.0;
     if (M->family == 1) {
         for (R_xlen_t k = 0; k < (R_xlen_t)M->T * N; k++) {
@@ -492,9 +557,17 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
         D = new_real((R_xlen_t)dd * T, &np);
         L = new_real((R_xlen_t)dd * T, &np);
         b = new_real((R_xlen_t)d * T, &np);
-        btd_q cur = {REAL(D), REAL(L), REAL(b), REAL(m), REAL(S), REAL(Sc),
+        btd_q cur = {REAL(D),
+                     REAL(L),
+                     REAL(b),
+                     REAL(m),
+                     REAL(S),
+                     REAL(Sc),
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     (double *)R_alloc((size_t)d * T, sizeof(double)), 0, 0, 0};
+                     (double *)R_alloc((size_t)d * T, sizeof(double)),
+                     0,
+                     0,
+                     0};
         btd_q try = {(double *)R_alloc((size_t)dd * T, sizeof(double)),
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
                      (double *)R_alloc((size_t)d * T, sizeof(double)),
@@ -502,12 +575,17 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     (double *)R_alloc((size_t)d * T, sizeof(double)), 0, 0, 0};
+                     (double *)R_alloc((size_t)d * T, sizeof(double)),
+                     0,
+                     0,
+                     0};
         if (Rf_isNull(state)) {
             for (int t = 0; t < T; t++) {
                 prior_diag(&M, T, t, cur.D + (size_t)t * dd);
-                for (int k = 0; k < dd; k++) cur.L[(size_t)t * dd + k] = t > 0 ? -M.QiA[k] : 0.0;
-                for (int k = 0; k < d; k++) cur.b[(size_t)t * d + k] = t == 0 ? M.V0im0[k] : 0.0;
+                for (int k = 0; k < dd; k++)
+                    cur.L[(size_t)t * dd + k] = t > 0 ? -M.QiA[k] : 0.0;
+                for (int k = 0; k < d; k++)
+                    cur.b[(size_t)t * d + k] = t == 0 ? M.V0im0[k] : 0.0;
             }
         } else {
             memcpy(cur.D, real_elt(state, "D", (R_xlen_t)dd * T), (size_t)dd * T * sizeof(double));
@@ -550,8 +628,10 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
                 lds[t] = -lds[t];
                 /* start at the prior mean path */
                 double *mt = REAL(m) + (size_t)t * d;
-                if (t == 0) memcpy(mt, M.m0, d * sizeof(double));
-                else mat_vec("N", d, d, 1.0, M.A, mt - d, 0.0, mt);
+                if (t == 0)
+                    memcpy(mt, M.m0, d * sizeof(double));
+                else
+                    mat_vec("N", d, d, 1.0, M.A, mt - d, 0.0, mt);
             }
         } else {
             memcpy(REAL(m), real_elt(state, "m", (R_xlen_t)d * T), (size_t)d * T * sizeof(double));
@@ -564,10 +644,11 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
                 lds[t] = vb_chol_logdet(d, P, d);
             }
         }
-        info = estep_meanfield(&M, REAL(m), REAL(S), lds, maxit, tol, &iter, &conv, &elbo,
-                               &loglik, work, REAL(Sc));
+        info = estep_meanfield(&M, REAL(m), REAL(S), lds, maxit, tol, &iter, &conv, &elbo, &loglik,
+                               work, REAL(Sc));
         if (info) vb_linalg_error(info, "lds: a meanfield factor's precision");
-        for (int t = 0; t < T; t++) logdet += lds[t];
+        for (int t = 0; t < T; t++)
+            logdet += lds[t];
     }
     {
         SEXP dim = PROTECT(Rf_allocVector(INTSXP, 2));
@@ -579,8 +660,8 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
     set_dim3(S, d, d, T);
     set_dim3(Sc, d, d, T);
 
-    const char *nms[] = {"m", "S", "Sc", "logdet", "D", "L", "b",
-                         "elbo", "loglik", "iterations", "converged", ""};
+    const char *nms[] = {"m", "S",    "Sc",     "logdet",     "D",         "L",
+                         "b", "elbo", "loglik", "iterations", "converged", ""};
     SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
     np++;
     SET_VECTOR_ELT(out, 0, m);
@@ -619,7 +700,8 @@ static double pois_unit_obj(int T, int d, const double *y, const double *off, co
         double q = 0.0;
         for (int b = 0; b < d; b++) {
             double s = 0.0;
-            for (int a = 0; a < d; a++) s += St[a + b * d] * c[a];
+            for (int a = 0; a < d; a++)
+                s += St[a + b * d] * c[a];
             q += s * c[b];
         }
         double e = off[t] + di + dot(d, c, mt);
@@ -652,7 +734,8 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
     const double *Y = REAL(y), *O = REAL(off), *Mm = REAL(m), *SS = REAL(S);
     for (int i = 0; i < N; i++) {
         const double *yi = Y + (size_t)i * T;
-        for (int k = 0; k < d; k++) c[k] = REAL(Cn)[i + (size_t)k * N];
+        for (int k = 0; k < d; k++)
+            c[k] = REAL(Cn)[i + (size_t)k * N];
         double di = REAL(dn)[i];
         double f = pois_unit_obj(T, d, yi, O, Mm, SS, c, di);
         for (int it = 0; it < maxit; it++) {
@@ -664,22 +747,27 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
                 double q = 0.0, e = O[t] + di;
                 for (int b = 0; b < d; b++) {
                     double s = 0.0;
-                    for (int a = 0; a < d; a++) s += St[a + b * d] * c[a];
+                    for (int a = 0; a < d; a++)
+                        s += St[a + b * d] * c[a];
                     u[b] = s;
                     q += s * c[b];
                     e += c[b] * mt[b];
                 }
                 double lam = exp(e + 0.5 * q);
-                for (int k = 0; k < d; k++) u[k] += mt[k]; /* m_t + S_t c */
+                for (int k = 0; k < d; k++)
+                    u[k] += mt[k]; /* m_t + S_t c */
                 u[d] = 1.0;
-                for (int k = 0; k < d; k++) g[k] += yi[t] * mt[k] - lam * u[k];
+                for (int k = 0; k < d; k++)
+                    g[k] += yi[t] * mt[k] - lam * u[k];
                 g[d] += yi[t] - lam;
                 for (int b = 0; b < p; b++) {
                     double lb = lam * u[b];
-                    for (int a = 0; a <= b; a++) H[a + b * p] += lb * u[a];
+                    for (int a = 0; a <= b; a++)
+                        H[a + b * p] += lb * u[a];
                 }
                 for (int b = 0; b < d; b++)
-                    for (int a = 0; a <= b; a++) H[a + b * p] += lam * St[a + b * d];
+                    for (int a = 0; a <= b; a++)
+                        H[a + b * p] += lam * St[a + b * d];
                 if ((t & 65535) == 65535) R_CheckUserInterrupt();
             }
             int info = vb_chol(p, H, p);
@@ -688,7 +776,8 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
             double a = 1.0, fn = f;
             int ok = 0;
             for (int h = 0; h < 40; h++, a *= 0.5) {
-                for (int k = 0; k < d; k++) cn[k] = c[k] + a * g[k];
+                for (int k = 0; k < d; k++)
+                    cn[k] = c[k] + a * g[k];
                 double dn_ = di + a * g[d];
                 fn = pois_unit_obj(T, d, yi, O, Mm, SS, cn, dn_);
                 if (R_FINITE(fn) && fn >= f) {
@@ -703,7 +792,8 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
             f = fn;
             if (ch <= tol * (1.0 + fabs(f))) break;
         }
-        for (int k = 0; k < d; k++) REAL(Cn)[i + (size_t)k * N] = c[k];
+        for (int k = 0; k < d; k++)
+            REAL(Cn)[i + (size_t)k * N] = c[k];
         REAL(dn)[i] = di;
     }
     const char *nms[] = {"C", "d", ""};
