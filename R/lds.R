@@ -53,7 +53,9 @@
 #'   `quiet`.
 #' @return An object of class `vblds`: `params`, `elbo`, `elbo_trace`,
 #'   `elbo_terms` (elbo, expected log-likelihood, the rest), `converged`,
-#'   `iterations`, `posterior` (per trial: `mean` T x d, `cov` d x d x T,
+#'   `iterations` (EM iterations; with `learn = FALSE` fixed-point iterations
+#'   or meanfield sweeps), `passes` (smoother passes or sweeps in all),
+#'   `posterior` (per trial: `mean` T x d, `cov` d x d x T,
 #'   `cross` with `cross[, , t]` = Cov(z_t, z_{t-1})), `fitted.values`,
 #'   `family`, `approx`, `latent_dim`, `y`, `exposure`, `time`, `call`.
 #' @seealso [predict.vblds()], [plot.vblds()], [simulate.vblds()].
@@ -235,7 +237,6 @@ lds_check_params <- function(params, N, k, pois) {
 # components; slow, stable dynamics with unit stationary variance.
 lds_init <- function(Y, Off, k, pois, given = NULL) {
   Yall <- do.call(rbind, Y)
-  N <- ncol(Yall)
   if (pois) {
     off <- unlist(Off)
     rate <- colSums(Yall, na.rm = TRUE) / colSums(exp(off) * !is.na(Yall))
@@ -274,10 +275,12 @@ lds_em <- function(Y, Off, params, pois, approx, learn, control) {
   inner <- if (length(learn)) c(if (pois) 3 else 1, control$tol) else c(control$maxit, control$tol)
   outer <- if (length(learn)) control$maxit else 1L
   converged <- FALSE
+  passes <- 0L
   for (it in seq_len(outer)) {
     E <- lds_estep(Y, Off, params, pois, approx, state, inner)
     el <- sum(vapply(E, `[[`, 0, "elbo"))
     trace <- c(trace, el)
+    passes <- passes + sum(vapply(E, `[[`, 0L, "passes"))
     state <- lapply(E, function(e) if (approx == "structured") e[c("D", "L", "b")] else e[c("m", "S")])
     if (!length(learn)) {
       converged <- all(vapply(E, `[[`, NA, "converged"))
@@ -302,7 +305,7 @@ lds_em <- function(Y, Off, params, pois, approx, learn, control) {
        elbo_terms = c(elbo = el, loglik = loglik, kl = loglik - el),
        converged = converged,
        iterations = if (length(learn)) length(trace) else max(vapply(E, `[[`, 0L, "iterations")),
-       posterior = post)
+       passes = passes, posterior = post)
 }
 
 lds_mstep <- function(Y, Off, E, p, pois, learn) {

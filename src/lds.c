@@ -16,7 +16,8 @@
  *
  * E-step (structured).  Each observation block enters through pseudo-
  * observations (J_t, h_t): exact for gaussian (J_t = C'R^{-1}C,
- * h_t = C'R^{-1}(y_t - d)); for poisson the fixed point (NCVMP, natural-
+ * h_t = C'R^{-1}(y_t - d)), so one pass gives the exact posterior and the
+ * ELBO equals log p(y); for poisson the fixed point (NCVMP, natural-
  * gradient step of size 1) J_t = C'diag(w_t)C, h_t = J_t m_t + C'(y_t - w_t),
  * w_t = exp(off_t + C m_t + d + diag(C Sigma_tt C')/2).  The proposal is
  * (prior precision + blockdiag J, prior linear term + h); the step is taken in
@@ -26,8 +27,15 @@
  * E-step (meanfield).  q = prod_t N(m_t, S_t), block coordinate ascent over t
  * with the same local natural-gradient step and halving (exact for gaussian).
  *
- * ELBO = sum_t E log p(y_t | z_t) + E log p(z) + 1/2 log|Sigma| + Td/2 (1 + log 2 pi).
- * Cost per E-step iteration O(T (N d^2 + d^3)); memory O(T d^2).
+ * ELBO = sum_t E log p(y_t | z_t) + E log p(z) + 1/2 log|Sigma| + Td/2 (1 + log 2 pi),
+ * where E log p(z) needs only m_t, Sigma_tt and Sigma_{t,t-1}.  The pass that
+ * evaluates a q's ELBO also stores its (J_t, h_t), so each fixed-point
+ * iteration costs one observation pass and one smoother pass.
+ * Cost per E-step iteration O(T (N d^2 + d^3)); memory O(T d^2) (about 16 T d^2
+ * doubles for the current and trial q).
+ *
+ * Entry points: C_lds_estep(y, off, family, params, state, approx, control),
+ * C_lds_poisson_mstep(y, off, m, S, C, d, control); see their comments.
  *
  * M-step helper (poisson): Newton with step halving, unit by unit, on the
  * concave expected log-likelihood in (c_i, d_i), O(T d^2) per unit and step.
@@ -268,7 +276,7 @@ static int q_moments(const lds_model *M, btd_q *q, double *work) {
 /* cur holds the current q (natural parameters and moments); try is scratch.
  * Returns a status code; *iter, *conv report the iterations. */
 static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxit, double tol,
-                            int *iter, int *conv, double *work) {
+                            int *iter, int *conv, int *passes, double *work) {
     int T = M->T, d = M->d, dd = d * d, info;
     double *D0 = work, *wk = D0 + dd;
     *conv = 0;
@@ -291,13 +299,15 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
         if ((info = q_moments(M, cur, wk))) return info;
         *iter = 1;
         *conv = 1;
+        *passes = 1;
         return 0;
     }
     if ((info = q_moments(M, cur, wk))) return info;
+    *passes = 1;
     for (int it = 1; it <= maxit; it++) {
         double a = 1.0;
         int accepted = 0;
-        for (int halve = 0; halve < 40; halve++, a *= 0.5) {
+        for (int halve = 0; halve < 30; halve++, a *= 0.5) {
             for (int t = 0; t < T; t++) {
                 double *Dt = try->D + (size_t)t * dd, *Lt = try->L + (size_t)t * dd,
                        *bt = try->b + (size_t)t * d;
@@ -313,17 +323,14 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
                     bt[k] = (1.0 - a) * bc[k] + a * (ht[k] + (t == 0 ? M->V0im0[k] : 0.0));
             }
             info = q_moments(M, try, wk);
+            (*passes)++;
             if (info == 0 && try->elbo >= cur->elbo) {
                 accepted = 1;
                 break;
             }
-            if (M->family == 0 && a == 1.0 && info == 0) {
-                /* the gaussian proposal is the exact posterior: only rounding can lose */
-                if (try->elbo >= cur->elbo - 1e-9 * (1.0 + fabs(cur->elbo))) {
-                    accepted = 1;
-                    break;
-                }
-            }
+            /* a full step that loses only at rounding level: at the fixed point */
+            if (info == 0 && a == 1.0 && cur->elbo - try->elbo <= 1e-12 * (1.0 + fabs(cur->elbo)))
+                break;
         }
         *iter = it;
         if (!accepted) {
@@ -334,7 +341,7 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
         btd_q tmp = *cur;
         *cur = *try;
         *try = tmp;
-        if (M->family == 0 || change <= tol * (1.0 + fabs(cur->elbo))) {
+        if (change <= tol * (1.0 + fabs(cur->elbo))) {
             *conv = 1;
             break;
         }
@@ -401,6 +408,8 @@ static int estep_meanfield(const lds_model *M, double *m, double *S, double *log
                     logdetS[t] = ldS;
                     break;
                 }
+                if (a == 1.0 && f0 - f1 <= 1e-13 * (1.0 + fabs(f0)))
+                    break; /* at the local optimum up to rounding */
             }
             if ((t & 1023) == 1023) R_CheckUserInterrupt();
         }
@@ -531,12 +540,13 @@ static void unpack_model(lds_model *M, SEXP y, SEXP off, SEXP family, SEXP param
  *   approx 0 structured: state NULL or list(D, L, b) natural parameters of q;
  *   approx 1 meanfield:  state NULL or list(m, S) of the factors.
  *   control = c(maxit, tol).
- * Returns list(m, S, Sc, logdet, D, L, b, elbo, loglik, iterations, converged).
+ * Returns list(m, S, Sc, logdet, D, L, b, elbo, loglik, iterations, converged,
+ * passes = number of smoother (structured) or sweep (meanfield) passes).
  */
 SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx,
                  SEXP control) {
     lds_model M;
-    int np = 0, info, iter = 0, conv = 0;
+    int np = 0, info, iter = 0, conv = 0, passes = 0;
     unpack_model(&M, y, off, family, params);
     if (TYPEOF(approx) != INTSXP || XLENGTH(approx) != 1) Rf_error("lds: bad approx code");
     if (TYPEOF(control) != REALSXP || XLENGTH(control) != 2) Rf_error("lds: bad control");
@@ -592,7 +602,7 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
             memcpy(cur.L, real_elt(state, "L", (R_xlen_t)dd * T), (size_t)dd * T * sizeof(double));
             memcpy(cur.b, real_elt(state, "b", (R_xlen_t)d * T), (size_t)d * T * sizeof(double));
         }
-        info = estep_structured(&M, &cur, &try, maxit, tol, &iter, &conv, work);
+        info = estep_structured(&M, &cur, &try, maxit, tol, &iter, &conv, &passes, work);
         if (info) vb_linalg_error(info, "lds: the posterior precision of the latent path");
         /* the swap may have left the result in the scratch arrays */
         if (cur.D != REAL(D)) {
@@ -647,6 +657,7 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
         info = estep_meanfield(&M, REAL(m), REAL(S), lds, maxit, tol, &iter, &conv, &elbo, &loglik,
                                work, REAL(Sc));
         if (info) vb_linalg_error(info, "lds: a meanfield factor's precision");
+        passes = iter;
         for (int t = 0; t < T; t++)
             logdet += lds[t];
     }
@@ -660,8 +671,8 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
     set_dim3(S, d, d, T);
     set_dim3(Sc, d, d, T);
 
-    const char *nms[] = {"m", "S",    "Sc",     "logdet",     "D",         "L",
-                         "b", "elbo", "loglik", "iterations", "converged", ""};
+    const char *nms[] = {"m",    "S",      "Sc",         "logdet",    "D",      "L", "b",
+                         "elbo", "loglik", "iterations", "converged", "passes", ""};
     SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
     np++;
     SET_VECTOR_ELT(out, 0, m);
@@ -675,6 +686,7 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
     SET_VECTOR_ELT(out, 8, Rf_ScalarReal(loglik));
     SET_VECTOR_ELT(out, 9, Rf_ScalarInteger(iter));
     SET_VECTOR_ELT(out, 10, Rf_ScalarLogical(conv));
+    SET_VECTOR_ELT(out, 11, Rf_ScalarInteger(passes));
     UNPROTECT(np);
     return out;
 }
