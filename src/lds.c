@@ -9,7 +9,9 @@
  *
  * Every q is Gaussian.  "structured" q(z_{1:T}) has a block-tridiagonal
  * precision Lambda (diagonal blocks D_t, sub-diagonal blocks L_t =
- * Lambda_{t,t-1}) and linear term b; btd_solve() turns (D, L, b) into the
+ * Lambda_{t,t-1}) and linear term b.  Every q the E-step visits has the same
+ * L_t = L for all t (the prior's -Q^{-1}A, or a convex combination of those
+ * for successive parameter values), so L is stored once; btd_solve() turns (D, L, b) into the
  * moments the ELBO needs (m_t, Sigma_tt, Sigma_{t,t-1}, log|Sigma|) by an
  * information-form forward elimination (the Kalman filter) and a backward
  * pass (the RTS smoother), O(T d^3) time and O(T d^2) memory.
@@ -31,7 +33,7 @@
  * where E log p(z) needs only m_t, Sigma_tt and Sigma_{t,t-1}.  The pass that
  * evaluates a q's ELBO also stores its (J_t, h_t), so each fixed-point
  * iteration costs one observation pass and one smoother pass.
- * Cost per E-step iteration O(T (N d^2 + d^3)); memory O(T d^2) (about 16 T d^2
+ * Cost per E-step iteration O(T (N d^2 + d^3)); memory O(T d^2) (about 8 T d^2
  * doubles for the current and trial q).
  *
  * Entry points: C_lds_estep(y, off, family, params, state, approx, control),
@@ -262,7 +264,7 @@ typedef struct {
 
 static int q_moments(const lds_model *M, btd_q *q, double *work) {
     int d = M->d, dd = d * d;
-    int info = btd_solve(M->T, d, q->D, q->L, dd, q->b, q->m, q->S, q->Sc, &q->logdet, work);
+    int info = btd_solve(M->T, d, q->D, q->L, 0, q->b, q->m, q->S, q->Sc, &q->logdet, work);
     if (info) return info;
     double ll = 0.0;
     for (int t = 0; t < M->T; t++)
@@ -285,17 +287,16 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
         /* exact in one pass: the pseudo-observations do not depend on q */
         memset(D0, 0, dd * sizeof(double));
         for (int t = 0; t < T; t++) {
-            double *Dt = cur->D + (size_t)t * dd, *Lt = cur->L + (size_t)t * dd,
-                   *bt = cur->b + (size_t)t * d;
+            double *Dt = cur->D + (size_t)t * dd, *bt = cur->b + (size_t)t * d;
             obs_term(M, t, D0, D0, cur->J, cur->h, wk); /* J, h only (zero q) */
             prior_diag(M, T, t, Dt);
-            for (int k = 0; k < dd; k++) {
+            for (int k = 0; k < dd; k++)
                 Dt[k] += cur->J[k];
-                Lt[k] = t > 0 ? -M->QiA[k] : 0.0;
-            }
             for (int k = 0; k < d; k++)
                 bt[k] = cur->h[k] + (t == 0 ? M->V0im0[k] : 0.0);
         }
+        for (int k = 0; k < dd; k++)
+            cur->L[k] = -M->QiA[k];
         if ((info = q_moments(M, cur, wk))) return info;
         *iter = 1;
         *conv = 1;
@@ -308,17 +309,15 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
         double a = 1.0;
         int accepted = 0;
         for (int halve = 0; halve < 30; halve++, a *= 0.5) {
+            for (int k = 0; k < dd; k++)
+                try->L[k] = (1.0 - a) * cur->L[k] - a * M->QiA[k];
             for (int t = 0; t < T; t++) {
-                double *Dt = try->D + (size_t)t * dd, *Lt = try->L + (size_t)t * dd,
-                       *bt = try->b + (size_t)t * d;
-                const double *Dc = cur->D + (size_t)t * dd, *Lc = cur->L + (size_t)t * dd,
-                             *bc = cur->b + (size_t)t * d;
+                double *Dt = try->D + (size_t)t * dd, *bt = try->b + (size_t)t * d;
+                const double *Dc = cur->D + (size_t)t * dd, *bc = cur->b + (size_t)t * d;
                 const double *Jt = cur->J + (size_t)t * dd, *ht = cur->h + (size_t)t * d;
                 prior_diag(M, T, t, D0);
-                for (int k = 0; k < dd; k++) {
+                for (int k = 0; k < dd; k++)
                     Dt[k] = (1.0 - a) * Dc[k] + a * (D0[k] + Jt[k]);
-                    Lt[k] = (1.0 - a) * Lc[k] - a * (t > 0 ? M->QiA[k] : 0.0);
-                }
                 for (int k = 0; k < d; k++)
                     bt[k] = (1.0 - a) * bc[k] + a * (ht[k] + (t == 0 ? M->V0im0[k] : 0.0));
             }
@@ -537,7 +536,8 @@ static void unpack_model(lds_model *M, SEXP y, SEXP off, SEXP family, SEXP param
 
 /*
  * C_lds_estep(y, off, family, params, state, approx, control)
- *   approx 0 structured: state NULL or list(D, L, b) natural parameters of q;
+ *   approx 0 structured: state NULL or list(D (d x d x T), L (d x d), b (d x T)),
+ *   the natural parameters of q;
  *   approx 1 meanfield:  state NULL or list(m, S) of the factors.
  *   control = c(maxit, tol).
  * Returns list(m, S, Sc, logdet, D, L, b, elbo, loglik, iterations, converged,
@@ -565,7 +565,7 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
 
     if (ap == 0) {
         D = new_real((R_xlen_t)dd * T, &np);
-        L = new_real((R_xlen_t)dd * T, &np);
+        L = new_real(dd, &np);
         b = new_real((R_xlen_t)d * T, &np);
         btd_q cur = {REAL(D),
                      REAL(L),
@@ -579,7 +579,7 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
                      0,
                      0};
         btd_q try = {(double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     (double *)R_alloc((size_t)dd * T, sizeof(double)),
+                     (double *)R_alloc(dd, sizeof(double)),
                      (double *)R_alloc((size_t)d * T, sizeof(double)),
                      (double *)R_alloc((size_t)d * T, sizeof(double)),
                      (double *)R_alloc((size_t)dd * T, sizeof(double)),
@@ -590,16 +590,16 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
                      0,
                      0};
         if (Rf_isNull(state)) {
+            for (int k = 0; k < dd; k++)
+                cur.L[k] = -M.QiA[k];
             for (int t = 0; t < T; t++) {
                 prior_diag(&M, T, t, cur.D + (size_t)t * dd);
-                for (int k = 0; k < dd; k++)
-                    cur.L[(size_t)t * dd + k] = t > 0 ? -M.QiA[k] : 0.0;
                 for (int k = 0; k < d; k++)
                     cur.b[(size_t)t * d + k] = t == 0 ? M.V0im0[k] : 0.0;
             }
         } else {
             memcpy(cur.D, real_elt(state, "D", (R_xlen_t)dd * T), (size_t)dd * T * sizeof(double));
-            memcpy(cur.L, real_elt(state, "L", (R_xlen_t)dd * T), (size_t)dd * T * sizeof(double));
+            memcpy(cur.L, real_elt(state, "L", dd), dd * sizeof(double));
             memcpy(cur.b, real_elt(state, "b", (R_xlen_t)d * T), (size_t)d * T * sizeof(double));
         }
         info = estep_structured(&M, &cur, &try, maxit, tol, &iter, &conv, &passes, work);
@@ -607,7 +607,7 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
         /* the swap may have left the result in the scratch arrays */
         if (cur.D != REAL(D)) {
             memcpy(REAL(D), cur.D, (size_t)dd * T * sizeof(double));
-            memcpy(REAL(L), cur.L, (size_t)dd * T * sizeof(double));
+            memcpy(REAL(L), cur.L, dd * sizeof(double));
             memcpy(REAL(b), cur.b, (size_t)d * T * sizeof(double));
             memcpy(REAL(m), cur.m, (size_t)d * T * sizeof(double));
             memcpy(REAL(S), cur.S, (size_t)dd * T * sizeof(double));
@@ -617,7 +617,13 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
         elbo = cur.elbo;
         loglik = cur.loglik;
         set_dim3(D, d, d, T);
-        set_dim3(L, d, d, T);
+        {
+            SEXP dim = PROTECT(Rf_allocVector(INTSXP, 2));
+            INTEGER(dim)[0] = d;
+            INTEGER(dim)[1] = d;
+            Rf_setAttrib(L, R_DimSymbol, dim);
+            UNPROTECT(1);
+        }
         {
             SEXP dim = PROTECT(Rf_allocVector(INTSXP, 2));
             INTEGER(dim)[0] = d;
