@@ -348,7 +348,7 @@ lds_mstep <- function(Y, Off, E, p, pois, learn) {
     Sall <- do.call(c, lapply(E, function(e) as.vector(e$S)))
     dim(Sall) <- c(k, k, ncol(M))
     if (pois) {
-      r <- .Call(C_lds_poisson_mstep, Yall, unlist(Off), M, Sall, p$C, p$d, c(3, 1e-10))
+      r <- .Call(C_lds_poisson_mstep, Yall, unlist(Off), M, Sall, p$C, p$d, c(2, 1e-10))
       p$C <- r$C; p$d <- r$d
     } else {
       O <- !is.na(Yall)
