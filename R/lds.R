@@ -138,13 +138,12 @@ lds_check_y <- function(y, pois) {
       stop(sprintf("vb_lds(): trial %d of 'y' is not a numeric matrix (time bins x units).", k), call. = FALSE)
     storage.mode(yk) <- "double"
     if (nrow(yk) < 1L) stop(sprintf("vb_lds(): trial %d of 'y' has no time bins.", k), call. = FALSE)
-    if (any(is.infinite(yk)) || any(is.nan(yk)))
+    if (!all(is.finite(yk)) && any(is.infinite(yk) | is.nan(yk)))
       stop(sprintf("vb_lds(): trial %d of 'y' contains infinite or NaN values; use NA for missing bins.", k), call. = FALSE)
-    if (pois) {
-      ok <- is.na(yk) | (yk >= 0 & yk == round(yk))
-      if (!all(ok))
-        stop(sprintf("vb_lds(): poisson counts must be whole numbers >= 0, but trial %d of 'y' has e.g. %g.",
-                     k, yk[!ok][1L]), call. = FALSE)
+    if (pois && !isTRUE(all(yk >= 0 & yk == round(yk), na.rm = TRUE))) {
+      bad <- yk[!is.na(yk) & (yk < 0 | yk != round(yk))][1L]
+      stop(sprintf("vb_lds(): poisson counts must be whole numbers >= 0, but trial %d of 'y' has e.g. %g.",
+                   k, bad), call. = FALSE)
     }
     yk
   })
@@ -152,7 +151,7 @@ lds_check_y <- function(y, pois) {
   if (any(N != N[1L]))
     stop(sprintf("vb_lds(): every trial of 'y' must have the same number of units (columns); found %s.",
                  paste(unique(N), collapse = ", ")), call. = FALSE)
-  allna <- colSums(do.call(rbind, lapply(Y, function(yk) !is.na(yk)))) == 0
+  allna <- Reduce(`+`, lapply(Y, function(yk) if (anyNA(yk)) colSums(!is.na(yk)) else rep(nrow(yk), ncol(yk)))) == 0
   if (any(allna))
     stop(sprintf("vb_lds(): unit %d of 'y' has no observed bins; drop it.", which(allna)[1L]), call. = FALSE)
   Y
@@ -401,7 +400,7 @@ lds_rates <- function(object, type = c("response", "link")) {
   pois <- object$family$family == "poisson"
   lapply(seq_along(object$posterior), function(k) {
     po <- object$posterior[[k]]
-    eta <- sweep(po$mean %*% t(p$C), 2L, p$d, `+`)
+    eta <- tcrossprod(po$mean, p$C) + rep(p$d, each = nrow(po$mean))
     if (type == "link") return(eta)
     if (!pois) return(eta)
     exp(eta + 0.5 * lds_eta_var(po$cov, p$C)) * object$exposure[[k]]

@@ -268,8 +268,9 @@ static int q_moments(const lds_model *M, btd_q *q, double *work) {
     if (info) return info;
     double ll = 0.0;
     for (int t = 0; t < M->T; t++)
-        ll += obs_term(M, t, q->m + (size_t)t * d, q->S + (size_t)t * dd, q->J + (size_t)t * dd,
-                       q->h + (size_t)t * d, work);
+        ll +=
+            obs_term(M, t, q->m + (size_t)t * d, q->S + (size_t)t * dd,
+                     q->J ? q->J + (size_t)t * dd : NULL, q->h ? q->h + (size_t)t * d : NULL, work);
     q->loglik = ll - M->lgy;
     q->elbo = q->loglik + latent_term(M, M->T, q->m, q->S, q->Sc, q->logdet, work);
     return 0;
@@ -280,7 +281,7 @@ static int q_moments(const lds_model *M, btd_q *q, double *work) {
 static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxit, double tol,
                             int *iter, int *conv, int *passes, double *work) {
     int T = M->T, d = M->d, dd = d * d, info;
-    double *D0 = work, *wk = D0 + dd;
+    double *D0 = work, *Jw = D0 + dd, *hw = Jw + dd, *wk = hw + d;
     *conv = 0;
     *iter = 0;
     if (M->family == 0) {
@@ -288,12 +289,12 @@ static int estep_structured(const lds_model *M, btd_q *cur, btd_q *try, int maxi
         memset(D0, 0, dd * sizeof(double));
         for (int t = 0; t < T; t++) {
             double *Dt = cur->D + (size_t)t * dd, *bt = cur->b + (size_t)t * d;
-            obs_term(M, t, D0, D0, cur->J, cur->h, wk); /* J, h only (zero q) */
+            obs_term(M, t, D0, D0, Jw, hw, wk); /* J, h only (zero q) */
             prior_diag(M, T, t, Dt);
             for (int k = 0; k < dd; k++)
-                Dt[k] += cur->J[k];
+                Dt[k] += Jw[k];
             for (int k = 0; k < d; k++)
-                bt[k] = cur->h[k] + (t == 0 ? M->V0im0[k] : 0.0);
+                bt[k] = hw[k] + (t == 0 ? M->V0im0[k] : 0.0);
         }
         for (int k = 0; k < dd; k++)
             cur->L[k] = -M->QiA[k];
@@ -564,32 +565,42 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
     double logdet = 0.0, elbo = 0.0, loglik = 0.0;
 
     if (ap == 0) {
-        D = new_real((R_xlen_t)dd * T, &np);
+        /* gaussian needs neither a trial q nor the pseudo-observations of the next
+         * step, and returns no natural parameters (its E-step is exact from any start) */
+        int pois = M.family == 1;
+        double *Dp;
+        if (pois) {
+            D = new_real((R_xlen_t)dd * T, &np);
+            Dp = REAL(D);
+        } else
+            Dp = (double *)R_alloc((size_t)dd * T, sizeof(double));
         L = new_real(dd, &np);
         b = new_real((R_xlen_t)d * T, &np);
-        btd_q cur = {REAL(D),
+        btd_q cur = {Dp,
                      REAL(L),
                      REAL(b),
                      REAL(m),
                      REAL(S),
                      REAL(Sc),
-                     (double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     (double *)R_alloc((size_t)d * T, sizeof(double)),
+                     pois ? (double *)R_alloc((size_t)dd * T, sizeof(double)) : NULL,
+                     pois ? (double *)R_alloc((size_t)d * T, sizeof(double)) : NULL,
                      0,
                      0,
                      0};
-        btd_q try = {(double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     (double *)R_alloc(dd, sizeof(double)),
-                     (double *)R_alloc((size_t)d * T, sizeof(double)),
-                     (double *)R_alloc((size_t)d * T, sizeof(double)),
-                     (double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     (double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     (double *)R_alloc((size_t)dd * T, sizeof(double)),
-                     (double *)R_alloc((size_t)d * T, sizeof(double)),
-                     0,
-                     0,
-                     0};
-        if (Rf_isNull(state)) {
+        btd_q try = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0};
+        if (pois) {
+            try.D = (double *)R_alloc((size_t)dd * T, sizeof(double));
+            try.L = (double *)R_alloc(dd, sizeof(double));
+            try.b = (double *)R_alloc((size_t)d * T, sizeof(double));
+            try.m = (double *)R_alloc((size_t)d * T, sizeof(double));
+            try.S = (double *)R_alloc((size_t)dd * T, sizeof(double));
+            try.Sc = (double *)R_alloc((size_t)dd * T, sizeof(double));
+            try.J = (double *)R_alloc((size_t)dd * T, sizeof(double));
+            try.h = (double *)R_alloc((size_t)d * T, sizeof(double));
+        }
+        if (!pois) {
+            /* filled by estep_structured */
+        } else if (Rf_isNull(state)) {
             for (int k = 0; k < dd; k++)
                 cur.L[k] = -M.QiA[k];
             for (int t = 0; t < T; t++) {
@@ -605,7 +616,7 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
         info = estep_structured(&M, &cur, &try, maxit, tol, &iter, &conv, &passes, work);
         if (info) vb_linalg_error(info, "lds: the posterior precision of the latent path");
         /* the swap may have left the result in the scratch arrays */
-        if (cur.D != REAL(D)) {
+        if (pois && cur.D != REAL(D)) {
             memcpy(REAL(D), cur.D, (size_t)dd * T * sizeof(double));
             memcpy(REAL(L), cur.L, dd * sizeof(double));
             memcpy(REAL(b), cur.b, (size_t)d * T * sizeof(double));
@@ -616,7 +627,7 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
         logdet = cur.logdet;
         elbo = cur.elbo;
         loglik = cur.loglik;
-        set_dim3(D, d, d, T);
+        if (pois) set_dim3(D, d, d, T);
         {
             SEXP dim = PROTECT(Rf_allocVector(INTSXP, 2));
             INTEGER(dim)[0] = d;
