@@ -489,7 +489,8 @@ print.summary.vblds <- function(x, digits = max(3L, getOption("digits") - 3L), .
 #' @param type `"response"` (smoothed rates E y, for poisson
 #'   \eqn{\Delta \exp(c'm + d + c'Sc/2)}), `"link"` (C m + d) or `"latent"`
 #'   (posterior means of z, with standard deviations in attribute `"sd"`).
-#' @param exposure Poisson exposure for `newdata`, as in [vb_lds()].
+#' @param exposure Poisson exposure for `newdata`, as in [vb_lds()]; by
+#'   default the (constant) exposure of the fit.
 #' @param ... Unused.
 #' @return A T x N (or T x d) matrix, or a list of them for several trials.
 #' @examples
@@ -506,7 +507,12 @@ predict.vblds <- function(object, newdata = NULL, type = c("response", "link", "
   if (!is.null(newdata)) {
     single <- !is.list(newdata) || is.data.frame(newdata)
     pois <- object$family$family == "poisson"
-    if (pois && is.null(exposure)) exposure <- NULL
+    if (pois && is.null(exposure)) {
+      e <- unique(unlist(object$exposure))
+      if (length(e) != 1L)
+        stop("predict.vblds(): the fit used varying exposures; give 'exposure' for 'newdata'.", call. = FALSE)
+      exposure <- e
+    }
     object <- vb_lds(newdata, object$latent_dim, object$family, object$approx,
                      params = object$params, learn = FALSE, exposure = exposure,
                      control = object$control)
