@@ -1,0 +1,273 @@
+# vb_lds(): every check is against a dense (Td x Td) computation, quadrature,
+# importance sampling, KFAS, or the simulation truth.
+
+quiet <- function(...) vb_control(quiet = TRUE, ...)
+
+test_that("gaussian structured q is the exact posterior and its ELBO the log-likelihood", {
+  p <- lds_test_params(2, 4, seed = 1)
+  set.seed(11)
+  y <- vbayes:::lds_sim(p, 9, "gaussian")
+  fit <- vb_lds(y, 2, params = p, learn = FALSE, control = quiet())
+  expect_close(fit$elbo, lds_dense_loglik(p, y), 1e-6)
+  post <- lds_dense_posterior(p, y)
+  po <- fit$posterior[[1]]
+  expect_close(as.vector(t(po$mean)), post$mean, 1e-8)
+  expect_close(po$cov, lds_blocks(post$Sigma, 2, 9), 1e-8)
+  expect_close(po$cross[, , -1], lds_blocks(post$Sigma, 2, 9, lag = 1), 1e-8)
+  expect_close(po$logdet, -as.numeric(determinant(post$Lam)$modulus), 1e-8)
+  # several trials add up; a 1-bin trial works
+  y2 <- vbayes:::lds_sim(p, 1, "gaussian")
+  f2 <- vb_lds(list(y, y2), 2, params = p, learn = FALSE, control = quiet())
+  expect_close(f2$elbo, lds_dense_loglik(p, y) + lds_dense_loglik(p, y2), 1e-6)
+})
+
+test_that("missing bins are marginalised exactly", {
+  p <- lds_test_params(2, 4, seed = 2)
+  set.seed(12)
+  y <- vbayes:::lds_sim(p, 8, "gaussian")
+  y[3, 2] <- NA; y[5, ] <- NA
+  fit <- vb_lds(y, 2, params = p, learn = FALSE, control = quiet())
+  expect_close(fit$elbo, lds_dense_loglik(p, y), 1e-6)
+  post <- lds_dense_posterior(p, y)
+  expect_close(as.vector(t(fit$posterior[[1]]$mean)), post$mean, 1e-8)
+})
+
+test_that("gaussian log-likelihood agrees with KFAS", {
+  skip_if_not_installed("KFAS")
+  p <- lds_test_params(2, 5, seed = 3)
+  set.seed(13)
+  y <- vbayes:::lds_sim(p, 40, "gaussian")
+  fit <- vb_lds(y, 2, params = p, learn = FALSE, control = quiet())
+  # KFAS recognises the special only by its bare name
+  SSMcustom <- KFAS::SSMcustom
+  yc <- sweep(y, 2, p$d); Zm <- p$C; Tm <- p$A; Qm <- p$Q; a1 <- p$m0; P1 <- p$V0; Hm <- diag(p$R)
+  mod <- KFAS::SSModel(yc ~ -1 + SSMcustom(Z = Zm, T = Tm, R = diag(2), Q = Qm, a1 = a1, P1 = P1),
+                       H = Hm)
+  expect_close(fit$elbo, as.numeric(logLik(mod)), 1e-6)
+  ks <- KFAS::KFS(mod, smoothing = "state", filtering = "none")
+  expect_close(unclass(fit$posterior[[1]]$mean), unname(unclass(ks$alphahat)),
+               1e-7)
+})
+
+test_that("meanfield loses exactly the KL of the dense meanfield optimum", {
+  p <- lds_test_params(2, 4, seed = 4)
+  set.seed(14)
+  T <- 12
+  y <- vbayes:::lds_sim(p, T, "gaussian")
+  st <- vb_lds(y, 2, params = p, learn = FALSE, control = quiet())
+  mf <- vb_lds(y, 2, params = p, learn = FALSE, approx = "meanfield",
+               control = quiet(maxit = 5000, tol = 1e-15))
+  post <- lds_dense_posterior(p, y)
+  # the meanfield optimum of a gaussian target: exact means, S_t = (Lambda_tt)^{-1};
+  # its KL to the posterior is (sum_t log|Lambda_tt| - log|Lambda|) / 2
+  Ltt <- lds_blocks(post$Lam, 2, T)
+  gap <- 0.5 * (sum(apply(Ltt, 3, function(B) as.numeric(determinant(B)$modulus))) -
+                  as.numeric(determinant(post$Lam)$modulus))
+  expect_gt(gap, 0.1)
+  expect_lt(mf$elbo, st$elbo)
+  expect_close(st$elbo - mf$elbo, gap, 1e-7)
+  expect_close(as.vector(t(mf$posterior[[1]]$mean)), post$mean, 1e-6)
+  expect_close(mf$posterior[[1]]$cov, array(apply(Ltt, 3, solve), dim(Ltt)), 1e-10)
+})
+
+test_that("poisson structured fixed point equals the dense Gaussian VA", {
+  p <- lds_test_params(2, 5, seed = 3); p$d <- p$d + 1
+  T <- 10
+  set.seed(5)
+  y <- vbayes:::lds_sim(p, T, "poisson", 0.5)
+  fit <- vb_lds(y, 2, family = poisson(), params = p, learn = FALSE, exposure = 0.5,
+                control = quiet(tol = 1e-15))
+  expect_true(fit$converged)
+  # the same model as a dense poisson GLM in the whitened coordinates u, z = mu + U'u,
+  # u ~ N(0, I), fitted by the package's dense full-covariance GVA engine
+  pr <- lds_dense_prior(p, T); X <- lds_dense_design(p, T)
+  U <- chol(pr$Sigma)
+  Xu <- X %*% t(U); colnames(Xu) <- paste0("u", seq_len(ncol(Xu)))
+  off <- rep(p$d, T) + log(0.5) + drop(X %*% pr$mu)
+  g <- vb_fit(Xu, as.vector(t(y)), family = poisson(), offset = off, prior = normal(0, 1),
+              approx = "fullrank", control = quiet(tol = 1e-15, maxit = 1000))
+  mz <- pr$mu + drop(t(U) %*% g$coefficients); Sz <- t(U) %*% g$vcov %*% U
+  expect_close(fit$elbo, g$elbo, 1e-8)
+  expect_close(as.vector(t(fit$posterior[[1]]$mean)), mz, 1e-8)
+  expect_close(fit$posterior[[1]]$cov, lds_blocks(Sz, 2, T), 1e-8)
+  expect_close(fit$posterior[[1]]$cross[, , -1], lds_blocks(Sz, 2, T, 1), 1e-8)
+  # meanfield is a lower bound below it
+  mf <- vb_lds(y, 2, family = poisson(), params = p, learn = FALSE, exposure = 0.5,
+               approx = "meanfield", control = quiet(tol = 1e-15, maxit = 5000))
+  expect_lt(mf$elbo, fit$elbo)
+  # meanfield optimum, checked densely (coordinate ascent converges linearly, so at
+  # tol = 1e-15 the residuals are about 1e-7): for every t, S_t^{-1} = Lambda0_tt + C'W_tC and
+  # C'(y_t - w_t) = [Lambda0 (m - mu0)]_t, with w_ti = 0.5 exp(c_i'm_t + d_i + c_i'S_t c_i / 2)
+  po <- mf$posterior[[1]]; m <- as.vector(t(po$mean))
+  g <- drop(pr$Lam %*% (m - pr$mu))
+  for (t in 1:T) {
+    St <- po$cov[, , t]; mt <- po$mean[t, ]
+    w <- 0.5 * exp(drop(p$C %*% mt) + p$d + 0.5 * rowSums((p$C %*% St) * p$C))
+    ix <- (t - 1) * 2 + 1:2
+    expect_close(solve(St), pr$Lam[ix, ix] + t(p$C) %*% (w * p$C), 1e-5)
+    expect_close(drop(crossprod(p$C, y[t, ] - w)), g[ix], 1e-5)
+  }
+})
+
+test_that("poisson ELBO is below log p(y): quadrature and importance sampling", {
+  # d = 1, T = 2: log p(y) by a 2-D quadrature grid
+  p <- list(A = matrix(0.8), Q = matrix(0.3), C = matrix(c(1, -0.7, 0.5), 3), d = c(1, 0.5, 1.2),
+            m0 = 0, V0 = matrix(1))
+  y <- matrix(c(3, 1, 5, 4, 0, 2), 2)
+  fit <- vb_lds(y, 1, family = poisson(), params = p, learn = FALSE, control = quiet(tol = 1e-14))
+  g <- seq(-6, 6, length.out = 601); h <- g[2] - g[1]
+  lp1 <- dnorm(g, 0, 1, log = TRUE)
+  ll <- function(z, t) rowSums(vapply(1:3, function(i) dpois(y[t, i], exp(p$C[i] * z + p$d[i]), log = TRUE), g))
+  L <- outer(lp1 + ll(g, 1), ll(g, 2), `+`) + outer(g, g, function(a, b) dnorm(b, 0.8 * a, sqrt(0.3), log = TRUE))
+  logpy <- max(L) + log(sum(exp(L - max(L)))) + 2 * log(h)
+  expect_lt(fit$elbo, logpy)
+  expect_lt(logpy - fit$elbo, 0.2)
+
+  # d = 2, T = 6: importance sampling from q through its Markov factorisation
+  p <- lds_test_params(2, 4, seed = 6)
+  T <- 6
+  set.seed(16)
+  y <- vbayes:::lds_sim(p, T, "poisson")
+  fit <- vb_lds(y, 2, family = poisson(), params = p, learn = FALSE, control = quiet(tol = 1e-14))
+  po <- fit$posterior[[1]]; m <- t(po$mean)
+  S <- 4e4; k <- 2
+  Z <- array(0, c(k, S, T)); logq <- numeric(S)
+  draw <- function(mu, V, n) { R <- chol(V); E <- matrix(rnorm(k * n), k)
+    list(z = mu + crossprod(R, E), lq = -0.5 * colSums(E^2) - sum(log(diag(R))) - k / 2 * log(2 * pi)) }
+  d <- draw(m[, T], po$cov[, , T], S); Z[, , T] <- d$z; logq <- d$lq
+  for (t in (T - 1):1) {
+    G <- t(po$cross[, , t + 1]) %*% solve(po$cov[, , t + 1])
+    V <- po$cov[, , t] - G %*% po$cross[, , t + 1]
+    d <- draw(0, (V + t(V)) / 2, S)
+    Z[, , t] <- m[, t] + G %*% (Z[, , t + 1] - m[, t + 1]) + d$z; logq <- logq + d$lq
+  }
+  pr <- lds_dense_prior(p, T)
+  Zs <- matrix(aperm(Z, c(1, 3, 2)), k * T)
+  Rp <- chol(pr$Lam)
+  lprior <- -0.5 * colSums((Rp %*% (Zs - pr$mu))^2) + sum(log(diag(Rp))) - k * T / 2 * log(2 * pi)
+  lik <- Reduce(`+`, lapply(1:T, function(t) colSums(dpois(y[t, ], exp(p$C %*% Z[, , t] + p$d), log = TRUE))))
+  lw <- lprior + lik - logq
+  is <- max(lw) + log(mean(exp(lw - max(lw))))
+  se <- sd(exp(lw - max(lw))) / sqrt(S) / mean(exp(lw - max(lw)))
+  expect_lt(fit$elbo, is + 3 * se)
+  expect_lt(is - fit$elbo, 1)
+  # the ELBO itself is the mean log weight (up to Monte Carlo error)
+  expect_close(mean(lw), fit$elbo, 4 * sd(lw) / sqrt(S))
+})
+
+test_that("variational EM recovers a gaussian LDS up to invariances, monotonically", {
+  set.seed(21)
+  k <- 2; N <- 8; th <- 0.2
+  p <- list(A = 0.97 * matrix(c(cos(th), sin(th), -sin(th), cos(th)), 2), Q = diag(0.05, 2),
+            C = matrix(rnorm(N * k), N, k), d = rnorm(N), R = runif(N, 0.3, 1),
+            m0 = c(0, 0), V0 = diag(1, 2))
+  Y <- lapply(1:3, function(i) vbayes:::lds_sim(p, 250, "gaussian"))
+  fit <- vb_lds(Y, 2, control = quiet(maxit = 300, tol = 1e-9))
+  expect_true(all(diff(fit$elbo_trace) >= -1e-9 * abs(fit$elbo)))
+  # cosines of the principal angles between the loading subspaces
+  cosang <- svd(crossprod(qr.Q(qr(fit$params$C)), qr.Q(qr(p$C))))$d
+  expect_gt(min(cosang), 0.99)
+  # A is identified up to similarity: compare eigenvalues
+  ev <- eigen(fit$params$A)$values; ev0 <- eigen(p$A)$values
+  expect_close(Mod(ev), Mod(ev0), 0.03)
+  expect_close(abs(Arg(ev)), abs(Arg(ev0)), 0.03)
+  expect_equal(fit$params$R, p$R, tolerance = 0.2)
+  # the maximised bound beats the truth; the final ELBO is the exact
+  # log-likelihood at the final parameters (dense check on a short trial;
+  # the fixed-parameter smoother is checked against dense algebra above)
+  tr <- vb_lds(Y, 2, params = p, learn = FALSE, control = quiet())
+  expect_gt(fit$elbo, tr$elbo)
+  expect_close(fit$elbo, vb_lds(Y, 2, params = fit$params, learn = FALSE, control = quiet())$elbo, 1e-8)
+  expect_close(vb_lds(Y[[1]][1:30, ], 2, params = fit$params, learn = FALSE, control = quiet())$elbo,
+               lds_dense_loglik(fit$params, Y[[1]][1:30, ]), 1e-6)
+})
+
+test_that("variational EM recovers poisson rates and dynamics", {
+  set.seed(22)
+  k <- 2; N <- 10; th <- 0.2
+  p <- list(A = 0.97 * matrix(c(cos(th), sin(th), -sin(th), cos(th)), 2), Q = diag(0.05, 2),
+            C = matrix(rnorm(N * k, sd = 0.5), N, k), d = rep(log(30), N), m0 = c(0, 0), V0 = diag(1, 2))
+  Y <- lapply(1:3, function(i) vbayes:::lds_sim(p, 400, "poisson", 0.01))
+  fit <- vb_lds(Y, 2, family = poisson(), exposure = 0.01, control = quiet(maxit = 200, tol = 1e-8))
+  expect_true(all(diff(fit$elbo_trace) >= -1e-9 * abs(fit$elbo)))
+  lam <- unlist(lapply(Y, function(y) exp(sweep(attr(y, "latent") %*% t(p$C), 2, p$d, "+")) * 0.01))
+  expect_gt(cor(lam, unlist(fitted(fit))), 0.85)
+  cosang <- svd(crossprod(qr.Q(qr(fit$params$C)), qr.Q(qr(p$C))))$d
+  expect_gt(min(cosang), 0.97)
+  expect_close(Mod(eigen(fit$params$A)$values), Mod(eigen(p$A)$values), 0.05)
+  tr <- vb_lds(Y, 2, family = poisson(), exposure = 0.01, params = p, learn = FALSE, control = quiet())
+  expect_gt(fit$elbo, tr$elbo)
+})
+
+test_that("methods: predict, fitted, simulate, summary, plot", {
+  p <- lds_test_params(2, 4, seed = 7)
+  set.seed(17)
+  y <- vbayes:::lds_sim(p, 30, "gaussian")
+  fit <- vb_lds(y, 2, params = p, learn = FALSE, control = quiet())
+  post <- lds_dense_posterior(p, y)
+  lat <- predict(fit, type = "latent")
+  expect_close(as.vector(t(attr(lat, "sd"))), sqrt(diag(post$Sigma)), 1e-8)
+  expect_close(fitted(fit), matrix(post$mean, ncol = 2, byrow = TRUE) %*% t(p$C) + rep(p$d, each = 30),
+               1e-8)
+  expect_equal(predict(fit, newdata = y[1:10, ], type = "latent"),
+               predict(vb_lds(y[1:10, ], 2, params = p, learn = FALSE, control = quiet()), type = "latent"))
+  expect_equal(elbo(fit), fit$elbo)
+  expect_output(print(fit), "structured")
+  expect_output(print(summary(fit)), "Dynamics")
+  expect_equal(summary(fit)$dynamics$modulus, Mod(eigen(p$A)$values))
+  pdf(NULL); on.exit(dev.off())
+  expect_type(plot(fit), "list"); expect_s3_class(plot(fit, "elbo"), "data.frame")
+  expect_type(plot(fit, "rates", units = 1:2), "list")
+  # simulated poisson counts: the long-run mean is E exp(c'z + d) under the
+  # stationary latent law N(0, P), P = A P A' + Q (solved by vec)
+  pp <- p; pp$m0 <- c(0, 0); pp$d <- rep(1, 4); pp$C <- 0.5 * pp$C
+  P <- matrix(solve(diag(4) - kronecker(pp$A, pp$A), as.vector(pp$Q)), 2)
+  pp$V0 <- P
+  yp <- vbayes:::lds_sim(pp, 20, "poisson")
+  fp <- vb_lds(yp, 2, family = poisson(), params = pp, learn = FALSE, control = quiet())
+  # predict() on new trials reuses the fit's exposure
+  fe <- vb_lds(yp, 2, family = poisson(), params = pp, learn = FALSE, exposure = 0.5, control = quiet())
+  expect_equal(predict(fe, newdata = yp[1:5, ]),
+               fitted(vb_lds(yp[1:5, ], 2, family = poisson(), params = pp, learn = FALSE,
+                             exposure = 0.5, control = quiet())))
+  sims <- simulate(fp, nsim = 400, seed = 1, T = 50)
+  expect_length(sims, 400); expect_equal(dim(attr(sims[[1]], "latent")), c(50, 2))
+  emp <- colMeans(do.call(rbind, sims))
+  expect_equal(emp, exp(pp$d + 0.5 * rowSums((pp$C %*% P) * pp$C)), tolerance = 0.05)
+})
+
+test_that("bad input gives clear errors", {
+  p <- lds_test_params(2, 4, seed = 8)
+  set.seed(18)
+  y <- vbayes:::lds_sim(p, 10, "gaussian")
+  expect_error(vb_lds(y, 0), "latent_dim")
+  expect_error(vb_lds(y, 4), "smaller than the number of units")
+  expect_error(vb_lds(y, 1.5), "whole number")
+  expect_error(vb_lds(list(y, y[, 1:3]), 2), "same number of units")
+  expect_error(vb_lds("a", 1), "numeric matrix")
+  y2 <- y; y2[2, 2] <- Inf
+  expect_error(vb_lds(y2, 2), "infinite")
+  y3 <- y; y3[, 3] <- NA
+  expect_error(vb_lds(y3, 2), "unit 3")
+  expect_error(vb_lds(abs(round(y)) + 0.5, 2, family = poisson()), "whole numbers")
+  expect_error(vb_lds(abs(round(y)) - 3, 2, family = poisson()), "whole numbers")
+  expect_error(vb_lds(y, 2, family = binomial()), "gaussian\\(\\) .* or poisson")
+  expect_error(vb_lds(y, 2, learn = FALSE), "needs 'params'")
+  bad <- p; bad$C <- bad$C[, 1, drop = FALSE]
+  expect_error(vb_lds(y, 2, params = bad, learn = FALSE), "params\\$C must be a finite 4 x 2")
+  bad <- p; bad$Q <- diag(c(1, -1))
+  expect_error(vb_lds(y, 2, params = bad, learn = FALSE), "params\\$Q must be positive definite")
+  bad <- p; bad$V0 <- matrix(1, 2, 2)
+  expect_error(vb_lds(y, 2, params = bad, learn = FALSE), "params\\$V0 must be positive definite")
+  bad <- p; bad$R[2] <- 0
+  expect_error(vb_lds(y, 2, params = bad, learn = FALSE), "R")
+  bad <- p; bad$A <- NULL
+  expect_error(vb_lds(y, 2, params = bad, learn = FALSE), "lacks A")
+  expect_error(vb_lds(y, 2, exposure = 2), "poisson\\(\\) only")
+  expect_error(vb_lds(abs(round(y)), 2, family = poisson(), exposure = -1), "exposure")
+  expect_error(vb_lds(y, 2, learn = "C", params = p), "together")
+  # the C entry points re-check what they rely on
+  expect_error(.Call(vbayes:::C_lds_estep, y, 0, 0L, p, NULL, 0L, c(1, 1e-8)), "off")
+  expect_error(.Call(vbayes:::C_lds_estep, y, rep(0, 10), 0L, list(A = p$A), NULL, 0L, c(1, 1e-8)), "Q")
+  expect_error(.Call(vbayes:::C_lds_poisson_mstep, y, rep(0, 10), 1, 1, p$C, p$d, c(1, 1)), "'m'")
+})
