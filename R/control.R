@@ -40,6 +40,10 @@
 #'   `TRUE`, default), whose variance vanishes as q approaches a Gaussian
 #'   posterior, instead of the gradient of log p plus the exact entropy
 #'   gradient.
+#' @param precision SGVB's final phase averages the iterates (Polyak) until
+#'   the batch-means standard error of every location is below `precision`
+#'   posterior standard deviations (and of every log scale below
+#'   `precision`).
 #' @return A list of class `vb_control`.
 #' @examples
 #' vb_control(tol = 1e-10)
@@ -49,7 +53,7 @@ vb_control <- function(maxit = 500L, tol = 1e-8, quiet = FALSE, blocks = NULL,
                        estimator = c("reparam", "score"), samples = NULL, step_size = NULL,
                        adapt_iter = 50L, sgvb_maxit = 20000L, sgvb_tol = 1e-6, window = 100L,
                        step_decays = 3L, elbo_samples = 1000L, baseline = TRUE,
-                       stl = TRUE) {
+                       stl = TRUE, precision = 0.015) {
   num1 <- function(x, nm, lower, int = FALSE) {
     if (!is.numeric(x) || length(x) != 1L || !is.finite(x) || x < lower || (int && x != round(x)))
       stop(sprintf("vb_control(): '%s' must be a single %s >= %s.", nm,
@@ -81,11 +85,13 @@ vb_control <- function(maxit = 500L, tol = 1e-8, quiet = FALSE, blocks = NULL,
     stop("vb_control(): 'baseline' must be TRUE or FALSE.", call. = FALSE)
   if (!is.logical(stl) || length(stl) != 1L || is.na(stl))
     stop("vb_control(): 'stl' must be TRUE or FALSE.", call. = FALSE)
+  num1(precision, "precision", 0)
+  if (precision <= 0) stop("vb_control(): 'precision' must be positive.", call. = FALSE)
   structure(list(maxit = maxit, tol = tol, quiet = quiet, blocks = blocks,
                  binomial_method = binomial_method, gh_nodes = gh_nodes,
                  estimator = estimator, samples = samples, step_size = step_size,
                  adapt_iter = adapt_iter, sgvb_maxit = sgvb_maxit, sgvb_tol = sgvb_tol,
                  window = window, step_decays = step_decays, elbo_samples = elbo_samples,
-                 baseline = baseline, stl = stl),
+                 baseline = baseline, stl = stl, precision = precision),
             class = "vb_control")
 }

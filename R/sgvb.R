@@ -78,7 +78,7 @@ vb_density <- function(log_density, init, gradient = NULL, approx = c("fullrank"
   H <- num_hessian(fn, gr, init)
   L0 <- init_chol(-H, approx)
   target <- list(type = "r", fn = fn, gr = gr, d = as.integer(d))
-  r <- .Call(C_sgvb_fit, target, init, L0, sgvb_ctrl(control, approx, estimator))
+  r <- .Call(C_sgvb_fit, target, init, L0, sgvb_ctrl(control, approx, estimator), pre_chol(-H))
   Sigma <- tcrossprod(r$L)
   dimnames(Sigma) <- list(nm, nm)
   fit <- list(coefficients = setNames(r$mu, nm), vcov = Sigma, elbo = r$elbo,
@@ -105,7 +105,7 @@ sgvb_ctrl <- function(control, approx, estimator) {
     as.numeric(estimator == "score"), as.numeric(approx == "fullrank"),
     if (is.null(control$step_size)) 0 else control$step_size, control$adapt_iter,
     control$window, control$step_decays, control$elbo_samples, as.numeric(control$baseline),
-    as.numeric(control$stl))
+    as.numeric(control$stl), control$precision)
 }
 
 # Lower-triangular L with L L' = H^{-1} (fullrank) or diag(1 / sqrt(diag H))
@@ -116,9 +116,15 @@ init_chol <- function(H, approx) {
     h <- diag(H)
     return(diag(ifelse(is.finite(h) & h > 0, 1 / sqrt(h), 1), d))
   }
+  L <- pre_chol(H)
+  if (is.null(L)) init_chol(H, "meanfield") else L
+}
+
+# Lower Cholesky factor of H^{-1}, the preconditioner of the locations (NULL
+# when H is not positive definite).
+pre_chol <- function(H) {
   R <- tryCatch(chol(H), error = function(e) NULL)
-  if (is.null(R) || any(!is.finite(R))) return(init_chol(H, "meanfield"))
-  # H = R'R, H^{-1} = R^{-1} R^{-T}; a lower factor is t(chol(solve(H)))
+  if (is.null(R) || any(!is.finite(R))) return(NULL)
   t(chol(chol2inv(R)))
 }
 
@@ -170,7 +176,7 @@ sgvb_glm <- function(model, approx, control) {
   L0 <- init_chol(H, approx)
   estimator <- control$estimator
   r <- .Call(C_sgvb_fit, list(type = "glm", glm = model), as.double(mu0), L0,
-             sgvb_ctrl(control, approx, estimator))
+             sgvb_ctrl(control, approx, estimator), pre_chol(H))
   ix <- seq_len(p)
   Sj <- tcrossprod(r$L)
   mu <- r$mu[ix]

@@ -12,7 +12,7 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau);
 SEXP C_glm_log_joint(SEXP model, SEXP theta);
 
 /* sgvb.c */
-SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control);
+SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre);
 SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
 
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
@@ -21,7 +21,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(glm_cavi, 4),
     CALLDEF(glm_elbo, 4),
     CALLDEF(glm_log_joint, 2),
-    CALLDEF(sgvb_fit, 4),
+    CALLDEF(sgvb_fit, 5),
     CALLDEF(sgvb_grad, 4),
     {NULL, NULL, 0}};
 

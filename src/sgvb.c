@@ -37,14 +37,21 @@
  * Stopping: the run is cut into windows of `window` steps; the smoothed ELBO
  * is the window mean of the per-step estimates.  A window "stalls" when the
  * relative change of the smoothed ELBO is below tol or the change lies within
- * two standard errors.  A stall halves eta and restarts from the Polyak
+ * two standard errors, and the window's mean gradient (in the coordinates
+ * Adam sees) is within a Bonferroni bound of zero.  A stall halves eta and restarts from the Polyak
  * average of lambda since the previous halving; after `decays` halvings, a
  * stall at least four windows later ends the run (converged).  maxit caps the
  * number of steps.  The returned q is the Polyak average of all steps since
  * the last halving (iterate averaging removes most of Adam's jitter), its
  * ELBO estimated from elbo_samples fresh draws.
  *
- * Inputs: model list, mu0 (d), L0 (d x d, lower triangle used), control.
+ * Preconditioning: when a lower-triangular Lpre (e.g. the Cholesky factor of
+ * the inverse curvature at the start) is given, the locations are moved by
+ * Adam in whitened coordinates u (mu = Lpre u), so that correlated posteriors
+ * (slow ridges of a mean-field ELBO) cost no more steps than round ones.
+ *
+ * Inputs: model list, mu0 (d), L0 (d x d, lower triangle used), control,
+ * Lpre (d x d lower, or NULL).
  * Outputs: mu, L, elbo, elbo_se, trace (per-step ELBO estimates), smooth
  * (window means), eta, iterations, converged, n_grad, n_eval.
  * Cost per step: S evaluations of log p and its gradient plus O(S d^2)
@@ -55,9 +62,9 @@
 
 #define LOG2PI 1.837877066409345483560659472811
 /* Halvings continue until eta is at most this: with Adam's normalised steps
- * the stationary jitter (and the bias it induces in the log scales) is of
- * order eta, and 0.01 keeps both near 1% of a posterior sd. */
-#define ETA_FINAL 0.0101
+ * the stationary jitter is of order eta posterior sds, which the final
+ * averaging removes; much smaller steps would only slow that averaging. */
+#define ETA_FINAL 0.0301
 
 /* -------------------------------------------------------------- targets -- */
 
@@ -201,6 +208,8 @@ typedef struct {
     double ema;                  /* S = 1 score baseline                   */
     int ema_set;
     double n_grad, n_eval;
+    const double *pre; /* optional d x d lower preconditioner of the locations */
+    double *ustep;
 } sgvb;
 
 static int npar(int d, int fullrank) { return d + (fullrank ? d * (d + 1) / 2 : d); }
@@ -283,7 +292,7 @@ static void inv_lt(const sgvb *Q, const double *e, double *u) {
  */
 static double estimate(sgvb *Q) {
     int d = Q->d, S = Q->S, P = Q->P;
-    double fsum = 0;
+    double fsum = 0, esum = 0;
     memset(Q->gacc, 0, sizeof(double) * P);
     for (int s = 0; s < S; s++) {
         draw(Q, s);
@@ -295,7 +304,13 @@ static double estimate(sgvb *Q) {
             for (int i = 0; i < d; i++)
                 if (!R_FINITE(g[i])) return R_NaN;
         fsum += Q->fz[s];
+        /* -log q(theta) = sum log L_jj + d/2 log 2 pi + |eps|^2 / 2: estimating
+         * the ELBO by f - log q (not f + exact entropy) makes its noise vanish
+         * as q approaches the posterior, which sharpens the stall test */
+        double *e = Q->eps + (size_t)s * d;
+        for (int i = 0; i < d; i++) esum += 0.5 * e[i] * e[i];
     }
+    double elbo = (fsum + esum) / S + entropy(Q) - 0.5 * d;
     if (!Q->score && Q->stl) {
         /* path derivative of f - log q: a = grad f(theta) + L^{-T} eps */
         for (int s = 0; s < S; s++) {
@@ -304,7 +319,7 @@ static double estimate(sgvb *Q) {
             for (int i = 0; i < d; i++) Q->u[i] += g[i];
             add_outer(Q, Q->u, e, 1.0 / S, Q->gacc);
         }
-        return fsum / S + entropy(Q);
+        return elbo;
     }
     if (!Q->score) {
         for (int s = 0; s < S; s++)
@@ -338,7 +353,7 @@ static double estimate(sgvb *Q) {
         Q->gacc[k] += 1.0;
         k += Q->fullrank ? d - j : 1;
     }
-    return fsum / S + entropy(Q);
+    return elbo;
 }
 
 /* Per-parameter step scale: sd_i for mu_i and L_ij, 1 for log L_jj. */
@@ -387,6 +402,13 @@ static double adam_step(sgvb *Q, adam *A, double eta) {
     double e = estimate(Q);
     if (!R_FINITE(e)) return R_NaN;
     step_scale(Q, A->sc);
+    int d = Q->d, one = 1;
+    if (Q->pre) {
+        /* locations in whitened coordinates u, mu = mu0 + Lpre u: gradient
+         * Lpre' g, step Lpre du */
+        F77_CALL(dtrmv)("L", "T", "N", &d, Q->pre, &d, Q->gacc, &one FCONE FCONE FCONE);
+        for (int i = 0; i < d; i++) A->sc[i] = 1.0;
+    }
     A->t += 1;
     double c1 = 1.0 - pow(0.9, A->t), c2 = 1.0 - pow(0.999, A->t);
     for (int k = 0; k < Q->P; k++) {
@@ -394,9 +416,14 @@ static double adam_step(sgvb *Q, adam *A, double eta) {
         A->m[k] = 0.9 * A->m[k] + 0.1 * g;
         A->v[k] = 0.999 * A->v[k] + 0.001 * g * g;
         double step = eta * A->sc[k] * (A->m[k] / c1) / (sqrt(A->v[k] / c2) + 1e-8);
-        /* a log-diagonal never moves by more than 1 in a step */
+        /* a log-diagonal (or whitened location) never moves by more than 1 */
         if (A->sc[k] == 1.0 && fabs(step) > 1.0) step = step > 0 ? 1.0 : -1.0;
-        A->lam[k] += step;
+        if (Q->pre && k < d) Q->ustep[k] = step;
+        else A->lam[k] += step;
+    }
+    if (Q->pre) {
+        F77_CALL(dtrmv)("L", "N", "N", &d, Q->pre, &d, Q->ustep, &one FCONE FCONE FCONE);
+        for (int i = 0; i < d; i++) A->lam[i] += Q->ustep[i];
     }
     return e;
 }
@@ -425,7 +452,7 @@ static double trial(sgvb *Q, adam *A, double eta, int n) {
 
 typedef struct {
     int maxit, quiet, adapt_iter, window, decays, elbo_samples;
-    double tol, eta; /* eta <= 0: adaptive */
+    double tol, eta, prec; /* eta <= 0: adaptive */
 } run_control;
 
 typedef struct {
@@ -468,11 +495,16 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
                      "check that the log density is finite near 'init' or give a smaller step_size.");
         adam_copy(&A, &best, P);
     }
-    int W = C->window, it = 0, decays = 0, converged = 0, bad = 0, nw = 0;
-    double *avg = (double *)R_alloc(P, sizeof(double));
+    int W = C->window, it = 0, decays = 0, converged = 0, bad = 0;
+    double *avg = (double *)R_alloc(P, sizeof(double));  /* window sum of lambda   */
+    double *bs = (double *)R_alloc(P, sizeof(double));   /* final phase: sum and   */
+    double *bq = (double *)R_alloc(P, sizeof(double));   /* sum of squares of the  */
+    double *sc = (double *)R_alloc(P, sizeof(double));   /* window means; scales   */
     double wsum = 0, wss = 0, prev_mean = R_NaN, prev_se = 0;
-    int wn = 0, an = 0, since = 0; /* an: steps averaged since the last decay */
+    int wn = 0, nb = 0, final = 0;
     memset(avg, 0, sizeof(double) * P);
+    memset(bs, 0, sizeof(double) * P);
+    memset(bq, 0, sizeof(double) * P);
     R->ntrace = 0;
     R->nsmooth = 0;
     while (it < C->maxit) {
@@ -490,55 +522,83 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
         wss += e * e;
         wn++;
         for (int k = 0; k < P; k++) avg[k] += A.lam[k];
-        an++;
-        if (wn == W) {
-            double mean = wsum / wn, var = (wss - wn * mean * mean) / (wn - 1);
-            double se = sqrt(fmax(var, 0) / wn);
-            R->smooth[R->nsmooth++] = mean;
-            nw++;
-            int stall = 0;
-            if (R_FINITE(prev_mean)) {
-                double ch = mean - prev_mean;
-                stall = fabs(ch) <= C->tol * fabs(mean) || ch <= 2.0 * sqrt(se * se + prev_se * prev_se);
-            }
-            if (!C->quiet && (double)(clock() - tlast) / CLOCKS_PER_SEC > 1.0) {
-                tlast = clock();
-                Rprintf("sgvb: iteration %d, smoothed ELBO %.4f, step %.3g\n", it, mean, eta);
-            }
-            since++;
-            int more = decays < C->decays || eta > ETA_FINAL;
-            if (stall && !more && since >= 4) {
-                converged = 1;
-                break;
-            }
-            if (stall && more) {
+        if (wn < W) {
+            if (it % 16 == 0) R_CheckUserInterrupt();
+            continue;
+        }
+        double mean = wsum / wn, var = (wss - wn * mean * mean) / (wn - 1);
+        double se = sqrt(fmax(var, 0) / wn);
+        R->smooth[R->nsmooth++] = mean;
+        int stall = 0;
+        if (R_FINITE(prev_mean)) {
+            double ch = mean - prev_mean;
+            stall = fabs(ch) <= C->tol * fabs(mean) || ch <= 2.0 * sqrt(se * se + prev_se * prev_se);
+        }
+        for (int k = 0; k < P; k++) avg[k] /= wn;
+        if (!C->quiet && (double)(clock() - tlast) / CLOCKS_PER_SEC > 1.0) {
+            tlast = clock();
+            Rprintf("sgvb: iteration %d, smoothed ELBO %.4f, step %.3g%s\n", it, mean, eta,
+                    final ? " (averaging)" : "");
+        }
+        if (!final) {
+            if (stall) {
+                /* halve the step and restart from the window's average */
                 decays++;
                 eta *= 0.5;
-                for (int k = 0; k < P; k++) A.lam[k] = avg[k] / an;
-                memset(avg, 0, sizeof(double) * P);
-                an = 0;
-                since = 0;
+                memcpy(A.lam, avg, sizeof(double) * P);
+                /* forget the moments: gradients near the optimum are far
+                 * smaller than those that filled v on the way there, and a
+                 * stale v would freeze the iterate */
+                memset(A.m, 0, sizeof(double) * P);
+                memset(A.v, 0, sizeof(double) * P);
+                A.t = 0;
+                final = decays >= C->decays && eta <= ETA_FINAL;
             }
-            prev_mean = mean;
-            prev_se = se;
-            wsum = wss = 0;
-            wn = 0;
+        } else {
+            /* batch means of the window averages: stop once the average of
+             * lambda is known to prec posterior sds (log units for scales) */
+            for (int k = 0; k < P; k++) {
+                bs[k] += avg[k];
+                bq[k] += avg[k] * avg[k];
+            }
+            nb++;
+            if (nb >= 3 && stall) {
+                unpack(Q, A.lam);
+                step_scale(Q, sc);
+                double worst = 0;
+                for (int k = 0; k < P; k++) {
+                    double m = bs[k] / nb, v = fmax((bq[k] - nb * m * m) / (nb - 1), 0);
+                    double r = sqrt(v / nb) / sc[k];
+                    if (r > worst) worst = r;
+                }
+                if (worst <= C->prec) {
+                    converged = 1;
+                    break;
+                }
+            }
         }
-        if (it % 16 == 0) R_CheckUserInterrupt();
+        prev_mean = mean;
+        prev_se = se;
+        wsum = wss = 0;
+        wn = 0;
+        memset(avg, 0, sizeof(double) * P);
+        R_CheckUserInterrupt();
     }
-    /* q: the Polyak average of the steps since the last step-size decay */
-    if (an > 0)
-        for (int k = 0; k < P; k++) A.lam[k] = avg[k] / an;
+    /* q: the mean of the final phase's window averages (Polyak averaging),
+     * or the current iterate when the cap came first */
+    if (nb > 0)
+        for (int k = 0; k < P; k++) A.lam[k] = bs[k] / nb;
     memcpy(lam, A.lam, sizeof(double) * P);
     unpack(Q, lam);
     /* final ELBO from fresh draws (values only) */
     int ns = C->elbo_samples, used = 0;
     double s1 = 0, s2 = 0;
-    int S0 = Q->S;
+    int S_keep = Q->S;
     Q->S = 1;
     for (int s = 0; s < ns; s++) {
         draw(Q, 0);
         double f = Q->f(Q->z, NULL, Q->model);
+        for (int i = 0; i < Q->d; i++) f += 0.5 * Q->eps[i] * Q->eps[i];
         Q->n_eval += 1;
         if (!R_FINITE(f)) {
             s1 = R_NegInf;
@@ -550,16 +610,17 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
         used++;
         if (s % 64 == 63) R_CheckUserInterrupt();
     }
-    Q->S = S0;
+    Q->S = S_keep;
     double mean = s1 / used, var = used > 1 ? (s2 - used * mean * mean) / (used - 1) : 0;
-    R->elbo = mean + entropy(Q);
+    R->elbo = mean + entropy(Q) - 0.5 * Q->d;
     R->elbo_se = R_FINITE(mean) ? sqrt(fmax(var, 0) / used) : R_PosInf;
     R->eta = eta;
     R->iterations = it;
     R->converged = converged;
 }
 
-static void sgvb_alloc(sgvb *Q, int d, int fullrank, int score, int S, int baseline, int stl) {
+static void sgvb_alloc(sgvb *Q, int d, int fullrank, int score, int S, int baseline, int stl,
+                       int Smax) {
     Q->d = d;
     Q->stl = stl;
     Q->fullrank = fullrank;
@@ -569,15 +630,17 @@ static void sgvb_alloc(sgvb *Q, int d, int fullrank, int score, int S, int basel
     Q->P = npar(d, fullrank);
     Q->mu = (double *)R_alloc(d, sizeof(double));
     Q->L = (double *)R_alloc((size_t)d * d, sizeof(double));
-    Q->eps = (double *)R_alloc((size_t)S * d, sizeof(double));
-    Q->z = (double *)R_alloc((size_t)S * d, sizeof(double));
-    Q->gf = (double *)R_alloc((size_t)S * d, sizeof(double));
+    Q->eps = (double *)R_alloc((size_t)Smax * d, sizeof(double));
+    Q->z = (double *)R_alloc((size_t)Smax * d, sizeof(double));
+    Q->gf = (double *)R_alloc((size_t)Smax * d, sizeof(double));
     Q->u = (double *)R_alloc(d, sizeof(double));
-    Q->fz = (double *)R_alloc(S, sizeof(double));
+    Q->fz = (double *)R_alloc(Smax, sizeof(double));
     Q->gacc = (double *)R_alloc(Q->P, sizeof(double));
     Q->ema = 0;
     Q->ema_set = 0;
     Q->n_grad = Q->n_eval = 0;
+    Q->pre = NULL;
+    Q->ustep = (double *)R_alloc(d, sizeof(double));
 }
 
 /* Checks mu0 (d) and L0 (d x d, lower triangle, positive diagonal). */
@@ -597,16 +660,16 @@ static void check_q(SEXP mu, SEXP L, int d) {
 /*
  * control = c(maxit, tol, quiet, S, estimator (0 reparam, 1 score),
  *             fullrank (0/1), eta (<= 0: search), adapt_iter, window,
- *             decays, elbo_samples, baseline (0/1), stl (0/1))
+ *             decays, elbo_samples, baseline (0/1), stl (0/1), precision)
  */
-SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control) {
+SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
     target T;
     target_setup(model, &T);
     int d = T.d;
     check_q(mu0, L0, d);
-    if (!Rf_isReal(control) || Rf_length(control) != 13) Rf_error("'control' must be a double vector of length 13");
+    if (!Rf_isReal(control) || Rf_length(control) != 14) Rf_error("'control' must be a double vector of length 14");
     const double *c = REAL(control);
-    for (int i = 0; i < 13; i++)
+    for (int i = 0; i < 14; i++)
         if (ISNAN(c[i])) Rf_error("'control' must not contain NA");
     run_control C;
     C.maxit = (int)c[0];
@@ -619,13 +682,18 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control) {
     C.decays = (int)c[9];
     C.elbo_samples = (int)c[10];
     int baseline = c[11] != 0, stl = c[12] != 0;
+    C.prec = c[13];
     if (C.maxit < 1 || S < 1 || C.adapt_iter < 2 || C.window < 2 || C.decays < 0 || C.elbo_samples < 2 ||
-        !(C.tol >= 0))
+        !(C.tol >= 0) || !(C.prec > 0))
         Rf_error("invalid SGVB control values");
     sgvb Q;
-    sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl);
+    sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl, S);
     Q.f = T.f;
     Q.model = T.model;
+    if (pre != R_NilValue) {
+        check_q(mu0, pre, d);
+        Q.pre = REAL(pre);
+    }
     double *lam = (double *)R_alloc(Q.P, sizeof(double));
     pack(d, fullrank, REAL(mu0), REAL(L0), lam);
     run_result R;
@@ -679,7 +747,7 @@ SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control) {
         stl = c[5] != 0;
     if (S < 1 || nrep < 1) Rf_error("S and nrep must be positive");
     sgvb Q;
-    sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl);
+    sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl, S);
     Q.f = T.f;
     Q.model = T.model;
     double *lam = (double *)R_alloc(Q.P, sizeof(double));
