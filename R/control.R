@@ -26,12 +26,14 @@
 #'   chooses it by short trial runs over a grid from 1 down to 0.003.
 #' @param adapt_iter Steps of each trial run of the step-size search.
 #' @param sgvb_maxit Maximum number of SGVB steps.
-#' @param sgvb_tol SGVB stops (after its step-size halvings) when the relative
-#'   change of the smoothed ELBO between windows falls below `sgvb_tol` or
-#'   within two Monte Carlo standard errors.
-#' @param window Steps per window of the smoothed ELBO (window mean).
-#' @param step_decays How many times a stalled SGVB run halves its step size
-#'   (restarting from the window's averaged iterate) before it stops.
+#' @param sgvb_tol SGVB's smoothed ELBO (the mean of a window of per-step
+#'   estimates) "stalls" when its relative change between windows is below
+#'   `sgvb_tol` or within two Monte Carlo standard errors; a stall halves the
+#'   step size.
+#' @param window Steps per window of the smoothed ELBO.
+#' @param step_decays Minimum number of step-size halvings (restarting from
+#'   the window's averaged iterate) before the final averaging phase; halving
+#'   also continues until the step size is at most 0.03.
 #' @param elbo_samples Draws used to estimate the final ELBO of an SGVB fit.
 #' @param baseline For `estimator = "score"`: subtract the leave-one-out
 #'   baseline (`TRUE`, default) or not.

@@ -28,27 +28,28 @@
  *            average (weight 0.9) of f over the previous steps.
  *   Score adds the entropy gradient, +1 per log L_jj.
  *
- * Optimiser: Adam (beta1 0.9, beta2 0.999) whose step is eta for the log L_jj
- * and eta * sd_i (the current marginal sd of theta_i, the norm of row i of L)
- * for mu_i and L_ij: a step measured in posterior standard deviations, so one
- * eta fits any scaling of theta.  eta is chosen by trial runs of adapt_iter
- * steps for each eta of a grid (largest first, stopping when the score gets
- * worse, as ADVI does); the run continues from the best trial.
- * Stopping: the run is cut into windows of `window` steps; the smoothed ELBO
- * is the window mean of the per-step estimates.  A window "stalls" when the
- * relative change of the smoothed ELBO is below tol or the change lies within
- * two standard errors, and the window's mean gradient (in the coordinates
- * Adam sees) is within a Bonferroni bound of zero.  A stall halves eta and restarts from the Polyak
- * average of lambda since the previous halving; after `decays` halvings, a
- * stall at least four windows later ends the run (converged).  maxit caps the
- * number of steps.  The returned q is the Polyak average of all steps since
- * the last halving (iterate averaging removes most of Adam's jitter), its
- * ELBO estimated from elbo_samples fresh draws.
- *
- * Preconditioning: when a lower-triangular Lpre (e.g. the Cholesky factor of
- * the inverse curvature at the start) is given, the locations are moved by
- * Adam in whitened coordinates u (mu = Lpre u), so that correlated posteriors
- * (slow ridges of a mean-field ELBO) cost no more steps than round ones.
+ * Optimiser: Adam (beta1 0.9, beta2 0.999).  Its step is eta for the
+ * log L_jj and eta * sd_i (sd_i the current marginal sd of theta_i, the norm
+ * of row i of L) for L_ij; the locations move in whitened coordinates
+ * u (mu = Lpre u) when a lower-triangular Lpre is given (the Cholesky factor
+ * of the inverse curvature at the start: posterior correlations then cost no
+ * extra steps), else by eta * sd_i.  Steps are thus measured in posterior
+ * standard deviations and one eta fits any scaling of theta.
+ * Step size: trial runs of adapt_iter steps for each eta of the grid
+ * 1, 0.3, ..., 0.003 (largest first, stopping when the mean ELBO of a trial
+ * gets worse, as ADVI does); the run continues from the best trial.
+ * The ELBO is estimated per step by the mean of f - log q over the draws (its
+ * noise vanishes as q approaches the posterior).  The run is cut into windows
+ * of `window` steps; the smoothed ELBO is the window mean.  A window "stalls"
+ * when the smoothed ELBO's relative change is below tol or its change lies
+ * within two standard errors.  A stall halves eta, restarts from the window's
+ * average of lambda and clears Adam's moments; once `decays` halvings are
+ * done and eta <= ETA_FINAL, the final phase averages the window means of
+ * lambda (Polyak averaging) and stops (converged) at a stall after at least
+ * three windows when the batch-means standard error of every parameter is
+ * below `prec` (in posterior sds for locations, log units for scales).
+ * maxit caps the number of steps.  The returned q is that average; its ELBO
+ * is estimated from elbo_samples fresh draws, with its standard error.
  *
  * Inputs: model list, mu0 (d), L0 (d x d, lower triangle used), control,
  * Lpre (d x d lower, or NULL).
