@@ -33,7 +33,9 @@
  * of row i of L) for L_ij; the locations move in whitened coordinates
  * u (mu = Lpre u) when a lower-triangular Lpre is given (the Cholesky factor
  * of the inverse curvature at the start: posterior correlations then cost no
- * extra steps), else by eta * sd_i.  Steps are thus measured in posterior
+ * extra steps), else by eta * sd_i; with Lpre a fullrank L is written
+ * L = Lpre Lt and Lt (near the identity for near-Gaussian posteriors) is the
+ * parameter, its steps eta.  Steps are thus measured in posterior
  * standard deviations and one eta fits any scaling of theta.
  * Step size: trial runs of adapt_iter steps for each eta of the grid
  * 1, 0.3, ..., 0.003 (largest first, stopping when the mean ELBO of a trial
@@ -44,10 +46,11 @@
  * when the smoothed ELBO's relative change is below tol or its change lies
  * within two standard errors.  A stall halves eta, restarts from the window's
  * average of lambda and clears Adam's moments; once `decays` halvings are
- * done and eta <= ETA_FINAL, the final phase averages the window means of
+ * done and eta <= min(ETA_FINAL, 0.1/sqrt(P)), the final phase averages the window means of
  * lambda (Polyak averaging) and stops (converged) at a stall after at least
- * three windows when the batch-means standard error of every parameter is
- * below `prec` (in posterior sds for locations, log units for scales).
+ * three windows when the batch-means standard error of every location and
+ * log-scale is below `prec` (in posterior sds for locations, log units for
+ * scales).
  * maxit caps the number of steps.  The returned q is that average; its ELBO
  * is estimated from elbo_samples fresh draws, with its standard error.
  *
@@ -62,9 +65,10 @@
 #include <time.h>
 
 #define LOG2PI 1.837877066409345483560659472811
-/* Halvings continue until eta is at most this: with Adam's normalised steps
- * the stationary jitter is of order eta posterior sds, which the final
- * averaging removes; much smaller steps would only slow that averaging. */
+/* Halvings continue until eta is at most min(this, 0.1 / sqrt(P)): with
+ * Adam's normalised steps the stationary jitter is of order eta posterior sds
+ * per parameter, which the final averaging removes; much smaller steps would
+ * only slow that averaging. */
 #define ETA_FINAL 0.0301
 
 /* -------------------------------------------------------------- targets -- */
@@ -211,6 +215,8 @@ typedef struct {
     double n_grad, n_eval;
     const double *pre; /* optional d x d lower preconditioner of the locations */
     double *ustep;
+    int tw;            /* fullrank with pre: L = pre Lt, Lt parameterised     */
+    double *Lt, *aw;   /* d x d, d                                             */
 } sgvb;
 
 static int npar(int d, int fullrank) { return d + (fullrank ? d * (d + 1) / 2 : d); }
@@ -223,8 +229,15 @@ static void unpack(sgvb *Q, const double *lam) {
         for (int j = 0; j < d; j++) Q->L[j + (size_t)j * d] = exp(lam[k++]);
         return;
     }
+    double *T = Q->tw ? Q->Lt : Q->L;
+    if (Q->tw) memset(T, 0, sizeof(double) * d * d);
     for (int j = 0; j < d; j++)
-        for (int i = j; i < d; i++, k++) Q->L[i + (size_t)j * d] = i == j ? exp(lam[k]) : lam[k];
+        for (int i = j; i < d; i++, k++) T[i + (size_t)j * d] = i == j ? exp(lam[k]) : lam[k];
+    if (Q->tw) {
+        double one = 1.0;
+        memcpy(Q->L, T, sizeof(double) * d * d);
+        F77_CALL(dtrmm)("L", "L", "N", "N", &d, &d, &one, Q->pre, &d, Q->L, &d FCONE FCONE FCONE FCONE);
+    }
 }
 
 static void pack(int d, int fullrank, const double *mu, const double *L, double *lam) {
@@ -263,16 +276,25 @@ static void draw(sgvb *Q, int s) {
 
 /* Adds w * (per-draw vector a over mu, L entries given eps) to acc: entries
  * a_i for mu, a_i eps_j for L_ij, a_j eps_j L_jj for log L_jj. */
-static void add_outer(const sgvb *Q, const double *a, const double *e, double w, double *acc) {
+static void add_outer(sgvb *Q, const double *a, const double *e, double w, double *acc) {
     int d = Q->d, k = d;
     for (int i = 0; i < d; i++) acc[i] += w * a[i];
+    const double *Ld = Q->L;
+    if (Q->tw) {
+        /* L = pre Lt: d/dLt = tril(pre' (d/dL)), and d/dL = a e' */
+        int one = 1;
+        memcpy(Q->aw, a, sizeof(double) * d);
+        F77_CALL(dtrmv)("L", "T", "N", &d, Q->pre, &d, Q->aw, &one FCONE FCONE FCONE);
+        a = Q->aw;
+        Ld = Q->Lt;
+    }
     for (int j = 0; j < d; j++) {
         if (!Q->fullrank) {
-            acc[k++] += w * a[j] * e[j] * Q->L[j + (size_t)j * d];
+            acc[k++] += w * a[j] * e[j] * Ld[j + (size_t)j * d];
             continue;
         }
         for (int i = j; i < d; i++, k++)
-            acc[k] += w * a[i] * e[j] * (i == j ? Q->L[j + (size_t)j * d] : 1.0);
+            acc[k] += w * a[i] * e[j] * (i == j ? Ld[j + (size_t)j * d] : 1.0);
     }
 }
 
@@ -370,7 +392,7 @@ static void step_scale(const sgvb *Q, double *sc) {
             sc[k++] = 1.0;
             continue;
         }
-        for (int i = j; i < d; i++, k++) sc[k] = i == j ? 1.0 : sc[i];
+        for (int i = j; i < d; i++, k++) sc[k] = i == j || Q->tw ? 1.0 : sc[i];
     }
 }
 
@@ -463,7 +485,7 @@ typedef struct {
 } run_result;
 
 static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
-    int P = Q->P;
+    int P = Q->P, d = Q->d;
     adam A, best, tmp;
     adam_init(&A, P);
     adam_init(&best, P);
@@ -495,6 +517,15 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
             Rf_error("the stochastic optimisation diverged for every step size tried; "
                      "check that the log density is finite near 'init' or give a smaller step_size.");
         adam_copy(&A, &best, P);
+    }
+    /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
+     * final step shrinks with the number of parameters */
+    double eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
+    int *isdiag = (int *)R_alloc(P, sizeof(int));
+    for (int k = 0; k < P; k++) isdiag[k] = 0;
+    for (int j = 0, k = d; j < d; j++) {
+        isdiag[k] = 1;
+        k += Q->fullrank ? d - j : 1;
     }
     int W = C->window, it = 0, decays = 0, converged = 0, bad = 0;
     double *avg = (double *)R_alloc(P, sizeof(double));  /* window sum of lambda   */
@@ -553,7 +584,7 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
                 memset(A.m, 0, sizeof(double) * P);
                 memset(A.v, 0, sizeof(double) * P);
                 A.t = 0;
-                final = decays >= C->decays && eta <= ETA_FINAL;
+                final = decays >= C->decays && eta <= eta_final;
             }
         } else {
             /* batch means of the window averages: stop once the average of
@@ -567,7 +598,10 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
                 unpack(Q, A.lam);
                 step_scale(Q, sc);
                 double worst = 0;
+                /* locations and log-diagonals only: the many off-diagonals
+                 * of a fullrank L move the ELBO little and would dominate */
                 for (int k = 0; k < P; k++) {
+                    if (Q->fullrank && k >= d && !isdiag[k]) continue;
                     double m = bs[k] / nb, v = fmax((bq[k] - nb * m * m) / (nb - 1), 0);
                     double r = sqrt(v / nb) / sc[k];
                     if (r > worst) worst = r;
@@ -642,6 +676,9 @@ static void sgvb_alloc(sgvb *Q, int d, int fullrank, int score, int S, int basel
     Q->n_grad = Q->n_eval = 0;
     Q->pre = NULL;
     Q->ustep = (double *)R_alloc(d, sizeof(double));
+    Q->tw = 0;
+    Q->Lt = (double *)R_alloc((size_t)d * d, sizeof(double));
+    Q->aw = (double *)R_alloc(d, sizeof(double));
 }
 
 /* Checks mu0 (d) and L0 (d x d, lower triangle, positive diagonal). */
@@ -691,12 +728,23 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
     sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl, S);
     Q.f = T.f;
     Q.model = T.model;
+    double *lam = (double *)R_alloc(Q.P, sizeof(double));
     if (pre != R_NilValue) {
         check_q(mu0, pre, d);
         Q.pre = REAL(pre);
+        Q.tw = fullrank;
     }
-    double *lam = (double *)R_alloc(Q.P, sizeof(double));
-    pack(d, fullrank, REAL(mu0), REAL(L0), lam);
+    if (Q.tw) {
+        /* start from Lt = pre^{-1} L0 */
+        double one = 1.0, *Lt0 = (double *)R_alloc((size_t)d * d, sizeof(double));
+        for (int j = 0; j < d; j++)
+            for (int i = 0; i < d; i++) Lt0[i + (size_t)j * d] = i >= j ? REAL(L0)[i + (size_t)j * d] : 0;
+        F77_CALL(dtrsm)("L", "L", "N", "N", &d, &d, &one, Q.pre, &d, Lt0, &d FCONE FCONE FCONE FCONE);
+        for (int j = 0; j < d; j++)
+            if (!(Lt0[j + (size_t)j * d] > 0)) Rf_error("internal error: non-positive whitened diagonal");
+        pack(d, fullrank, REAL(mu0), Lt0, lam);
+    } else
+        pack(d, fullrank, REAL(mu0), REAL(L0), lam);
     run_result R;
     R.trace = (double *)R_alloc(C.maxit, sizeof(double));
     R.smooth = (double *)R_alloc(C.maxit / C.window + 1, sizeof(double));
