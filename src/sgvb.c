@@ -84,10 +84,12 @@ static double gauss_log_joint(const double *theta, double *grad, void *model) {
     gauss_target *T = (gauss_target *)model;
     int d = T->d;
     double f = 0;
-    for (int i = 0; i < d; i++) T->r[i] = theta[i] - T->m[i];
+    for (int i = 0; i < d; i++)
+        T->r[i] = theta[i] - T->m[i];
     for (int i = 0; i < d; i++) {
         double Ar = 0;
-        for (int k = 0; k < d; k++) Ar += T->A[i + (size_t)k * d] * T->r[k];
+        for (int k = 0; k < d; k++)
+            Ar += T->A[i + (size_t)k * d] * T->r[k];
         f -= 0.5 * T->r[i] * Ar;
         if (grad) grad[i] = -Ar;
     }
@@ -125,7 +127,8 @@ static double r_log_joint(const double *theta, double *grad, void *model) {
         SEXP g = PROTECT(Rf_eval(call, R_GlobalEnv));
         if (!Rf_isNumeric(g) || Rf_length(g) != d)
             Rf_error("vb_density(): 'gradient' must return a numeric vector of length %d.", d);
-        for (int i = 0; i < d; i++) grad[i] = Rf_isReal(g) ? REAL(g)[i] : (double)INTEGER(g)[i];
+        for (int i = 0; i < d; i++)
+            grad[i] = Rf_isReal(g) ? REAL(g)[i] : (double)INTEGER(g)[i];
         UNPROTECT(3);
         return f;
     }
@@ -207,36 +210,41 @@ typedef struct {
     vb_log_joint f;
     void *model;
     int d, P, fullrank, score, S, baseline, stl;
-    double *mu, *L;              /* current q                              */
-    double *eps, *z, *gf, *u;    /* S x d draws, gradients; d scratch      */
-    double *fz, *gacc;           /* S values; P accumulated gradient       */
-    double ema;                  /* S = 1 score baseline                   */
+    double *mu, *L;           /* current q                              */
+    double *eps, *z, *gf, *u; /* S x d draws, gradients; d scratch      */
+    double *fz, *gacc;        /* S values; P accumulated gradient       */
+    double ema;               /* S = 1 score baseline                   */
     int ema_set;
     double n_grad, n_eval;
     const double *pre; /* optional d x d lower preconditioner of the locations */
     double *ustep;
-    int tw;            /* fullrank with pre: L = pre Lt, Lt parameterised     */
-    double *Lt, *aw;   /* d x d, d                                             */
+    int tw;          /* fullrank with pre: L = pre Lt, Lt parameterised     */
+    double *Lt, *aw; /* d x d, d                                             */
 } sgvb;
 
-static int npar(int d, int fullrank) { return d + (fullrank ? d * (d + 1) / 2 : d); }
+static int npar(int d, int fullrank) {
+    return d + (fullrank ? d * (d + 1) / 2 : d);
+}
 
 static void unpack(sgvb *Q, const double *lam) {
     int d = Q->d, k = d;
     memcpy(Q->mu, lam, sizeof(double) * d);
     memset(Q->L, 0, sizeof(double) * d * d);
     if (!Q->fullrank) {
-        for (int j = 0; j < d; j++) Q->L[j + (size_t)j * d] = exp(lam[k++]);
+        for (int j = 0; j < d; j++)
+            Q->L[j + (size_t)j * d] = exp(lam[k++]);
         return;
     }
     double *T = Q->tw ? Q->Lt : Q->L;
     if (Q->tw) memset(T, 0, sizeof(double) * d * d);
     for (int j = 0; j < d; j++)
-        for (int i = j; i < d; i++, k++) T[i + (size_t)j * d] = i == j ? exp(lam[k]) : lam[k];
+        for (int i = j; i < d; i++, k++)
+            T[i + (size_t)j * d] = i == j ? exp(lam[k]) : lam[k];
     if (Q->tw) {
         double one = 1.0;
         memcpy(Q->L, T, sizeof(double) * d * d);
-        F77_CALL(dtrmm)("L", "L", "N", "N", &d, &d, &one, Q->pre, &d, Q->L, &d FCONE FCONE FCONE FCONE);
+        F77_CALL(dtrmm)
+        ("L", "L", "N", "N", &d, &d, &one, Q->pre, &d, Q->L, &d FCONE FCONE FCONE FCONE);
     }
 }
 
@@ -248,13 +256,15 @@ static void pack(int d, int fullrank, const double *mu, const double *L, double 
             lam[k++] = log(L[j + (size_t)j * d]);
             continue;
         }
-        for (int i = j; i < d; i++, k++) lam[k] = i == j ? log(L[i + (size_t)j * d]) : L[i + (size_t)j * d];
+        for (int i = j; i < d; i++, k++)
+            lam[k] = i == j ? log(L[i + (size_t)j * d]) : L[i + (size_t)j * d];
     }
 }
 
 static double entropy(const sgvb *Q) {
     double h = 0.5 * Q->d * (1.0 + LOG2PI);
-    for (int j = 0; j < Q->d; j++) h += log(Q->L[j + (size_t)j * Q->d]);
+    for (int j = 0; j < Q->d; j++)
+        h += log(Q->L[j + (size_t)j * Q->d]);
     return h;
 }
 
@@ -262,12 +272,14 @@ static double entropy(const sgvb *Q) {
 static void draw(sgvb *Q, int s) {
     int d = Q->d;
     double *e = Q->eps + (size_t)s * d, *z = Q->z + (size_t)s * d;
-    for (int i = 0; i < d; i++) e[i] = norm_rand();
+    for (int i = 0; i < d; i++)
+        e[i] = norm_rand();
     for (int i = 0; i < d; i++) {
         double v = Q->mu[i];
         int jmax = Q->fullrank ? i : 0;
         if (Q->fullrank)
-            for (int j = 0; j <= jmax; j++) v += Q->L[i + (size_t)j * d] * e[j];
+            for (int j = 0; j <= jmax; j++)
+                v += Q->L[i + (size_t)j * d] * e[j];
         else
             v += Q->L[i + (size_t)i * d] * e[i];
         z[i] = v;
@@ -278,7 +290,8 @@ static void draw(sgvb *Q, int s) {
  * a_i for mu, a_i eps_j for L_ij, a_j eps_j L_jj for log L_jj. */
 static void add_outer(sgvb *Q, const double *a, const double *e, double w, double *acc) {
     int d = Q->d, k = d;
-    for (int i = 0; i < d; i++) acc[i] += w * a[i];
+    for (int i = 0; i < d; i++)
+        acc[i] += w * a[i];
     const double *Ld = Q->L;
     if (Q->tw) {
         /* L = pre Lt: d/dLt = tril(pre' (d/dL)), and d/dL = a e' */
@@ -305,7 +318,8 @@ static void inv_lt(const sgvb *Q, const double *e, double *u) {
     if (Q->fullrank)
         F77_CALL(dtrsv)("L", "T", "N", &d, Q->L, &d, u, &one FCONE FCONE FCONE);
     else
-        for (int i = 0; i < d; i++) u[i] /= Q->L[i + (size_t)i * d];
+        for (int i = 0; i < d; i++)
+            u[i] /= Q->L[i + (size_t)i * d];
 }
 
 /*
@@ -321,7 +335,10 @@ static double estimate(sgvb *Q) {
         draw(Q, s);
         double *g = Q->score ? NULL : Q->gf + (size_t)s * d;
         Q->fz[s] = Q->f(Q->z + (size_t)s * d, g, Q->model);
-        if (g) Q->n_grad += 1; else Q->n_eval += 1;
+        if (g)
+            Q->n_grad += 1;
+        else
+            Q->n_eval += 1;
         if (!R_FINITE(Q->fz[s])) return R_NaN;
         if (g)
             for (int i = 0; i < d; i++)
@@ -331,7 +348,8 @@ static double estimate(sgvb *Q) {
          * the ELBO by f - log q (not f + exact entropy) makes its noise vanish
          * as q approaches the posterior, which sharpens the stall test */
         double *e = Q->eps + (size_t)s * d;
-        for (int i = 0; i < d; i++) esum += 0.5 * e[i] * e[i];
+        for (int i = 0; i < d; i++)
+            esum += 0.5 * e[i] * e[i];
     }
     double elbo = (fsum + esum) / S + entropy(Q) - 0.5 * d;
     if (!Q->score && Q->stl) {
@@ -339,7 +357,8 @@ static double estimate(sgvb *Q) {
         for (int s = 0; s < S; s++) {
             double *e = Q->eps + (size_t)s * d, *g = Q->gf + (size_t)s * d;
             inv_lt(Q, e, Q->u);
-            for (int i = 0; i < d; i++) Q->u[i] += g[i];
+            for (int i = 0; i < d; i++)
+                Q->u[i] += g[i];
             add_outer(Q, Q->u, e, 1.0 / S, Q->gacc);
         }
         return elbo;
@@ -352,8 +371,10 @@ static double estimate(sgvb *Q) {
         for (int s = 0; s < S; s++) {
             double c = 0;
             if (Q->baseline) {
-                if (S >= 2) c = (fsum - Q->fz[s]) / (S - 1);
-                else c = Q->ema_set ? prev : 0;
+                if (S >= 2)
+                    c = (fsum - Q->fz[s]) / (S - 1);
+                else
+                    c = Q->ema_set ? prev : 0;
             }
             double *e = Q->eps + (size_t)s * d;
             inv_lt(Q, e, Q->u); /* the score of mu */
@@ -384,7 +405,8 @@ static void step_scale(const sgvb *Q, double *sc) {
     int d = Q->d, k = d;
     for (int i = 0; i < d; i++) {
         double ss = 0;
-        for (int j = 0; j < d; j++) ss += Q->L[i + (size_t)j * d] * Q->L[i + (size_t)j * d];
+        for (int j = 0; j < d; j++)
+            ss += Q->L[i + (size_t)j * d] * Q->L[i + (size_t)j * d];
         sc[i] = sqrt(ss);
     }
     for (int j = 0; j < d; j++) {
@@ -392,7 +414,8 @@ static void step_scale(const sgvb *Q, double *sc) {
             sc[k++] = 1.0;
             continue;
         }
-        for (int i = j; i < d; i++, k++) sc[k] = i == j || Q->tw ? 1.0 : sc[i];
+        for (int i = j; i < d; i++, k++)
+            sc[k] = i == j || Q->tw ? 1.0 : sc[i];
     }
 }
 
@@ -430,7 +453,8 @@ static double adam_step(sgvb *Q, adam *A, double eta) {
         /* locations in whitened coordinates u, mu = mu0 + Lpre u: gradient
          * Lpre' g, step Lpre du */
         F77_CALL(dtrmv)("L", "T", "N", &d, Q->pre, &d, Q->gacc, &one FCONE FCONE FCONE);
-        for (int i = 0; i < d; i++) A->sc[i] = 1.0;
+        for (int i = 0; i < d; i++)
+            A->sc[i] = 1.0;
     }
     A->t += 1;
     double c1 = 1.0 - pow(0.9, A->t), c2 = 1.0 - pow(0.999, A->t);
@@ -441,12 +465,15 @@ static double adam_step(sgvb *Q, adam *A, double eta) {
         double step = eta * A->sc[k] * (A->m[k] / c1) / (sqrt(A->v[k] / c2) + 1e-8);
         /* a log-diagonal (or whitened location) never moves by more than 1 */
         if (A->sc[k] == 1.0 && fabs(step) > 1.0) step = step > 0 ? 1.0 : -1.0;
-        if (Q->pre && k < d) Q->ustep[k] = step;
-        else A->lam[k] += step;
+        if (Q->pre && k < d)
+            Q->ustep[k] = step;
+        else
+            A->lam[k] += step;
     }
     if (Q->pre) {
         F77_CALL(dtrmv)("L", "N", "N", &d, Q->pre, &d, Q->ustep, &one FCONE FCONE FCONE);
-        for (int i = 0; i < d; i++) A->lam[i] += Q->ustep[i];
+        for (int i = 0; i < d; i++)
+            A->lam[i] += Q->ustep[i];
     }
     return e;
 }
@@ -514,24 +541,26 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
             prevv = v;
         }
         if (!R_FINITE(bestv))
-            Rf_error("the stochastic optimisation diverged for every step size tried; "
-                     "check that the log density is finite near 'init' or give a smaller step_size.");
+            Rf_error(
+                "the stochastic optimisation diverged for every step size tried; "
+                "check that the log density is finite near 'init' or give a smaller step_size.");
         adam_copy(&A, &best, P);
     }
     /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
      * final step shrinks with the number of parameters */
     double eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
     int *isdiag = (int *)R_alloc(P, sizeof(int));
-    for (int k = 0; k < P; k++) isdiag[k] = 0;
+    for (int k = 0; k < P; k++)
+        isdiag[k] = 0;
     for (int j = 0, k = d; j < d; j++) {
         isdiag[k] = 1;
         k += Q->fullrank ? d - j : 1;
     }
     int W = C->window, it = 0, decays = 0, converged = 0, bad = 0;
-    double *avg = (double *)R_alloc(P, sizeof(double));  /* window sum of lambda   */
-    double *bs = (double *)R_alloc(P, sizeof(double));   /* final phase: sum and   */
-    double *bq = (double *)R_alloc(P, sizeof(double));   /* sum of squares of the  */
-    double *sc = (double *)R_alloc(P, sizeof(double));   /* window means; scales   */
+    double *avg = (double *)R_alloc(P, sizeof(double)); /* window sum of lambda   */
+    double *bs = (double *)R_alloc(P, sizeof(double));  /* final phase: sum and   */
+    double *bq = (double *)R_alloc(P, sizeof(double));  /* sum of squares of the  */
+    double *sc = (double *)R_alloc(P, sizeof(double));  /* window means; scales   */
     double wsum = 0, wss = 0, prev_mean = R_NaN, prev_se = 0;
     int wn = 0, nb = 0, final = 0;
     memset(avg, 0, sizeof(double) * P);
@@ -544,8 +573,9 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
         it++;
         if (!R_FINITE(e)) {
             if (++bad >= 100)
-                Rf_error("the log density was not finite at 100 consecutive draws from q; "
-                         "check its support (transform constrained parameters) or the starting values.");
+                Rf_error(
+                    "the log density was not finite at 100 consecutive draws from q; "
+                    "check its support (transform constrained parameters) or the starting values.");
             continue;
         }
         bad = 0;
@@ -553,7 +583,8 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
         wsum += e;
         wss += e * e;
         wn++;
-        for (int k = 0; k < P; k++) avg[k] += A.lam[k];
+        for (int k = 0; k < P; k++)
+            avg[k] += A.lam[k];
         if (wn < W) {
             if (it % 16 == 0) R_CheckUserInterrupt();
             continue;
@@ -564,9 +595,11 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
         int stall = 0;
         if (R_FINITE(prev_mean)) {
             double ch = mean - prev_mean;
-            stall = fabs(ch) <= C->tol * fabs(mean) || ch <= 2.0 * sqrt(se * se + prev_se * prev_se);
+            stall =
+                fabs(ch) <= C->tol * fabs(mean) || ch <= 2.0 * sqrt(se * se + prev_se * prev_se);
         }
-        for (int k = 0; k < P; k++) avg[k] /= wn;
+        for (int k = 0; k < P; k++)
+            avg[k] /= wn;
         if (!C->quiet && (double)(clock() - tlast) / CLOCKS_PER_SEC > 1.0) {
             tlast = clock();
             Rprintf("sgvb: iteration %d, smoothed ELBO %.4f, step %.3g%s\n", it, mean, eta,
@@ -622,7 +655,8 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
     /* q: the mean of the final phase's window averages (Polyak averaging),
      * or the current iterate when the cap came first */
     if (nb > 0)
-        for (int k = 0; k < P; k++) A.lam[k] = bs[k] / nb;
+        for (int k = 0; k < P; k++)
+            A.lam[k] = bs[k] / nb;
     memcpy(lam, A.lam, sizeof(double) * P);
     unpack(Q, lam);
     /* final ELBO from fresh draws (values only) */
@@ -633,7 +667,8 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
     for (int s = 0; s < ns; s++) {
         draw(Q, 0);
         double f = Q->f(Q->z, NULL, Q->model);
-        for (int i = 0; i < Q->d; i++) f += 0.5 * Q->eps[i] * Q->eps[i];
+        for (int i = 0; i < Q->d; i++)
+            f += 0.5 * Q->eps[i] * Q->eps[i];
         Q->n_eval += 1;
         if (!R_FINITE(f)) {
             s1 = R_NegInf;
@@ -683,7 +718,8 @@ static void sgvb_alloc(sgvb *Q, int d, int fullrank, int score, int S, int basel
 
 /* Checks mu0 (d) and L0 (d x d, lower triangle, positive diagonal). */
 static void check_q(SEXP mu, SEXP L, int d) {
-    if (!Rf_isReal(mu) || Rf_length(mu) != d) Rf_error("'mu' must be a double vector of length %d", d);
+    if (!Rf_isReal(mu) || Rf_length(mu) != d)
+        Rf_error("'mu' must be a double vector of length %d", d);
     if (!Rf_isReal(L) || !Rf_isMatrix(L) || Rf_nrows(L) != d || Rf_ncols(L) != d)
         Rf_error("'L' must be a %d x %d double matrix", d, d);
     for (int i = 0; i < d; i++) {
@@ -705,7 +741,8 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
     target_setup(model, &T);
     int d = T.d;
     check_q(mu0, L0, d);
-    if (!Rf_isReal(control) || Rf_length(control) != 14) Rf_error("'control' must be a double vector of length 14");
+    if (!Rf_isReal(control) || Rf_length(control) != 14)
+        Rf_error("'control' must be a double vector of length 14");
     const double *c = REAL(control);
     for (int i = 0; i < 14; i++)
         if (ISNAN(c[i])) Rf_error("'control' must not contain NA");
@@ -721,8 +758,8 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
     C.elbo_samples = (int)c[10];
     int baseline = c[11] != 0, stl = c[12] != 0;
     C.prec = c[13];
-    if (C.maxit < 1 || S < 1 || C.adapt_iter < 2 || C.window < 2 || C.decays < 0 || C.elbo_samples < 2 ||
-        !(C.tol >= 0) || !(C.prec > 0))
+    if (C.maxit < 1 || S < 1 || C.adapt_iter < 2 || C.window < 2 || C.decays < 0 ||
+        C.elbo_samples < 2 || !(C.tol >= 0) || !(C.prec > 0))
         Rf_error("invalid SGVB control values");
     sgvb Q;
     sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl, S);
@@ -738,10 +775,13 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
         /* start from Lt = pre^{-1} L0 */
         double one = 1.0, *Lt0 = (double *)R_alloc((size_t)d * d, sizeof(double));
         for (int j = 0; j < d; j++)
-            for (int i = 0; i < d; i++) Lt0[i + (size_t)j * d] = i >= j ? REAL(L0)[i + (size_t)j * d] : 0;
-        F77_CALL(dtrsm)("L", "L", "N", "N", &d, &d, &one, Q.pre, &d, Lt0, &d FCONE FCONE FCONE FCONE);
+            for (int i = 0; i < d; i++)
+                Lt0[i + (size_t)j * d] = i >= j ? REAL(L0)[i + (size_t)j * d] : 0;
+        F77_CALL(dtrsm)
+        ("L", "L", "N", "N", &d, &d, &one, Q.pre, &d, Lt0, &d FCONE FCONE FCONE FCONE);
         for (int j = 0; j < d; j++)
-            if (!(Lt0[j + (size_t)j * d] > 0)) Rf_error("internal error: non-positive whitened diagonal");
+            if (!(Lt0[j + (size_t)j * d] > 0))
+                Rf_error("internal error: non-positive whitened diagonal");
         pack(d, fullrank, REAL(mu0), Lt0, lam);
     } else
         pack(d, fullrank, REAL(mu0), REAL(L0), lam);
@@ -752,8 +792,8 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
     run(&Q, &C, lam, &R);
     PutRNGstate();
 
-    const char *nms[] = {"mu", "L", "elbo", "elbo_se", "trace", "smooth", "eta", "iterations",
-                         "converged", "n_grad", "n_eval", ""};
+    const char *nms[] = {"mu",  "L",          "elbo",      "elbo_se", "trace",  "smooth",
+                         "eta", "iterations", "converged", "n_grad",  "n_eval", ""};
     SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
     SEXP mu = Rf_allocVector(REALSXP, d);
     SET_VECTOR_ELT(out, 0, mu);
@@ -788,12 +828,13 @@ SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control) {
     target_setup(model, &T);
     int d = T.d;
     check_q(mu, L, d);
-    if (!Rf_isReal(control) || Rf_length(control) != 6) Rf_error("'control' must be a double vector of length 6");
+    if (!Rf_isReal(control) || Rf_length(control) != 6)
+        Rf_error("'control' must be a double vector of length 6");
     const double *c = REAL(control);
     for (int i = 0; i < 6; i++)
         if (!R_FINITE(c[i])) Rf_error("'control' must be finite");
-    int fullrank = c[0] != 0, score = c[1] != 0, S = (int)c[2], nrep = (int)c[3], baseline = c[4] != 0,
-        stl = c[5] != 0;
+    int fullrank = c[0] != 0, score = c[1] != 0, S = (int)c[2], nrep = (int)c[3],
+        baseline = c[4] != 0, stl = c[5] != 0;
     if (S < 1 || nrep < 1) Rf_error("S and nrep must be positive");
     sgvb Q;
     sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl, S);
