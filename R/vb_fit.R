@@ -85,7 +85,9 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               blocks = core$blocks, prior = list(coef = pa, precision = prior_precision),
               control = control, mc_se = core$mc_se)
   if (!core$converged && !control$quiet)
-    warning(sprintf("vb(): not converged after %d iterations (relative ELBO change > %g); increase vb_control(maxit).",
+    warning(if (method == "sgvb")
+              sprintf("vb(): SGVB not converged after %d steps; increase vb_control(sgvb_maxit).", core$iterations)
+            else sprintf("vb(): not converged after %d iterations (relative ELBO change > %g); increase vb_control(maxit).",
                     core$iterations, control$tol), call. = FALSE)
   if (!is.null(core$sgvb)) fit$sgvb <- core$sgvb # joint q over (beta, log tau), SGVB run data
   fit$time <- proc.time()[["elapsed"]] - t0

@@ -181,6 +181,7 @@ static void target_setup(SEXP model, target *T) {
         if (!Rf_isReal(m) || !Rf_isReal(A) || Rf_length(A) != Rf_length(m) * Rf_length(m))
             Rf_error("gauss target needs double m (d) and A (d x d)");
         T->d = Rf_length(m);
+        if (T->d < 1) Rf_error("gauss target needs d >= 1");
         T->gauss.d = T->d;
         T->gauss.m = REAL(m);
         T->gauss.A = REAL(A);
@@ -745,7 +746,7 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
         Rf_error("'control' must be a double vector of length 14");
     const double *c = REAL(control);
     for (int i = 0; i < 14; i++)
-        if (ISNAN(c[i])) Rf_error("'control' must not contain NA");
+        if (!R_FINITE(c[i]) || fabs(c[i]) > 1e9) Rf_error("'control' must be finite numbers below 1e9");
     run_control C;
     C.maxit = (int)c[0];
     C.tol = c[1];
@@ -832,7 +833,7 @@ SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control) {
         Rf_error("'control' must be a double vector of length 6");
     const double *c = REAL(control);
     for (int i = 0; i < 6; i++)
-        if (!R_FINITE(c[i])) Rf_error("'control' must be finite");
+        if (!R_FINITE(c[i]) || fabs(c[i]) > 1e9) Rf_error("'control' must be finite numbers below 1e9");
     int fullrank = c[0] != 0, score = c[1] != 0, S = (int)c[2], nrep = (int)c[3],
         baseline = c[4] != 0, stl = c[5] != 0;
     if (S < 1 || nrep < 1) Rf_error("S and nrep must be positive");
