@@ -31,9 +31,10 @@
 #'   `sgvb_tol` or within two Monte Carlo standard errors; a stall halves the
 #'   step size.
 #' @param window Steps per window of the smoothed ELBO.
-#' @param step_decays Minimum number of step-size halvings (restarting from
-#'   the window's averaged iterate) before the final averaging phase; halving
-#'   also continues until the step size is at most 0.03.
+#' @param step_decays Minimum number of step-size halvings (each restarting
+#'   from the window's averaged iterate) before the final averaging phase;
+#'   halving also continues until the step size is at most
+#'   min(0.03, 0.1 / sqrt(number of variational parameters)).
 #' @param elbo_samples Draws used to estimate the final ELBO of an SGVB fit.
 #' @param baseline For `estimator = "score"`: subtract the leave-one-out
 #'   baseline (`TRUE`, default) or not.
@@ -53,8 +54,8 @@
 vb_control <- function(maxit = 500L, tol = 1e-8, quiet = FALSE, blocks = NULL,
                        binomial_method = c("gva", "jj"), gh_nodes = 32L,
                        estimator = c("reparam", "score"), samples = NULL, step_size = NULL,
-                       adapt_iter = 50L, sgvb_maxit = 20000L, sgvb_tol = 1e-6, window = 100L,
-                       step_decays = 3L, elbo_samples = 1000L, baseline = TRUE,
+                       adapt_iter = 50L, sgvb_maxit = 50000L, sgvb_tol = 1e-6, window = 100L,
+                       step_decays = 0L, elbo_samples = 1000L, baseline = TRUE,
                        stl = TRUE, precision = 0.015) {
   num1 <- function(x, nm, lower, int = FALSE) {
     if (!is.numeric(x) || length(x) != 1L || !is.finite(x) || x < lower || (int && x != round(x)))

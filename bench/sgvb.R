@@ -23,6 +23,8 @@ add <- function(method, approx, grads, secs, elbo, cavi) {
   rows[[length(rows) + 1L]] <<- data.frame(method = method, approx = approx, grad_evals = grads,
                                            seconds = round(secs, 2), elbo = round(elbo, 3),
                                            gap_to_cavi = signif(cavi - elbo, 3))
+  print(rows[[length(rows)]], row.names = FALSE)
+  utils::flush.console()
 }
 
 quiet <- vb_control(quiet = TRUE)
@@ -42,6 +44,15 @@ for (ap in c("meanfield", "fullrank")) {
   # the curvature used for the start and the preconditioner costs about p/2
   # gradient evaluations (one X'WX); it is included in the seconds
   add("vbayes SGVB", ap, f$sgvb$n_grad, t, elbo(f), elbo(cavi[[ap]]))
+}
+
+# how soon SGVB is within 0.1 nat: the same run cut at increasing step caps
+# (the returned q is the current Polyak average or iterate)
+for (ap in c("meanfield", "fullrank")) for (cap in c(300L, 600L, 1000L)) {
+  set.seed(1)
+  t <- system.time(f <- suppressWarnings(vb_fit(X, y, family = poisson(), approx = ap,
+    method = "sgvb", control = vb_control(quiet = TRUE, sgvb_maxit = cap))))[["elapsed"]]
+  add(sprintf("vbayes SGVB, cut at %d steps", cap), ap, f$sgvb$n_grad, t, elbo(f), elbo(cavi[[ap]]))
 }
 
 if (requireNamespace("rstan", quietly = TRUE)) {

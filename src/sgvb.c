@@ -45,8 +45,10 @@
  * of `window` steps; the smoothed ELBO is the window mean.  A window "stalls"
  * when the smoothed ELBO's relative change is below tol or its change lies
  * within two standard errors.  A stall halves eta, restarts from the window's
- * average of lambda and clears Adam's moments; once `decays` halvings are
- * done and eta <= min(ETA_FINAL, 0.1/sqrt(P)), the final phase averages the window means of
+ * average of lambda and clears Adam's moments, until at least `decays`
+ * halvings are done and eta <= eta_final = min(ETA_FINAL, 0.1/sqrt(P)) (the
+ * searched eta is raised to eta_final if below); the next stall starts the
+ * final phase, which averages the window means of
  * lambda (Polyak averaging) and stops (converged) at a stall after at least
  * three windows when the batch-means standard error of every location and
  * log-scale is below `prec` (in posterior sds for locations, log units for
@@ -521,6 +523,9 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
     memcpy(A.lam, lam, sizeof(double) * P);
     clock_t tlast = clock();
     double eta = C->eta;
+    /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
+     * final step shrinks with the number of parameters */
+    double eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
     if (!(eta > 0)) {
         /* ADVI-style search over a grid, largest first */
         static const double grid[] = {1.0, 0.3, 0.1, 0.03, 0.01, 0.003};
@@ -546,10 +551,10 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
                 "the stochastic optimisation diverged for every step size tried; "
                 "check that the log density is finite near 'init' or give a smaller step_size.");
         adam_copy(&A, &best, P);
+        /* a start close to the optimum makes the smallest trial step look
+         * best; a step below eta_final would only freeze the iterate */
+        if (eta < eta_final) eta = eta_final;
     }
-    /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
-     * final step shrinks with the number of parameters */
-    double eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
     int *isdiag = (int *)R_alloc(P, sizeof(int));
     for (int k = 0; k < P; k++)
         isdiag[k] = 0;
@@ -607,7 +612,9 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
                     final ? " (averaging)" : "");
         }
         if (!final) {
-            if (stall) {
+            if (stall && eta <= eta_final && decays >= C->decays) {
+                final = 1; /* averaging starts with the next window */
+            } else if (stall) {
                 /* halve the step and restart from the window's average */
                 decays++;
                 eta *= 0.5;
@@ -618,7 +625,6 @@ static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
                 memset(A.m, 0, sizeof(double) * P);
                 memset(A.v, 0, sizeof(double) * P);
                 A.t = 0;
-                final = decays >= C->decays && eta <= eta_final;
             }
         } else {
             /* batch means of the window averages: stop once the average of
