@@ -69,9 +69,9 @@ q_sample <- function(fit, S) {
   logq <- -0.5 * colSums(Z^2) - 0.5 * p * log(2 * pi) - sum(log(diag(R)))
   if (!is.null(fit$tau)) {
     A <- fit$tau[["shape"]]; B <- fit$tau[["rate"]]
-    tau <- rgamma(S, A, B)
+    tau <- stats::rgamma(S, A, B)
     theta <- rbind(theta, log(tau))
-    logq <- logq + dgamma(tau, A, B, log = TRUE) + log(tau)
+    logq <- logq + stats::dgamma(tau, A, B, log = TRUE) + log(tau)
   }
   list(theta = theta, logq = logq)
 }

@@ -2,7 +2,7 @@
 #'
 #' Fits a Gaussian q(theta) = N(mu, L L') to the unnormalised density
 #' exp(log_density(theta)) by maximising the evidence lower bound
-#' ELBO = E_q[log_density(theta)] + H(q) with stochastic gradients (SGVB):
+#' `ELBO = E_q[log_density(theta)] + H(q)` with stochastic gradients (SGVB):
 #' the pathwise (`"reparam"`) or the score-function (`"score"`) estimator,
 #' Adam steps whose size is found by short trial runs, and a stop when the
 #' smoothed ELBO no longer changes (see [vb_control()] for the knobs).
