@@ -41,7 +41,7 @@ draws.vbfit <- function(object, n = 1000, ...) {
   n <- check_count(n, "n")
   th <- q_sample(object, n)$theta
   out <- t(th)
-  if (object$family$family == "gaussian") {
+  if (identical(object$family$family, "gaussian")) {
     out[, ncol(out)] <- exp(-out[, ncol(out)] / 2)
     colnames(out) <- c(names(object$coefficients), "sigma")
   } else colnames(out) <- names(object$coefficients)
@@ -58,21 +58,27 @@ check_count <- function(n, nm) {
 # column, with log q at each draw: the interface of diagnostics and SGVB.
 q_sample <- function(fit, S) {
   mu <- fit$coefficients; p <- length(mu)
+  # SGVB fits keep their joint q (gaussian: over beta and log tau) in $sgvb
+  if (!is.null(fit$sgvb)) {
+    mu <- fit$sgvb$mu; p <- length(mu)
+    R <- chol_psd(fit$sgvb$Sigma)
+  } else
   R <- if (p > 0) chol_psd(fit$vcov) else matrix(0, 0, 0)
   Z <- matrix(rnorm(p * S), p, S)
   theta <- mu + crossprod(R, Z)
   logq <- -0.5 * colSums(Z^2) - 0.5 * p * log(2 * pi) - sum(log(diag(R)))
   if (!is.null(fit$tau)) {
     A <- fit$tau[["shape"]]; B <- fit$tau[["rate"]]
-    tau <- rgamma(S, A, B)
+    tau <- stats::rgamma(S, A, B)
     theta <- rbind(theta, log(tau))
-    logq <- logq + dgamma(tau, A, B, log = TRUE) + log(tau)
+    logq <- logq + stats::dgamma(tau, A, B, log = TRUE) + log(tau)
   }
   list(theta = theta, logq = logq)
 }
 
 # log p(y, theta) at the columns of theta (the C log-joint contract).
 log_joint <- function(fit, theta) {
+  if (!is.null(fit$target)) return(apply(theta, 2L, fit$target)) # vb_density()
   .Call(C_glm_log_joint, fit_model(fit), theta)$value
 }
 
@@ -165,6 +171,11 @@ summary.vbfit <- function(object, level = 0.95, ...) {
     # sigma = tau^{-1/2} with tau ~ Gamma(A, B)
     q <- 1 / sqrt(stats::qgamma(c(1 - (1 - level) / 2, (1 - level) / 2), A, B))
     sig <- c(mean = exp(lgamma(A - 0.5) - lgamma(A)) * sqrt(B), q)
+  } else if (identical(object$family$family, "gaussian") && !is.null(object$sgvb)) {
+    # SGVB: log tau ~ N(m, s2) in the joint q, sigma = exp(-log tau / 2)
+    d <- length(object$sgvb$mu); m <- object$sgvb$mu[[d]]; s2 <- object$sgvb$Sigma[d, d]
+    z <- stats::qnorm(c(1 - (1 - level) / 2, (1 - level) / 2))
+    sig <- c(mean = exp(-m / 2 + s2 / 8), exp(-(m + z * sqrt(s2)) / 2))
   }
   structure(list(call = object$call, family = object$family, approx = object$approx,
                  method = object$method, coefficients = tab, sigma = sig,

@@ -83,7 +83,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   fit <- list(coefficients = mu, vcov = Sigma, elbo = core$elbo, elbo_trace = core$trace,
               elbo_terms = c(elbo = core$elbo, loglik = core$loglik, kl = core$kl),
               converged = core$converged, iterations = core$iterations,
-              tau = if (family$family == "gaussian") setNames(core$tau, c("shape", "rate")),
+              tau = if (family$family == "gaussian" && !is.null(core$tau)) setNames(core$tau, c("shape", "rate")),
               linear.predictors = eta, linear.predictors.var = v,
               fitted.values = fitted, residuals = yresp - fitted,
               family = family, prior.weights = weights, offset = offset, exposure = exposure,
@@ -91,8 +91,11 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               blocks = core$blocks, prior = list(coef = pa, precision = prior_precision),
               control = control, mc_se = core$mc_se, separated = separated)
   if (!core$converged)
-    warning(sprintf("vb(): not converged after %d iterations (relative ELBO change > %g); increase vb_control(maxit).",
+    warning(if (method == "sgvb")
+              sprintf("vb(): SGVB not converged after %d steps; increase vb_control(sgvb_maxit).", core$iterations)
+            else sprintf("vb(): not converged after %d iterations (relative ELBO change > %g); increase vb_control(maxit).",
                     core$iterations, control$tol), call. = FALSE)
+  if (!is.null(core$sgvb)) fit$sgvb <- core$sgvb # joint q over (beta, log tau), SGVB run data
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- "vbfit"
   fit

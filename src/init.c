@@ -21,6 +21,10 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
                  SEXP control);
 SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SEXP control);
 
+/* sgvb.c */
+SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre);
+SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
+
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
 static const R_CallMethodDef call_methods[] = {
@@ -32,6 +36,8 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(spikes_simulate, 4),
     CALLDEF(lds_estep, 7),
     CALLDEF(lds_poisson_mstep, 7),
+    CALLDEF(sgvb_fit, 5),
+    CALLDEF(sgvb_grad, 4),
     {NULL, NULL, 0}};
 
 void R_init_vbayes(DllInfo *dll) {

@@ -1,0 +1,147 @@
+#' Diagnose a variational fit by importance sampling
+#'
+#' Draws theta_1..S from q and forms the log importance ratios
+#' r_s = log p(y, theta_s) - log q(theta_s).  Two summaries follow.
+#'
+#' * **Pareto k-hat** (PSIS; Vehtari et al., Yao et al. 2018): a generalised
+#'   Pareto distribution is fitted to the largest ratios by the profile
+#'   estimator of Zhang & Stephens (2009), with the weak prior of PSIS that
+#'   shrinks k-hat towards 0.5 by 10 pseudo-observations.  Yao, Vehtari,
+#'   Simpson & Gelman (2018) read k-hat as: below 0.5, q is close to the
+#'   posterior and importance sampling from it is reliable; between 0.5 and
+#'   0.7, q is imperfect but importance sampling (PSIS) can still correct it;
+#'   above 0.7, q is far from the posterior and neither it nor the importance
+#'   weights should be trusted.  A large k-hat for a small-count Poisson model
+#'   can coexist with an accurate ELBO: treat it as a warning, not a verdict.
+#' * **IWAE bound** (Burda, Grosse & Salakhutdinov 2016):
+#'   L_K = E log((1/K) sum_k exp(r_k)), estimated by splitting the S draws
+#'   into floor(S/K) groups of K, with its standard error across groups.
+#'   ELBO = L_1 <= L_K <= L_{K+1} <= log p(y), so L_K is a tighter evidence
+#'   estimate for model comparison.  The PSIS estimate of log p(y),
+#'   log of the mean smoothed weight, is reported as `logZ_psis`.
+#'
+#' @param fit A fit from [vb()] (CAVI or SGVB) or [vb_density()].
+#' @param S Number of draws from q.
+#' @param K Group size(s) of the IWAE bound, each at most `S`.
+#' @param ... Unused.
+#' @return An object of class `vb_diagnosis`: `khat`, `khat_label`,
+#'   `iwae` and `iwae_se` (one per `K`), `K`, `elbo` (the fit's ELBO),
+#'   `elbo_mc` and `elbo_mc_se` (mean of r and its standard error),
+#'   `logZ_psis`, `S`, and the log ratios `log_ratios`.
+#' @references Zhang, J. & Stephens, M. A. (2009). A new and efficient
+#'   estimation method for the generalized Pareto distribution.
+#'   Technometrics 51, 316-325.  Yao, Y., Vehtari, A., Simpson, D. &
+#'   Gelman, A. (2018). Yes, but did it work?: Evaluating variational
+#'   inference. ICML.  Burda, Y., Grosse, R. & Salakhutdinov, R. (2016).
+#'   Importance weighted autoencoders. ICLR.
+#' @examples
+#' set.seed(1)
+#' fit <- vb(mpg ~ wt, data = mtcars)
+#' vb_diagnose(fit, S = 1000, K = c(1, 10, 100))
+#' @export
+vb_diagnose <- function(fit, S = 4000, K = c(1, 10, 100), ...) {
+  if (!inherits(fit, "vbfit"))
+    stop("vb_diagnose(): 'fit' must be a fit from vb() or vb_density().", call. = FALSE)
+  S <- check_count(S, "S")
+  if (S < 10L) stop("vb_diagnose(): 'S' must be at least 10 draws.", call. = FALSE)
+  if (!is.numeric(K) || length(K) < 1L || any(!is.finite(K)) || any(K < 1) || any(K != round(K)) ||
+      any(K > S))
+    stop("vb_diagnose(): 'K' must be whole numbers between 1 and S.", call. = FALSE)
+  K <- as.integer(K)
+  qs <- q_sample(fit, S)
+  lr <- log_joint(fit, qs$theta) - qs$logq
+  if (any(is.nan(lr)) || any(lr == Inf))
+    stop("vb_diagnose(): the log joint density was NaN or infinite at draws from q.", call. = FALSE)
+  ps <- psis(lr)
+  iw <- vapply(K, function(k) iwae(lr, k), numeric(2))
+  fin <- is.finite(lr)
+  out <- list(khat = ps$khat, khat_label = khat_label(ps$khat), iwae = iw[1, ], iwae_se = iw[2, ],
+              K = K, elbo = fit$elbo, elbo_mc = mean(lr),
+              elbo_mc_se = if (all(fin)) stats::sd(lr) / sqrt(S) else NA_real_,
+              logZ_psis = ps$logZ, S = S, log_ratios = lr)
+  class(out) <- "vb_diagnosis"
+  out
+}
+
+khat_label <- function(k) {
+  if (!is.finite(k)) return("not estimable")
+  if (k < 0.5) "good (k < 0.5): q is close to the posterior; importance sampling from q is reliable"
+  else if (k < 0.7) "ok (0.5 <= k < 0.7): q is imperfect, but PSIS can still correct it"
+  else "bad (k >= 0.7): q is far from the posterior; do not trust q or the importance weights"
+}
+
+#' @export
+print.vb_diagnosis <- function(x, digits = 4, ...) {
+  cat(sprintf("Importance-sampling diagnostics of q (%d draws)\n", x$S))
+  cat(sprintf("  Pareto k-hat: %.3f  %s\n", x$khat, x$khat_label))
+  cat(sprintf("  ELBO %.*f (Monte Carlo over the draws %.*f, se %.2g)\n", digits, x$elbo, digits,
+              x$elbo_mc, x$elbo_mc_se))
+  tab <- data.frame(K = x$K, IWAE = round(x$iwae, digits), se = signif(x$iwae_se, 2),
+                    groups = x$S %/% x$K)
+  cat("  Importance-weighted bounds on log p(y):\n")
+  print(tab, row.names = FALSE)
+  cat(sprintf("  PSIS estimate of log p(y): %.*f\n", digits, x$logZ_psis))
+  invisible(x)
+}
+
+# IWAE bound with groups of K from the log ratios: c(estimate, se).
+iwae <- function(lr, K) {
+  B <- length(lr) %/% K
+  g <- matrix(lr[seq_len(B * K)], K, B)
+  m <- apply(g, 2L, max)
+  v <- m + log(colMeans(exp(sweep(g, 2L, m))))
+  c(mean(v), if (B > 1L) stats::sd(v) / sqrt(B) else NA_real_)
+}
+
+# Pareto-smoothed importance sampling of log ratios lr: the tail of the
+# largest M = ceiling(min(S/5, 3 sqrt(S))) ratios is fitted by a generalised
+# Pareto (gpd_fit), k-hat shrunk by the PSIS weak prior, the tail replaced by
+# the fitted quantiles (capped at the largest raw ratio).
+psis <- function(lr) {
+  S <- length(lr)
+  shift <- max(lr)
+  lr <- lr - shift
+  M <- ceiling(min(0.2 * S, 3 * sqrt(S)))
+  o <- order(lr)
+  if (M < 5L || S - M < 1L) return(list(khat = NA_real_, logZ = NA_real_, lw = lr + shift))
+  tail_ix <- o[(S - M + 1L):S]
+  cut <- lr[o[S - M]]
+  x <- exp(lr[tail_ix]) - exp(cut)
+  if (all(x <= 0)) return(list(khat = -Inf, logZ = log(mean(exp(lr))) + shift, lw = lr + shift))
+  fit <- gpd_fit(x)
+  k <- (M * fit$k + 10 * 0.5) / (M + 10)
+  lw <- lr
+  if (is.finite(k)) {
+    p <- (seq_len(M) - 0.5) / M
+    qx <- if (abs(k) < 1e-12) -fit$sigma * log1p(-p) else fit$sigma * ((1 - p)^(-k) - 1) / k
+    lw[tail_ix] <- pmin(log(qx + exp(cut)), 0)
+  }
+  list(khat = k, logZ = log(mean(exp(lw))) + shift, lw = lw + shift)
+}
+
+# Generalised Pareto fit of exceedances x > 0 by the Zhang & Stephens (2009)
+# estimator: with theta = -k / sigma, the profile log-likelihood is
+# n (log(-theta / k(theta)) - k(theta) - 1), k(theta) = mean log(1 - theta x);
+# theta-hat is its posterior mean over a grid of m = 30 + floor(sqrt(n))
+# points theta_j = 1/x_(n) + (1 - sqrt(m / (j - 1/2))) / (3 x_(q)), x_(q) the
+# lower-quartile order statistic, with weights proportional to the
+# exponentiated profile likelihood.  Shape k > 0 means a heavy tail with
+# moments of order below 1/k.
+gpd_fit <- function(x) {
+  x <- sort(x)
+  n <- length(x)
+  m <- 30L + floor(sqrt(n))
+  xq <- x[max(1L, floor(n / 4 + 0.5))]
+  if (!(xq > 0)) xq <- x[which(x > 0)[1L]]
+  j <- seq_len(m)
+  theta <- 1 / x[n] + (1 - sqrt(m / (j - 0.5))) / (3 * xq)
+  kfun <- function(t) mean(log1p(-t * x))
+  kk <- vapply(theta, kfun, 0)
+  ll <- n * (log(-theta / kk) - kk - 1)
+  ll[!is.finite(ll)] <- -Inf
+  w <- exp(ll - max(ll))
+  w <- w / sum(w)
+  th <- sum(w * theta)
+  k <- kfun(th)
+  list(k = k, sigma = -k / th)
+}

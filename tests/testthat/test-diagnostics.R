@@ -1,0 +1,99 @@
+# vb_diagnose(): PSIS k-hat against the known tail index of Gaussian
+# importance ratios, the GPD fit against simulated data, IWAE against exact
+# log evidence.
+
+# A vb_density-like fit with a given Gaussian q and log density.
+fake_fit <- function(mu, Sigma, target, elbo = NA_real_) {
+  structure(list(coefficients = setNames(mu, paste0("t", seq_along(mu))), vcov = as.matrix(Sigma),
+                 elbo = elbo, target = target),
+            class = c("vbdensity", "vbfit"))
+}
+
+test_that("the Zhang-Stephens fit recovers the shape of simulated generalised Pareto data", {
+  set.seed(1)
+  for (k in c(-0.3, 0.2, 0.7)) {
+    u <- runif(5000)
+    x <- 1.5 * ((1 - u)^(-k) - 1) / k      # GPD(k, sigma = 1.5) by inversion
+    f <- vbayes:::gpd_fit(x)
+    expect_lt(abs(f$k - k), 0.07)
+    expect_lt(abs(f$sigma / 1.5 - 1), 0.1)
+  }
+})
+
+test_that("k-hat is close to 1 - sigma^2 for a N(0, 1) target and N(0, sigma^2) proposals", {
+  set.seed(2)
+  for (s2 in c(0.8, 0.5)) {
+    fit <- fake_fit(0, s2, function(th) dnorm(th, log = TRUE))
+    k <- vapply(1:4, function(r) vb_diagnose(fit, S = 1e5, K = 1)$khat, 0)
+    expect_lt(abs(mean(k) - (1 - s2)), 0.05)
+  }
+  # wider proposals: bounded ratios, k-hat below 0.5 ("good")
+  d <- vb_diagnose(fake_fit(0, 2, function(th) dnorm(th, log = TRUE)), S = 1e4, K = 1)
+  expect_lt(d$khat, 0.5)
+  expect_match(d$khat_label, "good")
+})
+
+test_that("IWAE bounds increase with K towards the exact evidence of a conjugate model", {
+  set.seed(3)
+  n <- 20; s <- 0.5
+  x1 <- rnorm(n); X <- cbind(x1, 0.7 * x1 + rnorm(n))
+  y <- drop(X %*% c(1, -0.5)) + rnorm(n, sd = s)
+  # theta ~ N(0, I), y | theta ~ N(X theta, s^2 I): p(y) = N(y; 0, s^2 I + X X')
+  C <- s^2 * diag(n) + tcrossprod(X)
+  R <- chol(C)
+  logZ <- -0.5 * n * log(2 * pi) - sum(log(diag(R))) - 0.5 * sum(backsolve(R, y, transpose = TRUE)^2)
+  Lam <- crossprod(X) / s^2 + diag(2)
+  m <- solve(Lam, crossprod(X, y) / s^2)
+  target <- function(th) sum(dnorm(y, drop(X %*% th), s, log = TRUE)) + sum(dnorm(th, log = TRUE))
+  # the exact mean-field optimum: means m, variances 1 / Lam_ii
+  fit <- fake_fit(drop(m), diag(1 / diag(Lam)), target)
+  d <- vb_diagnose(fit, S = 40000, K = c(1, 10, 100, 1000))
+  gap <- 0.5 * log(prod(diag(Lam)) / det(Lam))   # KL of the mean-field optimum
+  expect_lt(abs((logZ - d$iwae[1]) - gap), 4 * d$iwae_se[1])
+  expect_true(all(diff(d$iwae) > -3 * sqrt(d$iwae_se[-1]^2 + d$iwae_se[-4]^2)))
+  expect_true(all(d$iwae < logZ + 3 * d$iwae_se))
+  expect_lt(logZ - d$iwae[4], (logZ - d$iwae[1]) / 4)
+  expect_lt(abs(d$logZ_psis - logZ), 0.05)
+})
+
+test_that("vb_diagnose works on CAVI, SGVB and vb_density fits; IS evidence matches quadrature", {
+  set.seed(4)
+  fit <- vb(mpg ~ wt, data = mtcars)
+  d <- vb_diagnose(fit, S = 4000, K = c(1, 100))
+  # exact log evidence: beta | tau in closed form, tau by quadrature
+  X <- cbind(1, mtcars$wt); y <- mtcars$mpg; n <- nrow(X); S0 <- diag(c(100, 1))
+  lpy_tau <- function(tau) vapply(tau, function(t) {
+    R <- chol(X %*% S0 %*% t(X) + diag(n) / t)
+    -0.5 * n * log(2 * pi) - sum(log(diag(R))) - 0.5 * sum(backsolve(R, y, transpose = TRUE)^2)
+  }, 0)
+  mx <- lpy_tau(0.08)
+  logZ <- mx + log(integrate(function(t) exp(lpy_tau(t) - mx) * dgamma(t, 1, 1), 0.005, 0.5)$value)
+  expect_lt(d$elbo, logZ)
+  expect_lt(abs(d$logZ_psis - logZ), 0.05)
+  expect_lt(abs(d$iwae[2] - logZ), 0.05)
+  expect_lt(abs(d$elbo_mc - d$elbo), 4 * d$elbo_mc_se)
+  expect_output(print(d), "Pareto k-hat")
+  # SGVB fit (joint q over beta and log tau) and a Poisson CAVI fit
+  f2 <- vb(mpg ~ wt, data = mtcars, method = "sgvb", control = vb_control(quiet = TRUE))
+  d2 <- vb_diagnose(f2, S = 4000, K = 100)
+  expect_lt(abs(d2$logZ_psis - logZ), 0.05)
+  expect_lt(abs(d2$elbo_mc - elbo(f2)), 4 * d2$elbo_mc_se)
+  dp <- data.frame(x = rnorm(80)); dp$y <- rpois(80, exp(1 + 0.3 * dp$x))
+  f3 <- vb(y ~ x, data = dp, family = poisson(), approx = "meanfield")
+  d3 <- vb_diagnose(f3, S = 2000, K = 10)
+  expect_lt(abs(d3$elbo_mc - elbo(f3)), 4 * d3$elbo_mc_se)
+  expect_gt(d3$iwae, elbo(f3) - 4 * d3$elbo_mc_se)
+  f4 <- vb_density(function(th) sum(dnorm(th, c(1, 2), log = TRUE)), c(0, 0),
+                   control = vb_control(quiet = TRUE, sgvb_maxit = 3000))
+  d4 <- vb_diagnose(f4, S = 1000, K = 10)
+  # a normalised Gaussian target: log Z = 0
+  expect_lt(abs(d4$logZ_psis), 0.02)
+})
+
+test_that("vb_diagnose rejects bad input", {
+  fit <- vb(mpg ~ wt, data = mtcars)
+  expect_error(vb_diagnose(list()), "fit from vb")
+  expect_error(vb_diagnose(fit, S = 5), "at least 10")
+  expect_error(vb_diagnose(fit, S = 100, K = 200), "between 1 and S")
+  expect_error(vb_diagnose(fit, K = 0.5), "whole numbers")
+})
