@@ -57,13 +57,10 @@ check_count <- function(n, nm) {
 # Draws of theta (coefficients, and log tau for gaussian) from q, one per
 # column, with log q at each draw: the interface of diagnostics and SGVB.
 q_sample <- function(fit, S) {
-  mu <- fit$coefficients; p <- length(mu)
   # SGVB fits keep their joint q (gaussian: over beta and log tau) in $sgvb
-  if (!is.null(fit$sgvb)) {
-    mu <- fit$sgvb$mu; p <- length(mu)
-    R <- chol_psd(fit$sgvb$Sigma)
-  } else
-  R <- if (p > 0) chol_psd(fit$vcov) else matrix(0, 0, 0)
+  q <- if (is.null(fit$sgvb)) list(mu = fit$coefficients, Sigma = fit$vcov) else fit$sgvb
+  mu <- q$mu; p <- length(mu)
+  R <- if (p > 0) chol_psd(q$Sigma) else matrix(0, 0, 0)
   Z <- matrix(rnorm(p * S), p, S)
   theta <- mu + crossprod(R, Z)
   logq <- -0.5 * colSums(Z^2) - 0.5 * p * log(2 * pi) - sum(log(diag(R)))
