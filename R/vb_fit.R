@@ -67,7 +67,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
     blocks <- make_blocks(approx, colnames(X), assign, control$blocks)
     init <- glm_init(model, colnames(X))
     core <- .Call(C_glm_cavi, model, init, blocks,
-                  c(control$maxit, control$tol, as.numeric(control$quiet), 0))
+                  c(control$maxit, control$tol, as.numeric(control$quiet), control$joint_means))
     core$blocks <- blocks
   }
   cn <- colnames(X)
