@@ -13,9 +13,11 @@
 #   coefficient |mean - NUTS mean| / NUTS sd and sd / NUTS sd, and time.
 #
 # Environment: VBAYES_BENCH_N (default 200000), VBAYES_BENCH_N_SMALL (5000),
-# VBAYES_BENCH_REPS (3), VBAYES_BENCH_PARTS ("speed,stan": which parts to run).  VBAYES_BENCH_CALL_ONLY=1 runs only the .Call on the
-# large data (fullrank 5 times, meanfield for 20 sweeps), for profiling the C
-# code with `perf record -g Rscript bench/glm.R`.
+# VBAYES_BENCH_REPS (3), VBAYES_BENCH_PARTS ("speed,stan": which parts run).
+# VBAYES_BENCH_CALL_ONLY=fullrank (or meanfield, or 1 for both) runs only the
+# .Call on the large data (fullrank 5 times, meanfield for 20 sweeps), to
+# profile the C code: `VBAYES_BENCH_CALL_ONLY=fullrank perf record -g Rscript
+# bench/glm.R`, then `perf report --no-children --sort dso,symbol`.
 #
 # The design: a neuron driven by a smooth stimulus through a 15-function
 # raised-cosine filter (lags 0-195 ms, strongly correlated columns), its own
@@ -39,7 +41,9 @@ env_int <- function(name, default) {
 n_big <- env_int("VBAYES_BENCH_N", 200000)
 n_small <- env_int("VBAYES_BENCH_N_SMALL", 5000)
 reps <- env_int("VBAYES_BENCH_REPS", 3)
-call_only <- identical(Sys.getenv("VBAYES_BENCH_CALL_ONLY"), "1")
+call_only <- Sys.getenv("VBAYES_BENCH_CALL_ONLY", "")
+call_only <- if (call_only %in% c("fullrank", "meanfield")) call_only else
+  if (call_only == "1") c("fullrank", "meanfield") else character(0)
 parts <- strsplit(Sys.getenv("VBAYES_BENCH_PARTS", "speed,stan"), ",")[[1]]
 dt <- 0.005
 pr <- normal(0, 2.5)
@@ -63,14 +67,14 @@ cavi_call <- function(inp, maxit = NULL) {
 }
 
 cat("\n## Spike-train Poisson GLM (bench/glm.R)\n\n")
-if ("speed" %in% parts || call_only) {
+if ("speed" %in% parts || length(call_only)) {
 say("simulating %d bins of %g s ...", n_big, dt)
 d <- sim_neuron(n_big, dt = dt, seed = 1)
 X <- model.matrix(fml, d)
 off <- rep(log(dt), n_big)
 
-if (call_only) {
-  for (approx in c("fullrank", "meanfield")) {
+if (length(call_only)) {
+  for (approx in call_only) {
     inp <- cavi_inputs(X, d$y, off, poisson(), approx, attr(X, "assign"))
     k <- if (approx == "fullrank") 5L else 1L
     t <- system.time(for (i in seq_len(k)) r <- cavi_call(inp, if (approx == "meanfield") 20L))
