@@ -9,7 +9,7 @@
 #   vb / glm, and where vb's time goes: the R front end against the .Call into
 #   C_glm_cavi alone, iterations, time per iteration, and an Rprof summary.
 # Part 2 (accuracy, n = 5,000): vb (meanfield, fullrank) and rstan::vb
-#   (meanfield ADVI) against NUTS (4 chains x 2000 iterations): per
+#   (meanfield ADVI) against NUTS (4 chains x 2000 iterations, dense metric): per
 #   coefficient |mean - NUTS mean| / NUTS sd and sd / NUTS sd, and time.
 #
 # Environment: VBAYES_BENCH_N (default 200000), VBAYES_BENCH_N_SMALL (5000),
@@ -45,6 +45,11 @@ call_only <- Sys.getenv("VBAYES_BENCH_CALL_ONLY", "")
 call_only <- if (call_only %in% c("fullrank", "meanfield")) call_only else
   if (call_only == "1") c("fullrank", "meanfield") else character(0)
 parts <- strsplit(Sys.getenv("VBAYES_BENCH_PARTS", "speed,stan"), ",")[[1]]
+# NUTS with a dense mass matrix: with rstan's default diagonal one, the 15
+# strongly correlated stimulus-filter coefficients make NUTS hit its maximum
+# tree depth (281 s for n = 1,000; not finished after 35 min for n = 5,000 on
+# the machine of RESULTS.md).  VBAYES_BENCH_NUTS_METRIC=diag_e for the default.
+nuts_metric <- Sys.getenv("VBAYES_BENCH_NUTS_METRIC", "dense_e")
 dt <- 0.005
 pr <- normal(0, 2.5)
 pr_int <- normal(0, 10)
@@ -213,9 +218,9 @@ vb_rows <- function(ref) {
 sm <- stan_glm_model()
 if (!is.null(sm)) {
   sd_ <- stan_data(Xs, ds$y, rep(log(dt), n_small), "poisson", pr, pr_int)
-  nuts <- stan_nuts(sm, sd_, chains = 4L, iter = 2000L, seed = 1L)
-  say("NUTS: %d draws, min ESS %.0f, max Rhat %.3f, %d divergent transitions",
-      nuts$draws, nuts$min_ess, nuts$max_rhat, nuts$divergent)
+  nuts <- stan_nuts(sm, sd_, chains = 4L, iter = 2000L, seed = 1L, metric = nuts_metric)
+  say("NUTS (metric %s): %d draws, min ESS %.0f, max Rhat %.3f, %d divergent transitions",
+      nuts_metric, nuts$draws, nuts$min_ess, nuts$max_rhat, nuts$divergent)
   advi <- stan_advi(sm, sd_, "meanfield", seed = 1L)
   none <- function(label, time) data.frame(method = label, `max mean err (sd)` = NA,
     `median mean err (sd)` = NA, `min sd ratio` = NA, `max sd ratio` = NA, `time (s)` = time,
@@ -224,7 +229,7 @@ if (!is.null(sm)) {
     vb_rows(nuts),
     if (!is.null(advi)) cbind(accuracy_row("rstan::vb meanfield (ADVI, defaults)", advi$mean, advi$sd, nuts, advi$time),
                               iterations = NA, converged = NA),
-    none("rstan NUTS (4 chains x 2000, one after another)", nuts$time),
+    none(sprintf("rstan NUTS (4 chains x 2000, one after another, %s)", nuts_metric), nuts$time),
     none("glm() (point estimate only)", t_g5))
   rows$`time / NUTS` <- rows$`time (s)` / nuts$time
   print_md(rows)
