@@ -41,7 +41,9 @@ time_median <- function(f, reps = 3L) {
 # A data frame as a GitHub markdown table (numbers with `digits` significant).
 md_table <- function(df, digits = 3) {
   fmt <- function(x) {
-    if (is.numeric(x)) {
+    if (is.numeric(x) && all(is.na(x) | (x == round(x) & abs(x) < 1e6))) {
+      ifelse(is.na(x), "", format(x, scientific = FALSE, trim = TRUE))
+    } else if (is.numeric(x)) {
       ifelse(is.na(x), "", formatC(signif(x, digits), digits = digits, format = "fg", flag = "#"))
     } else as.character(x)
   }
