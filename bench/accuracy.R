@@ -97,12 +97,12 @@ for (nm in names(problems)) {
     }
   }
   X <- fits$fullrank$x
-  vb_info <- data.frame(approx = names(fits), ELBO = vapply(fits, elbo, 0),
+  vb_info <- data.frame(approx = names(fits), ELBO = sprintf("%.2f", vapply(fits, elbo, 0)),
                         iterations = vapply(fits, function(f) f$iterations, 0L),
                         converged = vapply(fits, function(f) f$converged, NA),
                         `time (s)` = unname(times), check.names = FALSE)
   if (is.null(sm)) {
-    print_md(vb_info, 5)
+    print_md(vb_info)
     next
   }
   fam <- pb$family$family
@@ -133,7 +133,7 @@ for (nm in names(problems)) {
                                      nuts, advi[[a]]$time))
   rows$`time / NUTS` <- rows$`time (s)` / nuts$time
   print_md(rows)
-  print_md(vb_info, 5)
+  print_md(vb_info)
   summary_rows[[nm]] <- cbind(problem = nm, rows)
 }
 

@@ -13,7 +13,8 @@
 #   coefficient |mean - NUTS mean| / NUTS sd and sd / NUTS sd, and time.
 #
 # Environment: VBAYES_BENCH_N (default 200000), VBAYES_BENCH_N_SMALL (5000),
-# VBAYES_BENCH_REPS (3), VBAYES_BENCH_PARTS ("speed,stan": which parts run).
+# VBAYES_BENCH_REPS (3), VBAYES_BENCH_PARTS ("speed,stan": which parts run;
+# add "prototype" for an R prototype of a faster meanfield optimiser).
 # VBAYES_BENCH_CALL_ONLY=fullrank (or meanfield, or 1 for both) runs only the
 # .Call on the large data (fullrank 5 times, meanfield for 20 sweeps), to
 # profile the C code: `VBAYES_BENCH_CALL_ONLY=fullrank perf record -g Rscript
@@ -184,8 +185,67 @@ print_md(data.frame(
   `min sd / se` = c(min(sqrt(diag(vcov(fr))) / se), min(sqrt(diag(vcov(mf))) / se)),
   `max sd / se` = c(max(sqrt(diag(vcov(fr))) / se), max(sqrt(diag(vcov(mf))) / se)),
   check.names = FALSE))
-rm(d, X, off, g, fr, mf)
+rm(g, fr, mf)
+if (!"prototype" %in% parts) rm(d, X, off)
 invisible(gc(FALSE))
+}
+
+# ------------------------------------ prototype: a faster meanfield optimiser --
+# Opt-in (VBAYES_BENCH_PARTS=prototype, needs the speed part's data): the
+# meanfield family restricts Sigma to a diagonal, not the order in which mu is
+# updated.  Here mu takes damped Newton steps with the dense Hessian
+# X' diag(lambda) X + S0^-1 (cost n p^2, like one fullrank iteration) and the
+# variances their fixed point s2_j = 1 / (sum_t x_tj^2 lambda_t + 1 / b_j^2),
+# lambda_t = exp(m_t + v_t / 2).  Plain R, to show what src/glm.c could gain.
+if ("prototype" %in% parts) {
+  section("Prototype (R): meanfield with joint Newton steps on the mean")
+  mf_newton <- function(X, y, off, b, tol = ctl$tol, maxit = 200L) {
+    p <- ncol(X); X2 <- X^2
+    mu <- c(log(sum(y) / sum(exp(off))), rep(0, p - 1))
+    s2 <- 1 / (drop(crossprod(X2, exp(drop(off + X %*% mu)))) + 1 / b^2)
+    lg <- sum(lgamma(y + 1))
+    elbo <- function(mu, s2) {
+      m <- drop(off + X %*% mu); v <- drop(X2 %*% s2)
+      sum(y * m - exp(m + v / 2)) - lg - sum((mu^2 + s2) / (2 * b^2)) - sum(log(b)) +
+        0.5 * sum(log(s2)) + p / 2
+    }
+    e_old <- elbo(mu, s2)
+    for (it in seq_len(maxit)) {
+      m <- drop(off + X %*% mu); v <- drop(X2 %*% s2); lam <- exp(m + v / 2)
+      step <- drop(solve(crossprod(X * sqrt(lam)) + diag(1 / b^2), crossprod(X, y - lam) - mu / b^2))
+      a <- 1
+      repeat {
+        e <- elbo(mu + a * step, s2)
+        if (e >= e_old || a < 1e-6) break
+        a <- a / 2
+      }
+      mu <- mu + a * step
+      lam <- exp(drop(off + X %*% mu) + drop(X2 %*% s2) / 2)
+      s2 <- 1 / (drop(crossprod(X2, lam)) + 1 / b^2)
+      e <- elbo(mu, s2)
+      done <- abs(e - e_old) <= tol * (abs(e) + tol)
+      e_old <- e
+      if (done) break
+    }
+    list(mu = mu, s2 = s2, elbo = e_old, iterations = it)
+  }
+  if (!exists("d", inherits = FALSE) || !exists("X", inherits = FALSE)) {
+    d <- sim_neuron(n_big, dt = dt, seed = 1)
+    X <- model.matrix(fml, d)
+    off <- rep(log(dt), n_big)
+  }
+  b <- ifelse(colnames(X) == "(Intercept)", pr_int$scale, pr$scale)
+  t_pr <- time_median(function() mf_newton(X, d$y, off, b), reps)
+  pm <- attr(t_pr, "value")
+  t_fr2 <- time_median(function() vb(fml, data = d, family = poisson(), exposure = dt, prior = pr,
+                                     prior_intercept = pr_int, approx = "fullrank", control = ctl), reps)
+  fr2 <- attr(t_fr2, "value")
+  z <- abs(pm$mu - coef(fr2)) / sqrt(diag(vcov(fr2)))
+  print_md(data.frame(
+    fit = c("prototype meanfield, joint Newton on mu (R)", "vb(approx = \"fullrank\")"),
+    `time (s)` = c(t_pr, t_fr2), iterations = c(pm$iterations, fr2$iterations),
+    ELBO = sprintf("%.3f", c(pm$elbo, fr2$elbo)), check.names = FALSE))
+  say("prototype meanfield means vs fullrank means: max |difference| = %.3f fullrank sd", max(z))
 }
 
 # --------------------------------------------------- part 2: against Stan --

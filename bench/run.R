@@ -35,7 +35,7 @@ cpu <- tryCatch({
   trimws(sub("^Model name:", "", grep("^Model name:", l, value = TRUE)[1]))
 }, error = function(e) NA_character_, warning = function(w) NA_character_)
 si <- utils::sessionInfo()
-load <- tryCatch(trimws(readLines("/proc/loadavg", warn = FALSE)[1]), error = function(e) NA)
+load <- tryCatch(paste(strsplit(readLines("/proc/loadavg", warn = FALSE)[1], " ")[[1]][1:3], collapse = " "), error = function(e) NA)
 cat("# vbayes benchmarks\n\n")
 cat(sprintf("- date: %s UTC\n", format(Sys.time(), tz = "UTC", usetz = FALSE)))
 cat(sprintf("- machine: %s, %s logical cores\n", cpu, parallel::detectCores()))
@@ -59,7 +59,7 @@ for (b in present) {
   cat(sprintf("\n_%s: %.0f s_\n", b, t))
   if (!ok) failed <- c(failed, b)
 }
-load <- tryCatch(trimws(readLines("/proc/loadavg", warn = FALSE)[1]), error = function(e) NA)
+load <- tryCatch(paste(strsplit(readLines("/proc/loadavg", warn = FALSE)[1], " ")[[1]][1:3], collapse = " "), error = function(e) NA)
 cat(sprintf("\n- load average at end: %s\n", load))
 if (length(failed)) {
   cat(sprintf("failed: %s\n", paste(failed, collapse = ", ")))
