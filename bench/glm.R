@@ -48,7 +48,7 @@ call_only <- if (call_only %in% c("fullrank", "meanfield")) call_only else
 parts <- strsplit(Sys.getenv("VBAYES_BENCH_PARTS", "speed,stan"), ",")[[1]]
 # NUTS with a dense mass matrix: with rstan's default diagonal one, the 15
 # strongly correlated stimulus-filter coefficients make NUTS hit its maximum
-# tree depth (281 s for n = 1,000; not finished after 35 min for n = 5,000 on
+# tree depth (281 s for n = 1,000; not finished after 30+ min for n = 5,000 on
 # the machine of RESULTS.md).  VBAYES_BENCH_NUTS_METRIC=diag_e for the default.
 nuts_metric <- Sys.getenv("VBAYES_BENCH_NUTS_METRIC", "dense_e")
 dt <- 0.005
