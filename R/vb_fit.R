@@ -78,7 +78,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   v <- core$eta_var
   fitted <- response_mean(family, eta, v, control$gh_nodes)
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
-  rank <- if (p > 0) qr(X)$rank else 0L
+  rank <- design_rank(X)
   separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, offset)
   fit <- list(coefficients = mu, vcov = Sigma, elbo = core$elbo, elbo_trace = core$trace,
               elbo_terms = c(elbo = core$elbo, loglik = core$loglik, kl = core$kl),
@@ -99,6 +99,16 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- "vbfit"
   fit
+}
+
+# Numerical rank of X from a pivoted Cholesky factor of the column-scaled
+# X'X: one crossprod (n p^2 / 2 flops) instead of a QR of X.
+design_rank <- function(X) {
+  if (ncol(X) == 0L) return(0L)
+  cs <- sqrt(colSums(X^2))
+  cs[cs == 0] <- 1
+  XtX <- crossprod(X) / tcrossprod(cs)
+  attr(suppressWarnings(chol(XtX, pivot = TRUE, tol = 1e-9)), "rank")
 }
 
 # (Quasi-)complete separation: the binomial likelihood has no finite maximum.

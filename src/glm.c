@@ -245,7 +245,8 @@ typedef struct {
     double *m, *v;          /* linear predictor mean (with offset), variance */
     double A, B;            /* q(tau) = Gamma(A, B) for gaussian           */
     double *Xb, *Z, *vold, *mt, *vt, *dm, *dv, *dmt, *dvt, *work; /* n or n x kmax */
-    int grad_ok;                             /* dm, dv hold the derivatives at the current (m, v) */
+    int grad_ok;      /* dm, dv hold the derivatives at the current (m, v) */
+    const double *Xk; /* columns of the block being updated (Xb, or X itself) */
     double *Lb, *Rb, *Lcur, *Scur, *La, *Sa; /* kmax x kmax    */
     double *g, *delta, *mub, *mua;           /* kmax           */
 } cavi_state;
@@ -319,11 +320,13 @@ static void block_target(cavi_state *S, int b, int at_prior_var) {
     const int *ix = S->idx + S->bstart[b];
     double done = 1.0, dzero = 0.0, a, c;
     for (int j = 0; j < k; j++)
-        memcpy(S->Xb + (size_t)j * n, M->X + (size_t)ix[j] * n, sizeof(double) * n);
+        if (S->nb > 1) memcpy(S->Xb + (size_t)j * n, M->X + (size_t)ix[j] * n, sizeof(double) * n);
+    /* a single block holds every column in order: use X itself, uncopied */
+    S->Xk = S->nb > 1 ? S->Xb : M->X;
     for (int t = 0; t < n; t++)
         S->work[t] = -2.0 * S->dv[t];
-    vb_xtwx(n, k, S->Xb, n, S->work, S->Z, S->Lb);
-    F77_CALL(dgemv)("T", &n, &k, &done, S->Xb, &n, S->dm, &one, &dzero, S->g, &one FCONE);
+    vb_xtwx(n, k, S->Xk, n, S->work, S->Z, S->Lb);
+    F77_CALL(dgemv)("T", &n, &k, &done, S->Xk, &n, S->dm, &one, &dzero, S->g, &one FCONE);
     for (int i = 0; i < k; i++) {
         int j = ix[i];
         double s2 = at_prior_var ? M->pscale[j] * M->pscale[j] : S->Sig[j + (size_t)j * p];
@@ -371,7 +374,7 @@ static double block_step(cavi_state *S, int b, double *F) {
     if (S->nb == 1)
         memcpy(S->vold, S->v, sizeof(double) * n);
     else
-        block_var(n, k, S->Xb, S->Rb, S->Z, S->vold);
+        block_var(n, k, S->Xk, S->Rb, S->Z, S->vold);
 
     /* accept within rounding of the old value so converged blocks do not halve forever */
     double slack = 1e-13 * fabs(old);
@@ -387,8 +390,8 @@ static double block_step(cavi_state *S, int b, double *F) {
             mua[i] = mub[i] + S->delta[i];
         memcpy(Sa, S->Rb, sizeof(double) * kk);
         if (vb_chol_inv(k, Sa, k) != 0) continue;
-        F77_CALL(dgemv)("N", &n, &k, &done, S->Xb, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
-        block_var(n, k, S->Xb, S->Rb, S->Z, S->vt);
+        F77_CALL(dgemv)("N", &n, &k, &done, S->Xk, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
+        block_var(n, k, S->Xk, S->Rb, S->Z, S->vt);
         for (int t = 0; t < n; t++) {
             S->mt[t] += S->m[t];
             S->vt[t] = S->v[t] - S->vold[t] + S->vt[t];
