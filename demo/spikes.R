@@ -15,13 +15,17 @@ summary(base)
 summary(stim)
 
 ## The two bounds side by side: ELBO = E[log-lik] - KL(q || prior)
-tab <- rbind(baseline = elbo(base, terms = TRUE), stimulus = elbo(stim, terms = TRUE))
-print(round(tab, 2))
-cat(sprintf("ELBO difference (stimulus - baseline): %.1f nats in favour of the %s model\n",
-            abs(diff(tab[, "elbo"])), if (diff(tab[, "elbo"]) > 0) "stimulus" else "baseline"))
-cat(sprintf("Baseline rate %.1f Hz (95%% interval %.1f-%.1f), stimulus gain %.3f (truth %.1f; the\n  model omits refractoriness, so the estimates are those of the best stimulus-only model)\n",
-            exp(coef(stim)[1]), exp(confint(stim)[1, 1]), exp(confint(stim)[1, 2]),
-            coef(stim)[2], truth$stim_gain))
+print(compare_models(baseline = base, stimulus = stim))
+
+## The neuron is also refractory: add a post-spike filter over the last 10 bins
+## (lag 1 onwards, reset at trial boundaries) and let the ELBO judge it
+hist <- vb(spikes ~ stim + history(spikes, diag(10), trial = trial), data = neuron,
+           family = poisson(), exposure = 0.005)
+print(compare_models(stimulus = stim, history = hist))
+cat(sprintf("Stimulus gain with the history term: %.3f (truth %.1f)\n",
+            coef(hist)[["stim"]], truth$stim_gain))
+flt <- filters(hist)[[1]]
+print(round(cbind(flt[, c("lag", "estimate", "lower", "upper")], truth = truth$history_filter), 2))
 
 ## A plot of the fitted rate against the binned data, written to a file
 outdir <- Sys.getenv("VBAYES_DEMO_DIR", tempdir())
