@@ -64,7 +64,7 @@ cavi_inputs <- function(X, y, offset, family, approx, assign) {
   model <- vbayes:::glm_model(X, y, rep(1, length(y)), offset, family, pa, gamma_prior(1, 1), ctl)
   list(model = model, init = vbayes:::glm_init(model, colnames(X)),
        blocks = vbayes:::make_blocks(approx, colnames(X), assign, NULL),
-       control = c(ctl$maxit, ctl$tol, 1, 0))
+       control = c(ctl$maxit, ctl$tol, 1, 0))  # 4th: joint mean step off (pure coordinate sweeps)
 }
 cavi_call <- function(inp, maxit = NULL) {
   cc <- inp$control
@@ -151,7 +151,7 @@ if (!is.null(t_call)) {
     step = c(sprintf(".Call(C_glm_cavi) alone, fullrank (%d iterations)", t_call$fr_iter),
              "  per fullrank iteration",
              "R front end and post-processing (vb() minus .Call)",
-             "meanfield: one sweep of .Call(C_glm_cavi) (30 coordinate blocks)"),
+             "meanfield: one coordinate sweep of .Call(C_glm_cavi) (30 blocks, joint mean step off)"),
     `time (s)` = c(t_call$fr, t_call$fr / t_call$fr_iter, t_fr - t_call$fr, t_call$mf_sweep),
     check.names = FALSE))
 }
