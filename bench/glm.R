@@ -263,7 +263,9 @@ vfr <- attr(t_vfr, "value")
 vmf <- attr(t_vmf, "value")
 # meanfield CAVI run until it converges, to separate the family's error from
 # the optimiser's (coordinate ascent is slow on correlated columns)
-t_vmf2 <- system.time(vmf2 <- suppressWarnings(fit_small("meanfield", 50000L)))[["elapsed"]]
+t_vmf2 <- if (vmf$converged) t_vmf else
+  system.time(vmf2 <- suppressWarnings(fit_small("meanfield", 50000L)))[["elapsed"]]
+if (vmf$converged) vmf2 <- vmf
 t_g5 <- time_median(function() glm(fml, data = ds, family = poisson(), offset = rep(log(dt), n_small)), reps)
 
 vb_rows <- function(ref) {
@@ -273,6 +275,7 @@ vb_rows <- function(ref) {
     accuracy_row("vbayes meanfield (maxit = 50000)", coef(vmf2), sqrt(diag(vcov(vmf2))), ref, t_vmf2))
   r$iterations <- c(vfr$iterations, vmf$iterations, vmf2$iterations)
   r$converged <- c(vfr$converged, vmf$converged, vmf2$converged)
+  if (vmf$converged) r <- r[-3, ]  # the long run only when the default one stopped short
   r
 }
 sm <- stan_glm_model()
