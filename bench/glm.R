@@ -64,7 +64,7 @@ cavi_inputs <- function(X, y, offset, family, approx, assign) {
   model <- vbayes:::glm_model(X, y, rep(1, length(y)), offset, family, pa, gamma_prior(1, 1), ctl)
   list(model = model, init = vbayes:::glm_init(model, colnames(X)),
        blocks = vbayes:::make_blocks(approx, colnames(X), assign, NULL),
-       control = c(ctl$maxit, ctl$tol, 1, 0))
+       control = c(ctl$maxit, ctl$tol, 1, 0))  # 4th: joint mean step off (pure coordinate sweeps)
 }
 cavi_call <- function(inp, maxit = NULL) {
   cc <- inp$control
@@ -151,7 +151,7 @@ if (!is.null(t_call)) {
     step = c(sprintf(".Call(C_glm_cavi) alone, fullrank (%d iterations)", t_call$fr_iter),
              "  per fullrank iteration",
              "R front end and post-processing (vb() minus .Call)",
-             "meanfield: one sweep of .Call(C_glm_cavi) (30 coordinate blocks)"),
+             "meanfield: one coordinate sweep of .Call(C_glm_cavi) (30 blocks, joint mean step off)"),
     `time (s)` = c(t_call$fr, t_call$fr / t_call$fr_iter, t_fr - t_call$fr, t_call$mf_sweep),
     check.names = FALSE))
 }
@@ -263,7 +263,9 @@ vfr <- attr(t_vfr, "value")
 vmf <- attr(t_vmf, "value")
 # meanfield CAVI run until it converges, to separate the family's error from
 # the optimiser's (coordinate ascent is slow on correlated columns)
-t_vmf2 <- system.time(vmf2 <- suppressWarnings(fit_small("meanfield", 50000L)))[["elapsed"]]
+t_vmf2 <- if (vmf$converged) t_vmf else
+  system.time(vmf2 <- suppressWarnings(fit_small("meanfield", 50000L)))[["elapsed"]]
+if (vmf$converged) vmf2 <- vmf
 t_g5 <- time_median(function() glm(fml, data = ds, family = poisson(), offset = rep(log(dt), n_small)), reps)
 
 vb_rows <- function(ref) {
@@ -273,6 +275,7 @@ vb_rows <- function(ref) {
     accuracy_row("vbayes meanfield (maxit = 50000)", coef(vmf2), sqrt(diag(vcov(vmf2))), ref, t_vmf2))
   r$iterations <- c(vfr$iterations, vmf$iterations, vmf2$iterations)
   r$converged <- c(vfr$converged, vmf$converged, vmf2$converged)
+  if (vmf$converged) r <- r[-3, ]  # the long run only when the default one stopped short
   r
 }
 sm <- stan_glm_model()
