@@ -142,9 +142,9 @@ print_md(tab)
 # where the time goes
 section("Where vb()'s time goes (fullrank unless stated)")
 t_mm <- time_median(function() model.matrix(fml, model.frame(fml, d)), reps)
-t_qr <- time_median(function() qr(X)$rank, reps)
+t_qr <- time_median(function() vbayes:::design_rank(X), reps)
 rows <- data.frame(step = c("model.frame + model.matrix (shared with glm())",
-                            "qr(X)$rank inside vb_fit() (rank note)"),
+                            "design rank inside vb_fit() (rank note; pivoted Cholesky of X'X)"),
                    `time (s)` = c(t_mm, t_qr), check.names = FALSE)
 if (!is.null(t_call)) {
   rows <- rbind(rows, data.frame(
