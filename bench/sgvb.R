@@ -5,7 +5,7 @@
 #
 # Run: R_LIBS=<lib with vbayes> Rscript bench/sgvb.R [quick]
 # rstan is optional (Debian: apt-get install r-cran-rstan); without it only
-# vbayes is timed.  Results: bench/RESULTS-sgvb.md.
+# vbayes is timed.  Results: bench/RESULTS.md, section 5.
 suppressPackageStartupMessages(library(vbayes))
 args <- commandArgs(TRUE)
 quick <- "quick" %in% args
