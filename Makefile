@@ -13,7 +13,7 @@ DEB_PKGS  := r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-generics \
              r-cran-testthat pandoc qpdf
 R_NEEDED  := c("roxygen2","knitr","rmarkdown","generics","testthat","MASS","boot")
 
-.PHONY: deps install document test check demo bench clean
+.PHONY: deps install document test check demo bench bench-deps clean
 
 deps:
 	@$(RSCRIPT) -e 'ok <- vapply($(R_NEEDED), requireNamespace, TRUE, quietly = TRUE); q(status = !all(ok) || !nzchar(Sys.which("pandoc")))' 2>/dev/null || { \
@@ -50,7 +50,15 @@ check: deps
 demo: install
 	VBAYES_DEMO_DIR=$(CURDIR)/demo-output R_LIBS=$(LIB) $(RSCRIPT) -e 'demo("spikes", package = "vbayes", ask = FALSE, echo = TRUE)'
 
-bench: install
+# Peers for the benchmarks only (never needed by the tests): rstan from Debian,
+# BH (Boost headers for stan_model) and KFAS from CRAN.
+bench-deps:
+	@$(RSCRIPT) -e 'q(status = !requireNamespace("rstan", quietly = TRUE))' 2>/dev/null || \
+	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq r-cran-rstan ) >/dev/null 2>&1 || \
+	  echo "make bench-deps: rstan not installed; the Stan peers will be skipped"
+	@$(RSCRIPT) -e 'p <- c("BH", "KFAS"); p <- p[!vapply(p, requireNamespace, TRUE, quietly = TRUE)]; if (length(p)) install.packages(p, quiet = TRUE)'
+
+bench: install bench-deps
 	R_LIBS=$(LIB) $(RSCRIPT) bench/run.R
 
 clean:
