@@ -17,14 +17,14 @@ SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag);
 SEXP C_spikes_simulate(SEXP eta0, SEXP h, SEXP seg, SEXP control);
 
 /* lds.c */
-SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx,
-                 SEXP control);
+SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx, SEXP control);
 SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SEXP control);
 
 /* sgvb.c */
 SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre);
 SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
 
+/* clang-format off */
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
 static const R_CallMethodDef call_methods[] = {
@@ -39,6 +39,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(sgvb_fit, 5),
     CALLDEF(sgvb_grad, 4),
     {NULL, NULL, 0}};
+/* clang-format on */
 
 void R_init_vbayes(DllInfo *dll) {
     R_registerRoutines(dll, NULL, call_methods, NULL, NULL);

@@ -752,7 +752,8 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
         Rf_error("'control' must be a double vector of length 14");
     const double *c = REAL(control);
     for (int i = 0; i < 14; i++)
-        if (!R_FINITE(c[i]) || fabs(c[i]) > 1e9) Rf_error("'control' must be finite numbers below 1e9");
+        if (!R_FINITE(c[i]) || fabs(c[i]) > 1e9)
+            Rf_error("'control' must be finite numbers below 1e9");
     run_control C;
     C.maxit = (int)c[0];
     C.tol = c[1];
@@ -839,7 +840,8 @@ SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control) {
         Rf_error("'control' must be a double vector of length 6");
     const double *c = REAL(control);
     for (int i = 0; i < 6; i++)
-        if (!R_FINITE(c[i]) || fabs(c[i]) > 1e9) Rf_error("'control' must be finite numbers below 1e9");
+        if (!R_FINITE(c[i]) || fabs(c[i]) > 1e9)
+            Rf_error("'control' must be finite numbers below 1e9");
     int fullrank = c[0] != 0, score = c[1] != 0, S = (int)c[2], nrep = (int)c[3],
         baseline = c[4] != 0, stl = c[5] != 0;
     if (S < 1 || nrep < 1) Rf_error("S and nrep must be positive");

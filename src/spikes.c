@@ -25,9 +25,10 @@
 
 /* ---------------------------------------------------------------- history */
 
-static void history_worker(const double *x, const double *B, const int *seg, int n, int L,
-                           int k, int first_lag, double *H) {
-    for (R_xlen_t i = 0; i < (R_xlen_t)n * k; i++) H[i] = 0.0;
+static void history_worker(const double *x, const double *B, const int *seg, int n, int L, int k,
+                           int first_lag, double *H) {
+    for (R_xlen_t i = 0; i < (R_xlen_t)n * k; i++)
+        H[i] = 0.0;
     if (first_lag >= n) return; /* every lag reaches before the series */
     /* end[t] = one past the last row of t's segment */
     int seg_end = n;
@@ -39,7 +40,8 @@ static void history_worker(const double *x, const double *B, const int *seg, int
         for (int l = 0; l < L; l++) {
             R_xlen_t t = (R_xlen_t)s + first_lag + l;
             if (t >= seg_end) break;
-            for (int j = 0; j < k; j++) H[t + (R_xlen_t)j * n] += xs * B[l + (R_xlen_t)j * L];
+            for (int j = 0; j < k; j++)
+                H[t + (R_xlen_t)j * n] += xs * B[l + (R_xlen_t)j * L];
         }
     }
 }
@@ -65,8 +67,8 @@ SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag) {
 
 /* ------------------------------------------------------------- simulation */
 
-static int simulate_worker(const double *eta0, const double *h, const int *seg, int n, int L,
-                           int S, int family, double cap, double *y) {
+static int simulate_worker(const double *eta0, const double *h, const int *seg, int n, int L, int S,
+                           int family, double cap, double *y) {
     int capped = 0;
     for (int s = 0; s < S; s++) {
         const double *e0 = eta0 + (R_xlen_t)s * n, *hs = h + (R_xlen_t)s * L;

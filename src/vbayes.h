@@ -6,11 +6,11 @@
 #define VBAYES_H
 
 #include <R.h>
-#include <Rinternals.h>
-#include <Rmath.h>
 #include <R_ext/BLAS.h>
 #include <R_ext/Lapack.h>
 #include <R_ext/Utils.h>
+#include <Rinternals.h>
+#include <Rmath.h>
 #ifndef FCONE
 #define FCONE
 #endif
@@ -23,14 +23,14 @@
 typedef double (*vb_log_joint)(const double *theta, double *grad, void *model);
 
 /* ---- linalg.c: checked BLAS/LAPACK wrappers (status codes, no R errors) ---- */
-int vb_chol(int p, double *A, int lda);                        /* upper R'R = A */
-double vb_chol_logdet(int p, const double *R, int ldr);        /* log|A|         */
-int vb_chol_inv(int p, double *R, int ldr);                    /* R -> A^{-1}    */
+int vb_chol(int p, double *A, int lda);                         /* upper R'R = A */
+double vb_chol_logdet(int p, const double *R, int ldr);         /* log|A|         */
+int vb_chol_inv(int p, double *R, int ldr);                     /* R -> A^{-1}    */
 void vb_chol_solve(int p, const double *R, int ldr, double *b); /* A x = b       */
 void vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work,
-             double *out);                                     /* X'diag(w)X, w>=0 */
-void vb_symmetrize(int p, double *A);                          /* upper -> full  */
-void vb_linalg_error(int info, const char *what);              /* R error; wrappers only */
+             double *out);                        /* X'diag(w)X, w>=0 */
+void vb_symmetrize(int p, double *A);             /* upper -> full  */
+void vb_linalg_error(int info, const char *what); /* R error; wrappers only */
 
 /* ---- glm.c: the GLM model, used by the CAVI engine and the log joint ---- */
 enum { VB_GAUSSIAN = 0, VB_POISSON = 1, VB_BINOMIAL = 2 };
@@ -38,18 +38,18 @@ enum { VB_PRIOR_NORMAL = 0, VB_PRIOR_LAPLACE = 1 };
 
 typedef struct {
     int n, p, family;
-    const double *X;      /* n x p, column-major                           */
-    const double *y;      /* response (binomial: successes)                */
-    const double *off;    /* offset, log exposure included                 */
-    const double *wt;     /* prior weights (binomial: trials)              */
-    const int *ptype;     /* per-coefficient prior: VB_PRIOR_*             */
+    const double *X;   /* n x p, column-major                           */
+    const double *y;   /* response (binomial: successes)                */
+    const double *off; /* offset, log exposure included                 */
+    const double *wt;  /* prior weights (binomial: trials)              */
+    const int *ptype;  /* per-coefficient prior: VB_PRIOR_*             */
     const double *ploc, *pscale;
     double a0, b0;        /* Gamma(shape, rate) prior on the noise precision */
     double Etau, Elogtau; /* moments of q(tau) (gaussian)                  */
     double llconst;       /* terms of log p(y | eta) free of eta and tau   */
     int ngh;              /* Gauss-Hermite rule for binomial expectations  */
     const double *ghx, *ghw;
-    double *eta;          /* scratch, length n (log joint)                 */
+    double *eta; /* scratch, length n (log joint)                 */
 } vb_glm;
 
 void vb_glm_unpack(SEXP model, vb_glm *M);
