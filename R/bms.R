@@ -267,11 +267,6 @@ row_logsumexp <- function(L) {
   m + log(rowSums(exp(L - m)))
 }
 
-softmax <- function(x) {
-  e <- exp(x - max(x))
-  e / sum(e)
-}
-
 # P(r_k > r_i for all i != k) under r ~ Dirichlet(a), exactly.
 dirichlet_exceedance <- function(a) {
   K <- length(a)

@@ -62,10 +62,15 @@ vb_control <- function(maxit = 500L, tol = 1e-8, quiet = FALSE, blocks = NULL,
                        adapt_iter = 50L, sgvb_maxit = 50000L, sgvb_tol = 1e-6, window = 100L,
                        step_decays = 0L, elbo_samples = 1000L, baseline = TRUE,
                        stl = TRUE, precision = 0.015, joint_means = 500L) {
+  # whole numbers must fit a C int with room for one more (the engines count to maxit + 1)
   num1 <- function(x, nm, lower, int = FALSE) {
-    if (!is.numeric(x) || length(x) != 1L || !is.finite(x) || x < lower || (int && x != round(x)))
-      stop(sprintf("vb_control(): '%s' must be a single %s >= %s.", nm,
-                   if (int) "whole number" else "number", format(lower)), call. = FALSE)
+    upper <- if (int) .Machine$integer.max - 1L else Inf
+    if (!is.numeric(x) || length(x) != 1L || !is.finite(x) || x < lower || x > upper ||
+        (int && x != round(x)))
+      stop(sprintf("vb_control(): '%s' must be a single %s >= %s%s.", nm,
+                   if (int) "whole number" else "number", format(lower),
+                   if (int) sprintf(" and at most %s", format(upper, big.mark = ",")) else ""),
+           call. = FALSE)
     x
   }
   maxit <- as.integer(num1(maxit, "maxit", 1, TRUE))
@@ -95,7 +100,7 @@ vb_control <- function(maxit = 500L, tol = 1e-8, quiet = FALSE, blocks = NULL,
     stop("vb_control(): 'stl' must be TRUE or FALSE.", call. = FALSE)
   num1(precision, "precision", 0)
   if (precision <= 0) stop("vb_control(): 'precision' must be positive.", call. = FALSE)
-  joint_means <- num1(joint_means, "joint_means", 0, TRUE)
+  joint_means <- as.integer(num1(joint_means, "joint_means", 0, TRUE))
   structure(list(maxit = maxit, tol = tol, quiet = quiet, blocks = blocks,
                  binomial_method = binomial_method, gh_nodes = gh_nodes,
                  estimator = estimator, samples = samples, step_size = step_size,

@@ -48,12 +48,6 @@ draws.vbfit <- function(object, n = 1000, ...) {
   out
 }
 
-check_count <- function(n, nm) {
-  if (!is.numeric(n) || length(n) != 1L || !is.finite(n) || n < 1 || n != round(n))
-    stop(sprintf("'%s' must be a positive whole number.", nm), call. = FALSE)
-  as.integer(n)
-}
-
 # Draws of theta (coefficients, and log tau for gaussian) from q, one per
 # column, with log q at each draw: the interface of diagnostics and SGVB.
 q_sample <- function(fit, S) {

@@ -70,3 +70,8 @@ void vb_linalg_error(int info, const char *what) {
                  what, info);
     if (info < 0) Rf_error("%s: LAPACK argument %d was invalid (internal error)", what, -info);
 }
+
+/* LAPACK's info as a status: > 0 a leading minor not positive definite, < 0 a bad argument. */
+int vb_lapack_status(int info) {
+    return info == 0 ? VB_OK : info > 0 ? VB_NOT_PD : VB_LAPACK_ARG;
+}

@@ -1,6 +1,7 @@
 /*
- * vbayes.h — shared headers, the log-joint contract and every prototype
- * that crosses a file boundary.
+ * vbayes.h — shared headers, the log-joint contract, the engine toolkit
+ * (status codes, named settings, traces, step search, interrupts, Gaussian
+ * expectations) and every prototype that crosses a file boundary.
  */
 #ifndef VBAYES_H
 #define VBAYES_H
@@ -11,9 +12,12 @@
 #include <R_ext/Utils.h>
 #include <Rinternals.h>
 #include <Rmath.h>
+#include <string.h>
 #ifndef FCONE
 #define FCONE
 #endif
+
+#define VB_LOG2PI 1.837877066409345483560659472811 /* log(2 pi) */
 
 /*
  * The log-joint contract.  Every model in C exposes log p(y, theta) and, when
@@ -21,6 +25,98 @@
  * importance-weighted evidence and PSIS diagnostics are written against it.
  */
 typedef double (*vb_log_joint)(const double *theta, double *grad, void *model);
+
+/*
+ * Status codes: what every worker returns and every engine result carries as
+ * `status`.  R's vb_status_message() (R/utils.R) is the one place that turns a
+ * code into a sentence; `converged` is status == VB_OK and nothing else.
+ */
+enum {
+    VB_OK = 0,          /* the convergence criterion was met, ELBO finite, non-decreasing */
+    VB_MAXIT = 1,       /* the iteration limit was reached first                          */
+    VB_STALLED = 2,     /* a sweep accepted no step: the step search ran out              */
+    VB_NOT_PD = 3,      /* a factorisation failed: a matrix was not positive definite     */
+    VB_NONFINITE = 4,   /* the objective (or a draw of it) was not finite                 */
+    VB_DECREASED = 5,   /* the objective decreased beyond rounding (a monotone engine)    */
+    VB_INTERRUPTED = 6, /* the user interrupted                                           */
+    VB_LAPACK_ARG = 7,  /* LAPACK rejected an argument (internal error)                   */
+    VB_BAD_INPUT = 8    /* a value the engine cannot evaluate reached it                  */
+};
+
+/* ---- util.c: the R <-> C boundary ---- */
+SEXP vb_elt(SEXP list, const char *name);                 /* element by exact name, or R_NilValue */
+SEXP vb_elt_req(SEXP list, const char *name, const char *what); /* ... or an R error       */
+const double *vb_real_elt(SEXP list, const char *name, R_xlen_t len, const char *what);
+int vb_int_elt(SEXP list, const char *name, int lo, int hi, const char *what);
+double vb_num_elt(SEXP list, const char *name, double lo, double hi, const char *what);
+int vb_flag_elt(SEXP list, const char *name, const char *what);
+SEXP vb_named_list(const char **names, int *nprot);       /* protected; names end with "" */
+SEXP vb_real_vec(R_xlen_t n, const double *src);          /* unprotected copy          */
+SEXP vb_real_mat(int nr, int nc, const double *src);
+
+/*
+ * The settings contract: the named vb_control() list, read once by name.
+ * Engines read the fields they use; no positional control vectors.
+ */
+typedef struct {
+    int maxit;      /* sweeps (CAVI) / EM iterations                            */
+    double tol;     /* relative ELBO change that counts as converged            */
+    int quiet;      /* progress lines off (never silences a warning)            */
+    int joint_max;  /* joint mean steps for factorised q with p <= joint_max    */
+} vb_settings;
+void vb_settings_read(SEXP control, vb_settings *s);
+
+/* One convergence predicate: |new - old| <= tol (|new| + tol). */
+int vb_tol_met(double old, double new_, double tol);
+
+/* A trace of objective values that grows as needed (R_alloc, freed by R). */
+typedef struct {
+    double *x;
+    int n, cap;
+} vb_trace;
+void vb_trace_init(vb_trace *tr);
+void vb_trace_push(vb_trace *tr, double value);
+
+/*
+ * Step search.  try(a, ctx, &value) evaluates the objective at step a and
+ * returns a status (non-zero: the trial point is invalid, e.g. a failed
+ * factorisation).  vb_step_search tries a = 1, 1/2, ... for at most
+ * VB_STEP_HALVINGS halvings and accepts the first finite value >= old - slack,
+ * slack = 1e-13 |old| (rounding), returning VB_OK with *a_out, *val_out, or
+ * VB_STALLED (no trial accepted) or the last trial status (VB_NOT_PD, ...)
+ * when every trial failed for that reason.
+ */
+#define VB_STEP_HALVINGS 40
+typedef int (*vb_step_try)(double a, void *ctx, double *value);
+int vb_step_search(vb_step_try try_, void *ctx, double old, double *a_out, double *val_out);
+double vb_step_slack(double old);
+
+/*
+ * Interrupts without a longjmp: returns 1 if the user pressed Ctrl-C (checked
+ * at most every 0.1 s of CPU), so a worker can return VB_INTERRUPTED and the
+ * entry point restore its state (the RNG) before R raises the condition.
+ */
+int vb_interrupted(void);
+/* Progress: prints "<what>: iteration i, ELBO e" at most once a second. */
+typedef struct {
+    double last;
+    int quiet;
+} vb_progress;
+void vb_progress_init(vb_progress *pr, int quiet);
+void vb_progress_tick(vb_progress *pr, const char *what, int it, double elbo);
+
+/* ---- expect.c: E log p(y | eta) for eta ~ N(m, v), with d/dm and d/dv ---- */
+enum { VB_GAUSSIAN = 0, VB_POISSON = 1, VB_BINOMIAL = 2 }; /* the one family encoding */
+/* gaussian with precision tau (E tau, E log tau), weight w: the eta-dependent part
+ * 1/2 (E log tau - E tau w ((y - m)^2 + v)) */
+double vb_egauss(double y, double w, double Etau, double Elogtau, double m, double v, double *dm,
+                 double *dv);
+/* poisson with log link, weight w: w (y m - exp(m + v/2)), lgamma(y+1) left out */
+double vb_epois(double y, double w, double m, double v, double *dm, double *dv);
+/* binomial, y successes of w trials, logit link, Gauss-Hermite rule (x, wt) of k nodes */
+double vb_ebinom(double y, double w, double m, double v, int k, const double *x,
+                 const double *wt, double *dm, double *dv);
+double vb_softplus(double x);
 
 /* ---- linalg.c: checked BLAS/LAPACK wrappers (status codes, no R errors) ---- */
 int vb_chol(int p, double *A, int lda);                         /* upper R'R = A */
@@ -30,10 +126,10 @@ void vb_chol_solve(int p, const double *R, int ldr, double *b); /* A x = b      
 void vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work,
              double *out);                        /* X'diag(w)X, w>=0 */
 void vb_symmetrize(int p, double *A);             /* upper -> full  */
+int vb_lapack_status(int info);                   /* info -> VB_OK / VB_NOT_PD / VB_LAPACK_ARG */
 void vb_linalg_error(int info, const char *what); /* R error; wrappers only */
 
-/* ---- glm.c: the GLM model, used by the CAVI engine and the log joint ---- */
-enum { VB_GAUSSIAN = 0, VB_POISSON = 1, VB_BINOMIAL = 2 };
+/* ---- glm_model.c: the GLM model, used by the CAVI engines and the log joint ---- */
 enum { VB_PRIOR_NORMAL = 0, VB_PRIOR_LAPLACE = 1 };
 
 typedef struct {
@@ -56,5 +152,9 @@ void vb_glm_unpack(SEXP model, vb_glm *M);
 double vb_glm_log_joint(const double *theta, double *grad, void *model);
 double vb_glm_obs(const vb_glm *M, int t, double m, double v, double *dm, double *dv);
 double vb_glm_prior(const vb_glm *M, int j, double mu, double s2, double *dmu, double *ds2);
+/* The result list shared by the GLM engines (protected on return; caller unprotects 1). */
+SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, double elbo,
+                   const vb_trace *tr, int it, double ll, double kl, int status,
+                   const double *tau, const double *m, const double *v);
 
 #endif

@@ -1,0 +1,60 @@
+# Helpers shared across the package: the engine status codes, argument
+# checks and small numerical utilities.
+
+# The status codes every C engine returns (src/vbayes.h, enum VB_*), and the
+# one place they become sentences.  `converged` is status == 0 and nothing else.
+vb_status_codes <- c(ok = 0L, maxit = 1L, stalled = 2L, not_pd = 3L, nonfinite = 4L,
+                     decreased = 5L, interrupted = 6L, lapack_arg = 7L, bad_input = 8L)
+
+vb_status_message <- function(status, what = "vb()", iterations = NA, tol = NA) {
+  status <- as.integer(status)
+  switch(names(vb_status_codes)[match(status, vb_status_codes)],
+    ok = sprintf("%s: converged.", what),
+    maxit = sprintf("%s: not converged after %s iterations (relative ELBO change > %g); increase vb_control(maxit).",
+                    what, format(iterations), tol),
+    stalled = sprintf("%s: not converged: the step search found no step that increases the ELBO after %s iterations; the optimum was not reached (try another approx or starting values).",
+                      what, format(iterations)),
+    not_pd = sprintf("%s: not converged: a posterior precision was not positive definite after %s iterations; check for an improper or extreme prior, or a rank-deficient design.",
+                     what, format(iterations)),
+    nonfinite = sprintf("%s: not converged: the ELBO became non-finite after %s iterations; check the data, the priors and the model's support.",
+                        what, format(iterations)),
+    decreased = sprintf("%s: not converged: the ELBO decreased after %s iterations (a monotone algorithm stopped at a numerical floor).",
+                        what, format(iterations)),
+    interrupted = sprintf("%s: interrupted by the user.", what),
+    lapack_arg = sprintf("%s: LAPACK rejected an argument (an internal error; please report it).", what),
+    bad_input = sprintf("%s: a value reached the engine that it cannot evaluate (non-finite or out of range).", what),
+    sprintf("%s: unknown engine status %s (internal error).", what, format(status)))
+}
+
+# Act on an engine result: errors for an interruption or an internal failure,
+# a warning (never silenced by `quiet`) when the fit did not converge.
+# Returns TRUE when converged.
+check_status <- function(status, what = "vb()", iterations = NA, tol = NA) {
+  status <- as.integer(status)
+  if (status %in% vb_status_codes[c("interrupted", "lapack_arg", "bad_input")])
+    stop(vb_status_message(status, what, iterations, tol), call. = FALSE)
+  if (status != 0L) warning(vb_status_message(status, what, iterations, tol), call. = FALSE)
+  status == 0L
+}
+
+# A vb_control() object from a vb_control() object or a plain list of knobs.
+as_vb_control <- function(control, what = "control") {
+  if (inherits(control, "vb_control")) return(control)
+  if (is.null(control)) return(vb_control())
+  if (!is.list(control) || (length(control) && is.null(names(control))))
+    stop(sprintf("'%s' must be vb_control(...) or a named list of its arguments.", what), call. = FALSE)
+  do.call(vb_control, control)
+}
+
+# A positive whole number that fits an R integer.
+check_count <- function(n, nm, max = .Machine$integer.max - 1L) {
+  if (!is.numeric(n) || length(n) != 1L || !is.finite(n) || n < 1 || n != round(n) || n > max)
+    stop(sprintf("'%s' must be a positive whole number (at most %s).", nm, format(max, big.mark = ",")),
+         call. = FALSE)
+  as.integer(n)
+}
+
+softmax <- function(x) {
+  e <- exp(x - max(x))
+  e / sum(e)
+}
