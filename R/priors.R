@@ -44,6 +44,8 @@ gamma_prior <- function(shape = 1, rate = 1) {
     v <- get(nm)
     if (!is.numeric(v) || length(v) != 1L || !is.finite(v) || v <= 0)
       stop(sprintf("gamma_prior(): '%s' must be one finite positive number; an improper prior on the precision leaves the evidence undefined.", nm), call. = FALSE)
+    if (!representable_scale(v))
+      stop(sprintf("gamma_prior(): '%s' = %g is too extreme to compute with (its square or inverse square overflows); use a value between 1e-150 and 1e150.", nm, v), call. = FALSE)
   }
   structure(list(dist = "gamma", shape = shape, rate = rate), class = "vb_prior")
 }
@@ -58,6 +60,12 @@ new_prior <- function(dist, location, scale) {
     stop(fn, ": 'scale' must be finite and positive. An infinite or non-positive scale is an ",
          "improper prior: the evidence p(y), and so the ELBO and any comparison by it, would be undefined.",
          call. = FALSE)
+  if (!all(representable_scale(scale)))
+    stop(fn, ": 'scale' is too extreme to compute with (its square or inverse square overflows ",
+         "double precision); use scales between 1e-150 and 1e150.", call. = FALSE)
+  if (!all(is.finite(location^2)))
+    stop(fn, ": 'location' is too large to compute with (its square overflows double precision); ",
+         "use locations of magnitude below 1e150.", call. = FALSE)
   structure(list(dist = dist, location = as.numeric(location), scale = as.numeric(scale)),
             class = "vb_prior")
 }
@@ -72,6 +80,9 @@ print.vb_prior <- function(x, ...) {
   }
   invisible(x)
 }
+
+# Scales the C core can square and invert (src/glm_model.c checks the same).
+representable_scale <- function(b) is.finite(b^2) & b^2 > 0 & is.finite(1 / b^2)
 
 # Per-coefficient prior arrays for the C model: type code, location, scale.
 prior_arrays <- function(cn, prior, prior_intercept) {
@@ -102,6 +113,9 @@ prior_arrays <- function(cn, prior, prior_intercept) {
 }
 
 check_prior <- function(pr, arg) {
-  if (!inherits(pr, "vb_prior") || !pr$dist %in% c("normal", "laplace"))
+  if (!inherits(pr, "vb_prior") || !identical(pr[["dist"]], "normal") && !identical(pr[["dist"]], "laplace"))
     stop(sprintf("'%s' must be normal(location, scale) or laplace(location, scale).", arg), call. = FALSE)
+  # re-validate: the object may have been edited after construction
+  new_prior(pr[["dist"]], pr[["location"]], pr[["scale"]])
+  invisible(pr)
 }

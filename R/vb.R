@@ -64,7 +64,7 @@ vb <- function(formula, data, family = gaussian(), prior = normal(0, 1),
   family <- check_family(family)
   approx <- match.arg(approx)
   method <- match.arg(method)
-  if (!inherits(control, "vb_control")) control <- do.call(vb_control, as.list(control))
+  control <- as_vb_control(control)
   if (missing(data)) data <- environment(formula)
 
   # the model frame, as glm() builds it; a scalar exposure is recycled later
@@ -119,8 +119,8 @@ vb <- function(formula, data, family = gaussian(), prior = normal(0, 1),
   fit$contrasts <- attr(X, "contrasts")
   fit$na.action <- attr(mf, "na.action")
   fit$response <- yr
-  if (!x) fit$x <- NULL
-  if (!y) fit$y <- NULL
+  if (!x) fit[["x"]] <- NULL
+  if (!y) fit[["y"]] <- NULL
   fit
 }
 

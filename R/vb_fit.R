@@ -28,48 +28,30 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   family <- check_family(family)
   approx <- match.arg(approx)
   method <- match.arg(method)
-  if (!is.matrix(X) || !is.numeric(X)) stop("vb_fit(): 'X' must be a numeric matrix.", call. = FALSE)
-  n <- nrow(X); p <- ncol(X)
-  if (n == 0L) stop("vb_fit(): there are no observations.", call. = FALSE)
-  if (is.null(colnames(X))) colnames(X) <- paste0("x", seq_len(p))
-  storage.mode(X) <- "double"
-  if (any(!is.finite(X)))
-    stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
-  chk_len <- function(v, nm) {
-    if (!is.null(v) && length(v) != n)
-      stop(sprintf("vb_fit(): '%s' has length %d but there are %d observations.", nm, length(v), n), call. = FALSE)
-  }
-  chk_len(y, "y"); chk_len(weights, "weights"); chk_len(offset, "offset")
-  if (!is.numeric(y) || any(!is.finite(y))) stop("vb_fit(): 'y' must be finite numbers.", call. = FALSE)
-  if (is.null(weights)) weights <- rep(1, n)
-  if (is.null(offset)) offset <- rep(0, n)
-  if (any(!is.finite(offset))) stop("vb_fit(): 'offset' must be finite.", call. = FALSE)
-  if (!is.null(exposure)) {
-    exposure <- rep_len(exposure, n)
-    if (any(!is.finite(exposure) | exposure <= 0)) stop("vb_fit(): 'exposure' must be finite and positive.", call. = FALSE)
-    offset <- offset + log(exposure)
-  }
-  if (!inherits(prior_precision, "vb_prior") || prior_precision$dist != "gamma")
-    stop("'prior_precision' must be gamma_prior(shape, rate).", call. = FALSE)
+  control <- as_vb_control(control)
+  d <- check_glm_data(X, y, family, weights, offset, exposure)
+  X <- d$X; n <- nrow(X); p <- ncol(X)
+  weights <- d$weights; offset <- d$offset; exposure <- d$exposure
+  if (!inherits(prior_precision, "vb_prior") || !identical(prior_precision[["dist"]], "gamma"))
+    stop("vb_fit(): 'prior_precision' must be gamma_prior(shape, rate).", call. = FALSE)
   pa <- prior_arrays(colnames(X), prior, prior_intercept)
   model <- glm_model(X, y, weights, offset, family, pa, prior_precision, control)
 
   if (method == "sgvb") {
-    sgvb <- get0("sgvb_glm", envir = asNamespace("vbayes"), mode = "function")
-    if (is.null(sgvb)) stop("vb(): method = \"sgvb\" is not available in this version.", call. = FALSE)
-    core <- sgvb(model, approx, control)
+    core <- sgvb_glm(model, approx, control)
   } else if (family$family == "binomial" && control$binomial_method == "jj") {
     if (approx != "fullrank" || any(pa$type != 0L))
       stop("vb(): binomial_method = \"jj\" (the Jaakkola-Jordan bound) needs approx = \"fullrank\" and normal() priors.", call. = FALSE)
-    core <- .Call(C_glm_jj, model, c(control$maxit, control$tol, as.numeric(control$quiet), 0))
+    core <- .Call(C_glm_jj, model, control)
     core$blocks <- integer(p)
   } else {
     blocks <- make_blocks(approx, colnames(X), assign, control$blocks)
     init <- glm_init(model, colnames(X))
-    core <- .Call(C_glm_cavi, model, init, blocks,
-                  c(control$maxit, control$tol, as.numeric(control$quiet), control$joint_means))
+    core <- .Call(C_glm_cavi, model, init, blocks, control)
     core$blocks <- blocks
   }
+  converged <- check_status(core$status, if (method == "sgvb") "vb() (SGVB)" else "vb()",
+                            core$iterations, if (method == "sgvb") control$sgvb_tol else control$tol)
   cn <- colnames(X)
   mu <- setNames(core$mu, cn)
   Sigma <- core$Sigma
@@ -79,10 +61,10 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   fitted <- response_mean(family, eta, v, control$gh_nodes)
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
   rank <- design_rank(X)
-  separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, offset)
+  separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, mu)
   fit <- list(coefficients = mu, vcov = Sigma, elbo = core$elbo, elbo_trace = core$trace,
               elbo_terms = c(elbo = core$elbo, loglik = core$loglik, kl = core$kl),
-              converged = core$converged, iterations = core$iterations,
+              converged = converged, status = core$status, iterations = core$iterations,
               tau = if (family$family == "gaussian" && !is.null(core$tau)) setNames(core$tau, c("shape", "rate")),
               linear.predictors = eta, linear.predictors.var = v,
               fitted.values = fitted, residuals = yresp - fitted,
@@ -90,15 +72,64 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               y = y, x = X, rank = rank, approx = approx, method = method,
               blocks = core$blocks, prior = list(coef = pa, precision = prior_precision),
               control = control, mc_se = core$mc_se, separated = separated)
-  if (!core$converged)
-    warning(if (method == "sgvb")
-              sprintf("vb(): SGVB not converged after %d steps; increase vb_control(sgvb_maxit).", core$iterations)
-            else sprintf("vb(): not converged after %d iterations (relative ELBO change > %g); increase vb_control(maxit).",
-                    core$iterations, control$tol), call. = FALSE)
   if (!is.null(core$sgvb)) fit$sgvb <- core$sgvb # joint q over (beta, log tau), SGVB run data
   fit$time <- proc.time()[["elapsed"]] - t0
-  class(fit) <- "vbfit"
+  class(fit) <- c("vbfit", "vb_posterior")
   fit
+}
+
+# What vb() checks, at the matrix level: the design, the response for the
+# family, weights, offset and exposure.  Returns the cleaned pieces.
+check_glm_data <- function(X, y, family, weights, offset, exposure) {
+  if (!is.matrix(X) || !is.numeric(X) || is.complex(X))
+    stop("vb_fit(): 'X' must be a numeric matrix.", call. = FALSE)
+  n <- nrow(X); p <- ncol(X)
+  if (n == 0L) stop("vb_fit(): there are no observations.", call. = FALSE)
+  if (is.null(colnames(X))) colnames(X) <- paste0("x", seq_len(p))
+  if (anyDuplicated(colnames(X))) stop("vb_fit(): the columns of 'X' need distinct names.", call. = FALSE)
+  if (!is.double(X)) storage.mode(X) <- "double"
+  if (p > 0L && (anyNA(X) || any(is.infinite(range(X)))))
+    stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
+  num <- function(v, nm) {
+    if (is.null(v)) return(NULL)
+    if (!is.numeric(v) || is.factor(v) || is.complex(v) || !is.null(dim(v)) && length(dim(v)) > 1L && ncol(as.matrix(v)) != 1L)
+      stop(sprintf("vb_fit(): '%s' must be a numeric vector.", nm), call. = FALSE)
+    v <- as.double(v)
+    if (any(!is.finite(v))) stop(sprintf("vb_fit(): '%s' contains NA, NaN or infinite values.", nm), call. = FALSE)
+    v
+  }
+  len <- function(v, nm) {
+    if (!is.null(v) && length(v) != n)
+      stop(sprintf("vb_fit(): '%s' has length %d but there are %d observations.", nm, length(v), n), call. = FALSE)
+  }
+  y <- num(y, "y"); len(y, "y")
+  if (is.null(y)) stop("vb_fit(): 'y' is missing.", call. = FALSE)
+  weights <- num(weights, "weights"); len(weights, "weights")
+  offset <- num(offset, "offset"); len(offset, "offset")
+  if (is.null(weights)) weights <- rep(1, n)
+  if (any(weights < 0)) stop("vb_fit(): 'weights' must be non-negative.", call. = FALSE)
+  if (!any(weights > 0))
+    stop("vb_fit(): every weight is zero, so there is no data to fit; give positive weights (binomial: numbers of trials).", call. = FALSE)
+  if (is.null(offset)) offset <- rep(0, n)
+  fam <- family$family
+  if (fam == "poisson" && (any(y < 0) || any(y != round(y))))
+    stop("vb_fit(): a poisson response must be non-negative whole counts.", call. = FALSE)
+  if (fam == "binomial") {
+    if (any(weights != round(weights)))
+      stop("vb_fit(): for binomial(), 'weights' are numbers of trials and must be whole numbers.", call. = FALSE)
+    if (any(y < 0) || any(y != round(y)) || any(y > weights))
+      stop("vb_fit(): for binomial(), 'y' must be whole numbers of successes between 0 and 'weights' (the trials).", call. = FALSE)
+  }
+  if (!is.null(exposure)) {
+    if (fam != "poisson")
+      stop("vb_fit(): 'exposure' is for poisson() models (bin width or exposure time); use 'offset' otherwise.", call. = FALSE)
+    exposure <- num(exposure, "exposure")
+    if (length(exposure) != 1L) len(exposure, "exposure")
+    if (any(exposure <= 0)) stop("vb_fit(): 'exposure' must be positive (a bin width or exposure time).", call. = FALSE)
+    exposure <- rep_len(exposure, n)
+    offset <- offset + log(exposure)
+  }
+  list(X = X, y = y, weights = weights, offset = offset, exposure = exposure)
 }
 
 # Numerical rank of X from a pivoted Cholesky factor of the column-scaled
@@ -111,18 +142,45 @@ design_rank <- function(X) {
   attr(suppressWarnings(chol(XtX, pivot = TRUE, tol = 1e-9)), "rank")
 }
 
-# (Quasi-)complete separation: the binomial likelihood has no finite maximum.
-# glm.fit's own diagnosis is what glm() users know; the prior keeps q proper.
-is_separated <- function(X, y, weights, offset) {
-  sep <- FALSE
-  withCallingHandlers(
-    stats::glm.fit(X, cbind(y, weights - y), family = binomial(), offset = offset,
-                   control = list(epsilon = 1e-8, maxit = 50, trace = FALSE)),
-    warning = function(w) {
-      if (grepl("fitted probabilities numerically 0 or 1", conditionMessage(w))) sep <<- TRUE
-      invokeRestart("muffleWarning")
-    })
-  sep
+# (Quasi-)complete separation: the binomial likelihood has no finite maximum,
+# so the posterior is held only by the prior.  That happens exactly when some
+# direction d != 0 has x_i'd >= 0 for every row with only successes, <= 0 for
+# every row with only failures and = 0 for rows with both.  Rather than refit
+# (glm.fit's warning is a heuristic, and translated), check candidate
+# directions exactly: each column alone and the posterior mean, each with the
+# best intercept when the model has one.  A note is printed only with such a
+# certificate in hand; separation along other directions can go unreported.
+is_separated <- function(X, y, weights, mu = NULL) {
+  keep <- weights > 0
+  X <- X[keep, , drop = FALSE]; y <- y[keep]; w <- weights[keep]
+  side <- ifelse(y == w, 1, ifelse(y == 0, -1, 0)) # all successes, all failures, mixed
+  int <- which(colnames(X) == "(Intercept)" & apply(X, 2L, function(x) all(x == 1)))
+  cols <- setdiff(seq_len(ncol(X)), int)
+  tol <- 1e-10
+  certify <- function(u) {
+    u <- u / max(abs(u), 1e-300)
+    if (length(int)) {
+      lo <- max(c(-Inf, -u[side > 0])); hi <- min(c(Inf, -u[side < 0]))
+      mixed <- u[side == 0]
+      if (length(mixed)) {
+        if (diff(range(mixed)) > tol) return(FALSE)
+        cc <- -mixed[1]
+        if (cc < lo - tol || cc > hi + tol) return(FALSE)
+      } else {
+        if (lo > hi + tol) return(FALSE)
+        cc <- if (is.finite(lo)) lo else if (is.finite(hi)) hi else 0
+      }
+      u <- u + cc
+    }
+    all(u[side > 0] >= -tol) && all(u[side < 0] <= tol) && all(abs(u[side == 0]) <= tol) &&
+      any(abs(u) > tol)
+  }
+  for (j in cols) if (certify(X[, j]) || certify(-X[, j])) return(TRUE)
+  if (!is.null(mu) && length(cols) > 1L) {
+    u <- drop(X[, cols, drop = FALSE] %*% mu[cols])
+    if (certify(u)) return(TRUE)
+  }
+  FALSE
 }
 
 family_code <- function(family) match(family$family, c("gaussian", "poisson", "binomial")) - 1L
@@ -139,8 +197,8 @@ glm_model <- function(X, y, weights, offset, family, pa, prior_precision, contro
 
 # Rebuild the C model list of a fit (for the log joint, diagnostics, SGVB).
 fit_model <- function(fit) {
-  if (is.null(fit$x)) stop("this fit was made with x = FALSE; refit with x = TRUE.", call. = FALSE)
-  glm_model(fit$x, fit$y, fit$prior.weights, fit$offset, fit$family, fit$prior$coef,
+  if (is.null(fit[["x"]])) stop("this fit was made with x = FALSE; refit with x = TRUE.", call. = FALSE)
+  glm_model(fit[["x"]], fit[["y"]], fit$prior.weights, fit$offset, fit$family, fit$prior$coef,
             fit$prior$precision, fit$control)
 }
 
@@ -200,8 +258,5 @@ response_mean <- function(family, m, v, gh_nodes = 32L) {
   switch(family$family,
     gaussian = m,
     poisson = exp(m + v / 2),
-    binomial = {
-      gh <- gauss_hermite(gh_nodes)
-      drop(plogis(outer(m, rep(1, length(gh$x))) + outer(sqrt(2 * v), gh$x)) %*% gh$w)
-    })
+    binomial = .Call(C_binomial_mean, as.double(m), as.double(v), gauss_hermite(gh_nodes)))
 }

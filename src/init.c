@@ -6,11 +6,12 @@
 #include "vbayes.h"
 #include <R_ext/Rdynload.h>
 
-/* glm.c */
+/* glm_model.c, glm_cavi.c, glm_jj.c */
 SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control);
 SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau);
 SEXP C_glm_log_joint(SEXP model, SEXP theta);
 SEXP C_glm_jj(SEXP model, SEXP control);
+SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh);
 
 /* spikes.c */
 SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag);
@@ -32,6 +33,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(glm_elbo, 4),
     CALLDEF(glm_log_joint, 2),
     CALLDEF(glm_jj, 2),
+    CALLDEF(binomial_mean, 3),
     CALLDEF(spikes_history, 4),
     CALLDEF(spikes_simulate, 4),
     CALLDEF(lds_estep, 7),

@@ -152,6 +152,7 @@ void vb_glm_unpack(SEXP model, vb_glm *M);
 double vb_glm_log_joint(const double *theta, double *grad, void *model);
 double vb_glm_obs(const vb_glm *M, int t, double m, double v, double *dm, double *dv);
 double vb_glm_prior(const vb_glm *M, int j, double mu, double s2, double *dmu, double *ds2);
+double vb_glm_tau_terms(const vb_glm *M, double A, double B); /* E log p(tau) + H[q(tau)] */
 /* The result list shared by the GLM engines (protected on return; caller unprotects 1). */
 SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, double elbo,
                    const vb_trace *tr, int it, double ll, double kl, int status,

@@ -1,0 +1,576 @@
+/*
+ * glm_cavi.c — coordinate ascent for the Gaussian variational approximation
+ * of a Bayesian GLM (the model: glm_model.c).
+ *
+ * q(beta) = N(mu, Sigma) with Sigma block-diagonal over a partition of the
+ * coefficients (one block = fullrank, singletons = meanfield); gaussian adds
+ * q(tau) = Gamma(A, B).
+ *
+ * Update (per block b, "fixed-point Newton" / NCVMP, a natural-gradient step):
+ *   Lambda* = X_b' diag(-2 df/dv) X_b + diag(-2 dg/ds2),  g = X_b' df/dm + dg/dmu
+ *   Lambda_a = (1-a) Lambda_b + a Lambda*,   mu_b += a Lambda_a^{-1} g,
+ * with a from the step search (vb_step_search: 1, 1/2, ... until the ELBO does
+ * not decrease), so the trace is monotone.  For the gaussian family a = 1 is
+ * the exact coordinate optimum; q(tau) is then updated in closed form.  For
+ * factorised q a joint Newton step on all the means (Sigma fixed) precedes
+ * each sweep when p <= joint_means.  m and v (the linear predictor's mean and
+ * variance) are kept up to date block by block rather than recomputed.
+ *
+ * Convergence (status VB_OK) needs, in the same sweep: every block step
+ * accepted, the ELBO finite and not decreasing, its relative change within
+ * tol, and the gain a full Newton step still predicts,
+ *   sum_b 1/2 g_b' Sigma_b g_b + 1/4 || (Lambda_b - Lambda*_b) Sigma_b ||_F^2,
+ * within tol too — a sweep that creeps along a flat ridge with tiny accepted
+ * steps is not converged.  Otherwise the status says why it stopped.
+ *
+ * Inputs: model list (glm_model.c), init (mu, tau shape, tau rate), block ids
+ * (0..nb-1, one per coefficient), control (the vb_control() list).
+ * Cost per sweep: sum_b n k_b^2 (syrk + trsm) plus n expectations per block
+ * trial; O(np) for meanfield, about 2np^2 + p^3/3 for fullrank.  Memory O(np + p^2).
+ */
+#include "vbayes.h"
+
+#define JOINT_CHUNK 512
+
+typedef struct {
+    vb_glm *M;
+    int nb, *bstart, *idx;  /* block b holds idx[bstart[b] .. bstart[b+1]-1] */
+    double *mu, *Lam, *Sig; /* p, p x p (block entries used), p x p       */
+    double *m, *v;          /* linear predictor mean (with offset), variance */
+    double A, B;            /* q(tau) = Gamma(A, B) for gaussian           */
+    double *Xb, *Z, *vold, *mt, *vt, *dm, *dv, *dmt, *dvt, *work; /* n or n x kmax */
+    int grad_ok;      /* dm, dv hold the derivatives at the current (m, v) */
+    const double *Xk; /* columns of the block being updated (Xb, or X itself) */
+    double *Lb, *Rb, *Lcur, *Scur, *La, *Sa; /* kmax x kmax    */
+    double *g, *delta, *mub, *mua;           /* kmax           */
+    double pred;                             /* predicted gain of this sweep */
+    int joint;                               /* joint mean steps on         */
+    double *jH, *jg, *jd, *jw;               /* p x p, p, p, chunk x p      */
+} cavi_state;
+
+static void set_tau(cavi_state *S) {
+    S->M->Etau = S->A / S->B;
+    S->M->Elogtau = digamma(S->A) - log(S->B);
+}
+
+/* sum_t f_t(m_t, v_t); derivatives into dm, dv unless they are NULL */
+static double sum_obs(cavi_state *S, const double *m, const double *v, double *dm, double *dv) {
+    double F = 0, a, b;
+    for (int t = 0; t < S->M->n; t++)
+        F += vb_glm_obs(S->M, t, m[t], v[t], dm ? dm + t : &a, dv ? dv + t : &b);
+    return F;
+}
+
+/* Prior expectation and entropy of block b at (mu_b, Sigma_b); Sb is k x k. */
+static double block_prior_entropy(cavi_state *S, int b, const double *mub, const double *Sb,
+                                  double logdetLam) {
+    int k = S->bstart[b + 1] - S->bstart[b];
+    double G = 0, a, c;
+    for (int i = 0; i < k; i++)
+        G += vb_glm_prior(S->M, S->idx[S->bstart[b] + i], mub[i], Sb[i + i * k], &a, &c);
+    return G - 0.5 * logdetLam;
+}
+
+/* v_t contribution of a block: || R^{-T} x_tb ||^2 with Lambda_b = R'R. */
+static void block_var(int n, int k, const double *Xb, const double *R, double *Z, double *out) {
+    if (k == 1) {
+        double s2 = 1.0 / (R[0] * R[0]);
+        for (int t = 0; t < n; t++)
+            out[t] = Xb[t] * Xb[t] * s2;
+        return;
+    }
+    double one = 1.0;
+    memcpy(Z, Xb, sizeof(double) * (size_t)n * k);
+    F77_CALL(dtrsm)("R", "U", "N", "N", &n, &k, &one, R, &k, Z, &n FCONE FCONE FCONE FCONE);
+    for (int t = 0; t < n; t++)
+        out[t] = 0;
+    for (int j = 0; j < k; j++)
+        for (int t = 0; t < n; t++)
+            out[t] += Z[t + (size_t)j * n] * Z[t + (size_t)j * n];
+}
+
+static void gather_block(cavi_state *S, int b, double *dst, const double *full) {
+    int k = S->bstart[b + 1] - S->bstart[b], p = S->M->p;
+    const int *ix = S->idx + S->bstart[b];
+    for (int j = 0; j < k; j++)
+        for (int i = 0; i < k; i++)
+            dst[i + j * k] = full[ix[i] + (size_t)ix[j] * p];
+}
+
+/* Points S->Xk at the columns of block b (X itself when one block holds all). */
+static void block_columns(cavi_state *S, int b) {
+    vb_glm *M = S->M;
+    int n = M->n, k = S->bstart[b + 1] - S->bstart[b];
+    const int *ix = S->idx + S->bstart[b];
+    if (S->nb == 1) {
+        S->Xk = M->X;
+        return;
+    }
+    for (int j = 0; j < k; j++)
+        memcpy(S->Xb + (size_t)j * n, M->X + (size_t)ix[j] * n, sizeof(double) * n);
+    S->Xk = S->Xb;
+}
+
+/*
+ * Target precision of block b at the current (m, v): X_b' diag(-2 dv) X_b +
+ * diag(-2 dg/ds2) into Lb; gradient into g.  With `at_prior_var`, prior
+ * curvature is taken at s2 = scale^2 (initialisation, before Sigma exists).
+ */
+static void block_target(cavi_state *S, int b, int at_prior_var) {
+    vb_glm *M = S->M;
+    int n = M->n, k = S->bstart[b + 1] - S->bstart[b], p = M->p, one = 1;
+    const int *ix = S->idx + S->bstart[b];
+    double done = 1.0, dzero = 0.0, a, c;
+    block_columns(S, b);
+    for (int t = 0; t < n; t++)
+        S->work[t] = -2.0 * S->dv[t];
+    vb_xtwx(n, k, S->Xk, n, S->work, S->Z, S->Lb);
+    F77_CALL(dgemv)("T", &n, &k, &done, S->Xk, &n, S->dm, &one, &dzero, S->g, &one FCONE);
+    for (int i = 0; i < k; i++) {
+        int j = ix[i];
+        double s2 = at_prior_var ? M->pscale[j] * M->pscale[j] : S->Sig[j + (size_t)j * p];
+        vb_glm_prior(M, j, S->mu[j], s2, &a, &c);
+        S->g[i] += a;
+        S->Lb[i + i * k] += -2.0 * c;
+    }
+}
+
+/* Writes an accepted block state (mub, Lambda_a in Lb, its factor Rb) into S. */
+static int block_store(cavi_state *S, int b, const double *mub, const double *Lb, double *Rb) {
+    int k = S->bstart[b + 1] - S->bstart[b], p = S->M->p;
+    const int *ix = S->idx + S->bstart[b];
+    int info = vb_chol_inv(k, Rb, k); /* Rb now holds Sigma_b */
+    if (info != 0) return vb_lapack_status(info);
+    for (int j = 0; j < k; j++) {
+        S->mu[ix[j]] = mub[j];
+        for (int i = 0; i < k; i++) {
+            S->Lam[ix[i] + (size_t)ix[j] * p] = Lb[i + j * k];
+            S->Sig[ix[i] + (size_t)ix[j] * p] = Rb[i + j * k];
+        }
+    }
+    return VB_OK;
+}
+
+/* 1/2 g' Sigma g + 1/4 ||(Lambda - Lambda*) Sigma||_F^2 for the current block. */
+static double block_predicted_gain(int k, const double *g, const double *Lcur, const double *Lstar,
+                                   const double *Scur, double *work) {
+    double q = 0, r = 0;
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < k; j++)
+            q += g[i] * Scur[i + j * k] * g[j];
+    /* work = (Lcur - Lstar) Scur; ||.||_F^2 of the symmetric similar matrix is tr(work^2) */
+    for (int j = 0; j < k; j++)
+        for (int i = 0; i < k; i++) {
+            double s = 0;
+            for (int l = 0; l < k; l++)
+                s += (Lcur[i + l * k] - Lstar[i + l * k]) * Scur[l + j * k];
+            work[i + j * k] = s;
+        }
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < k; j++)
+            r += work[i + j * k] * work[j + i * k];
+    return 0.5 * q + 0.25 * r;
+}
+
+/* --------------------------------------------------------- block step -- */
+
+typedef struct {
+    cavi_state *S;
+    int b;
+    double Fa; /* sum_t f_t at the trial point */
+} block_trial;
+
+/* The trial point of block b at step a, left in La, Rb, Sa, mua, mt, vt, dmt, dvt. */
+static int block_try(double a, void *ctx, double *val) {
+    block_trial *bt = (block_trial *)ctx;
+    cavi_state *S = bt->S;
+    int b = bt->b, n = S->M->n, k = S->bstart[b + 1] - S->bstart[b], kk = k * k, one = 1;
+    double done = 1.0, dzero = 0.0;
+    for (int i = 0; i < kk; i++)
+        S->La[i] = (1 - a) * S->Lcur[i] + a * S->Lb[i];
+    memcpy(S->Rb, S->La, sizeof(double) * kk);
+    int info = vb_chol(k, S->Rb, k);
+    if (info != 0) return vb_lapack_status(info);
+    for (int i = 0; i < k; i++)
+        S->delta[i] = a * S->g[i];
+    vb_chol_solve(k, S->Rb, k, S->delta);
+    for (int i = 0; i < k; i++)
+        S->mua[i] = S->mub[i] + S->delta[i];
+    memcpy(S->Sa, S->Rb, sizeof(double) * kk);
+    info = vb_chol_inv(k, S->Sa, k);
+    if (info != 0) return vb_lapack_status(info);
+    F77_CALL(dgemv)("N", &n, &k, &done, S->Xk, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
+    block_var(n, k, S->Xk, S->Rb, S->Z, S->vt);
+    for (int t = 0; t < n; t++) {
+        S->mt[t] += S->m[t];
+        S->vt[t] = S->v[t] - S->vold[t] + S->vt[t];
+        if (S->vt[t] < 0) S->vt[t] = 0;
+    }
+    /* derivatives at the trial point come for free; kept if it is accepted */
+    bt->Fa = sum_obs(S, S->mt, S->vt, S->dmt, S->dvt);
+    *val = bt->Fa + block_prior_entropy(S, b, S->mua, S->Sa, vb_chol_logdet(k, S->Rb, k));
+    return VB_OK;
+}
+
+static void swap(double **a, double **b) {
+    double *t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/*
+ * After an accepted step, keep going along the same mean direction while the
+ * ELBO rises: mu_b += 2^j delta, j = 0, 1, ... (Sigma_b fixed, so only m moves).
+ * Where the likelihood is nearly flat (separated data under a wide prior) the
+ * curvature in Lambda* is tiny only *locally*, the natural-gradient step
+ * under-travels and halving makes it worse; doubling reaches a far optimum in
+ * log(distance) evaluations instead of thousands of sweeps.  Each accepted
+ * extension increases the ELBO, so the trace stays monotone.
+ * Uses mt (the pre-step m, left there by the swap), vold and the dmt/dvt pair.
+ */
+#define VB_EXTEND_MAX 60
+static int mean_extend(cavi_state *S, int b, double *F) {
+    vb_glm *M = S->M;
+    int n = M->n, k = S->bstart[b + 1] - S->bstart[b];
+    const int *ix = S->idx + S->bstart[b];
+    double *xd = S->vold, a, c;
+    for (int t = 0; t < n; t++)
+        xd[t] = S->m[t] - S->mt[t];
+    double G = 0;
+    for (int i = 0; i < k; i++)
+        G += vb_glm_prior(M, ix[i], S->mu[ix[i]], S->Sig[ix[i] + (size_t)ix[i] * M->p], &a, &c);
+    double cur = *F + G, step = 1;
+    for (int e = 0; e < VB_EXTEND_MAX; e++, step *= 2) {
+        for (int t = 0; t < n; t++)
+            S->mt[t] = S->m[t] + step * xd[t];
+        double Ga = 0;
+        for (int i = 0; i < k; i++)
+            Ga += vb_glm_prior(M, ix[i], S->mu[ix[i]] + step * S->delta[i],
+                               S->Sig[ix[i] + (size_t)ix[i] * M->p], &a, &c);
+        double Fa = sum_obs(S, S->mt, S->v, S->dmt, S->dvt);
+        if (!R_FINITE(Fa + Ga) || Fa + Ga <= cur + vb_step_slack(cur)) break;
+        for (int i = 0; i < k; i++)
+            S->mu[ix[i]] += step * S->delta[i];
+        swap(&S->m, &S->mt);
+        swap(&S->dm, &S->dmt);
+        swap(&S->dv, &S->dvt);
+        cur = Fa + Ga;
+        *F = Fa;
+        /* xd is unchanged: the next trial doubles the step from the new point */
+    }
+    return VB_OK;
+}
+
+/* One damped fixed-point Newton step on block b; *F (sum_t f_t) is kept current. */
+static int block_step(cavi_state *S, int b, double *F) {
+    int n = S->M->n, k = S->bstart[b + 1] - S->bstart[b], kk = k * k;
+    const int *ix = S->idx + S->bstart[b];
+    if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
+    S->grad_ok = 1;
+    block_target(S, b, 0);
+    gather_block(S, b, S->Lcur, S->Lam);
+    gather_block(S, b, S->Scur, S->Sig);
+    for (int i = 0; i < k; i++)
+        S->mub[i] = S->mu[ix[i]];
+    S->pred += block_predicted_gain(k, S->g, S->Lcur, S->Lb, S->Scur, S->Sa);
+    memcpy(S->Rb, S->Lcur, sizeof(double) * kk);
+    int info = vb_chol(k, S->Rb, k);
+    if (info != 0) return vb_lapack_status(info);
+    double old = *F + block_prior_entropy(S, b, S->mub, S->Scur, vb_chol_logdet(k, S->Rb, k));
+    if (S->nb == 1)
+        memcpy(S->vold, S->v, sizeof(double) * n);
+    else
+        block_var(n, k, S->Xk, S->Rb, S->Z, S->vold);
+    block_trial bt = {S, b, 0};
+    double a, val;
+    int st = vb_step_search(block_try, &bt, old, &a, &val);
+    if (st != VB_OK) return st;
+    st = block_store(S, b, S->mua, S->La, S->Rb);
+    if (st != VB_OK) return st;
+    swap(&S->m, &S->mt);
+    swap(&S->v, &S->vt);
+    swap(&S->dm, &S->dmt);
+    swap(&S->dv, &S->dvt);
+    *F = bt.Fa;
+    return mean_extend(S, b, F);
+}
+
+/* ---------------------------------------------------- joint mean step -- */
+
+/*
+ * Joint Newton step on all the means with Sigma held fixed, for factorised q
+ * (meanfield, block).  Coordinate ascent alone converges slowly when the
+ * posterior is strongly correlated across blocks; this step moves every mean
+ * at once along H^{-1} g with H = X' diag(-2 df/dv) X + diag(-2 dg/ds2), the
+ * negative Hessian of the ELBO in mu (Price's identity).  X'WX is accumulated
+ * over row chunks, so the extra memory is O(p^2 + chunk p).  Cost n p^2 + p^3/3.
+ */
+typedef struct {
+    cavi_state *S;
+    double Fa;
+} joint_trial;
+
+static int joint_try(double al, void *ctx, double *val) {
+    joint_trial *jt = (joint_trial *)ctx;
+    cavi_state *S = jt->S;
+    vb_glm *M = S->M;
+    double Ga = 0, a, c;
+    for (int t = 0; t < M->n; t++)
+        S->mt[t] = S->m[t] + al * S->jw[t];
+    for (int j = 0; j < M->p; j++)
+        Ga += vb_glm_prior(M, j, S->mu[j] + al * S->jd[j], S->Sig[j + (size_t)j * M->p], &a, &c);
+    jt->Fa = sum_obs(S, S->mt, S->v, S->dmt, S->dvt);
+    *val = jt->Fa + Ga;
+    return VB_OK;
+}
+
+static int joint_mean_step(cavi_state *S, double *F) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0, dzero = 0.0, a, c, *H = S->jH, *g = S->jg, *delta = S->jd, *work = S->jw;
+    if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
+    S->grad_ok = 1;
+    memset(H, 0, sizeof(double) * (size_t)p * p);
+    for (int t0 = 0; t0 < n; t0 += JOINT_CHUNK) {
+        int nc = n - t0 < JOINT_CHUNK ? n - t0 : JOINT_CHUNK;
+        for (int j = 0; j < p; j++)
+            for (int t = 0; t < nc; t++)
+                work[t + (size_t)j * nc] =
+                    sqrt(-2.0 * S->dv[t0 + t]) * M->X[t0 + t + (size_t)j * n];
+        F77_CALL(dsyrk)("U", "T", &p, &nc, &done, work, &nc, &done, H, &p FCONE FCONE);
+    }
+    F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->dm, &one, &dzero, g, &one FCONE);
+    double G = 0;
+    for (int j = 0; j < p; j++) {
+        G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
+        g[j] += a;
+        H[j + (size_t)j * p] += -2.0 * c;
+    }
+    int info = vb_chol(p, H, p);
+    if (info != 0) return vb_lapack_status(info);
+    memcpy(delta, g, sizeof(double) * p);
+    vb_chol_solve(p, H, p, delta);
+    double dec = 0;
+    for (int j = 0; j < p; j++)
+        dec += g[j] * delta[j];
+    S->pred += 0.5 * dec; /* the Newton decrement: gain the step predicts */
+    F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, delta, &one, &dzero, work, &one FCONE);
+    joint_trial jt = {S, 0};
+    double al, val;
+    int st = vb_step_search(joint_try, &jt, *F + G, &al, &val);
+    if (st != VB_OK) return st;
+    for (int j = 0; j < p; j++)
+        S->mu[j] += al * delta[j];
+    swap(&S->m, &S->mt);
+    swap(&S->dm, &S->dmt);
+    swap(&S->dv, &S->dvt);
+    *F = jt.Fa;
+    return VB_OK;
+}
+
+/* ------------------------------------------------------------- sweeps -- */
+
+/* Full ELBO and its parts at the current state. */
+static int full_elbo(cavi_state *S, double *F, double *loglik, double *kl, double *elbo) {
+    vb_glm *M = S->M;
+    int p = M->p;
+    double G = 0, ldet = 0, a, c;
+    *F = sum_obs(S, S->m, S->v, NULL, NULL);
+    *loglik = *F + M->llconst;
+    for (int j = 0; j < p; j++)
+        G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
+    for (int b = 0; b < S->nb; b++) {
+        int k = S->bstart[b + 1] - S->bstart[b];
+        gather_block(S, b, S->Rb, S->Lam);
+        int info = vb_chol(k, S->Rb, k);
+        if (info != 0) return vb_lapack_status(info);
+        ldet += vb_chol_logdet(k, S->Rb, k);
+    }
+    double negkl = G - 0.5 * ldet + 0.5 * p * (1 + VB_LOG2PI);
+    if (M->family == VB_GAUSSIAN) negkl += vb_glm_tau_terms(M, S->A, S->B);
+    *kl = -negkl;
+    *elbo = *loglik + negkl;
+    return R_FINITE(*elbo) ? VB_OK : VB_NONFINITE;
+}
+
+static void gaussian_tau_update(cavi_state *S) {
+    vb_glm *M = S->M;
+    double ss = 0, neff = 0;
+    for (int t = 0; t < M->n; t++) {
+        if (M->wt[t] == 0) continue;
+        double r = M->y[t] - S->m[t];
+        ss += M->wt[t] * (r * r + S->v[t]);
+        neff += 1;
+    }
+    S->A = M->a0 + 0.5 * neff;
+    S->B = M->b0 + 0.5 * ss;
+    set_tau(S);
+    S->grad_ok = 0;
+}
+
+/* Starting q: Sigma_b = inverse curvature at mu_init with v = 0, per block. */
+static int cavi_start(cavi_state *S) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0;
+    for (int t = 0; t < n; t++) {
+        S->m[t] = M->off[t];
+        S->v[t] = 0;
+    }
+    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+    sum_obs(S, S->m, S->v, S->dm, S->dv);
+    for (int b = 0; b < S->nb; b++) {
+        int k = S->bstart[b + 1] - S->bstart[b];
+        block_target(S, b, 1);
+        memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
+        int info = vb_chol(k, S->Rb, k);
+        if (info != 0) return vb_lapack_status(info);
+        for (int i = 0; i < k; i++)
+            S->mub[i] = S->mu[S->idx[S->bstart[b] + i]];
+        int st = block_store(S, b, S->mub, S->Lb, S->Rb);
+        if (st != VB_OK) return st;
+    }
+    for (int b = 0; b < S->nb; b++) {
+        int k = S->bstart[b + 1] - S->bstart[b];
+        block_columns(S, b);
+        gather_block(S, b, S->Rb, S->Lam);
+        int info = vb_chol(k, S->Rb, k);
+        if (info != 0) return vb_lapack_status(info);
+        block_var(n, k, S->Xk, S->Rb, S->Z, S->vt);
+        for (int t = 0; t < n; t++)
+            S->v[t] += S->vt[t];
+    }
+    if (M->family == VB_GAUSSIAN) gaussian_tau_update(S);
+    return VB_OK;
+}
+
+/* The CAVI worker: sweeps until converged or a status says why not. */
+static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *iter, double *elbo,
+                    double *ll, double *kl) {
+    double F;
+    int it = 0, st = cavi_start(S);
+    *iter = 0;
+    if (st == VB_OK) st = full_elbo(S, &F, ll, kl, elbo);
+    if (st != VB_OK) return st;
+    vb_trace_push(tr, *elbo);
+    vb_progress pr;
+    vb_progress_init(&pr, set->quiet);
+    while (it < set->maxit) {
+        it++;
+        *iter = it;
+        S->pred = 0;
+        int sweep = VB_OK, accepted = 0;
+        if (S->joint) {
+            int sj = joint_mean_step(S, &F);
+            if (sj != VB_OK) sweep = sj;
+        }
+        for (int b = 0; b < S->nb; b++) {
+            int sb = block_step(S, b, &F);
+            if (sb == VB_OK)
+                accepted++;
+            else
+                sweep = sb;
+            if (vb_interrupted()) return VB_INTERRUPTED;
+        }
+        if (S->M->family == VB_GAUSSIAN) gaussian_tau_update(S);
+        double prev = *elbo;
+        st = full_elbo(S, &F, ll, kl, elbo);
+        if (st != VB_OK) return st;
+        vb_trace_push(tr, *elbo);
+        vb_progress_tick(&pr, "vb", it, *elbo);
+        if (*elbo < prev - vb_step_slack(prev)) return VB_DECREASED;
+        if (accepted == 0) return sweep; /* nothing moved: a stall, not convergence */
+        double thr = set->tol * (fabs(*elbo) + set->tol);
+        if (sweep == VB_OK && vb_tol_met(prev, *elbo, set->tol) && S->pred <= thr) return VB_OK;
+        if (vb_interrupted()) return VB_INTERRUPTED;
+    }
+    return VB_MAXIT;
+}
+
+/* ------------------------------------------------------- entry point -- */
+
+static double *alloc0(size_t n) {
+    return (double *)R_alloc(n + 1, sizeof(double));
+}
+
+SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
+    vb_glm M;
+    vb_glm_unpack(model, &M);
+    vb_settings set;
+    vb_settings_read(control, &set);
+    int n = M.n, p = M.p;
+    if (TYPEOF(init) != REALSXP || Rf_length(init) != p + 2)
+        Rf_error(
+            "'init' must be a double vector of length p + 2 (coefficients, tau shape, tau rate)");
+    if (TYPEOF(blocks) != INTSXP || Rf_length(blocks) != p)
+        Rf_error("'blocks' must be an integer vector with one block id per coefficient");
+    for (int j = 0; j < p + 2; j++)
+        if (!R_FINITE(REAL(init)[j])) Rf_error("'init' must be finite");
+    if (!(REAL(init)[p] > 0 && REAL(init)[p + 1] > 0))
+        Rf_error("initial q(tau) needs positive shape and rate");
+
+    /* blocks: ids 0..nb-1, every id used */
+    int nb = 0;
+    for (int j = 0; j < p; j++) {
+        int b = INTEGER(blocks)[j];
+        if (b == NA_INTEGER || b < 0 || b >= p) Rf_error("block ids must lie in 0..p-1");
+        if (b + 1 > nb) nb = b + 1;
+    }
+    cavi_state S;
+    memset(&S, 0, sizeof S);
+    S.M = &M;
+    S.nb = nb;
+    S.bstart = (int *)R_alloc(nb + 1, sizeof(int));
+    S.idx = (int *)R_alloc(p > 0 ? p : 1, sizeof(int));
+    int kmax = 0;
+    S.bstart[0] = 0;
+    for (int b = 0, pos = 0; b < nb; b++) {
+        S.bstart[b] = pos;
+        for (int j = 0; j < p; j++)
+            if (INTEGER(blocks)[j] == b) S.idx[pos++] = j;
+        if (pos == S.bstart[b]) Rf_error("block id %d is not used: ids must be 0..nb-1", b);
+        if (pos - S.bstart[b] > kmax) kmax = pos - S.bstart[b];
+        S.bstart[b + 1] = pos;
+    }
+    size_t pp = (size_t)p * p, nk = (size_t)n * kmax, kk = (size_t)kmax * kmax;
+    S.mu = alloc0(p);
+    S.Lam = alloc0(pp);
+    S.Sig = alloc0(pp);
+    memset(S.Lam, 0, sizeof(double) * pp);
+    memset(S.Sig, 0, sizeof(double) * pp);
+    double **nbufs[] = {&S.m, &S.v, &S.vold, &S.mt, &S.vt, &S.dm, &S.dv, &S.dmt, &S.dvt, &S.work};
+    for (int i = 0; i < 10; i++)
+        *nbufs[i] = alloc0(n);
+    S.Xb = alloc0(nb > 1 ? nk : 0);
+    S.Z = alloc0(nk);
+    double **kk_bufs[] = {&S.Lb, &S.Rb, &S.Lcur, &S.Scur, &S.La, &S.Sa};
+    for (int i = 0; i < 6; i++)
+        *kk_bufs[i] = alloc0(kk);
+    double **k_bufs[] = {&S.g, &S.delta, &S.mub, &S.mua};
+    for (int i = 0; i < 4; i++)
+        *k_bufs[i] = alloc0(kmax);
+    /* joint mean steps for factorised q with at most joint_means coefficients */
+    S.joint = nb > 1 && p <= set.joint_max;
+    if (S.joint) {
+        S.jH = alloc0(pp);
+        S.jg = alloc0(p);
+        S.jd = alloc0(p);
+        size_t nw = (size_t)JOINT_CHUNK * p > (size_t)n ? (size_t)JOINT_CHUNK * p : (size_t)n;
+        S.jw = alloc0(nw);
+    }
+    if (p > 0) memcpy(S.mu, REAL(init), sizeof(double) * p);
+    S.A = REAL(init)[p];
+    S.B = REAL(init)[p + 1];
+    set_tau(&S);
+
+    vb_trace tr;
+    vb_trace_init(&tr);
+    int it;
+    double elbo = R_NaN, ll = R_NaN, kl = R_NaN;
+    int status = cavi_run(&S, &set, &tr, &it, &elbo, &ll, &kl);
+    double tau[2] = {S.A, S.B};
+    SEXP out = vb_glm_result(&M, S.mu, S.Sig, elbo, &tr, it, ll, kl, status,
+                             M.family == VB_GAUSSIAN ? tau : NULL, S.m, S.v);
+    UNPROTECT(1);
+    return out;
+}

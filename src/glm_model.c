@@ -1,0 +1,334 @@
+/*
+ * glm_model.c — the Bayesian GLM every GLM engine works on.
+ *
+ * Model: eta = X beta + offset; y | eta from the family (gaussian with noise
+ * precision tau ~ Gamma(a0, b0), poisson with log link, binomial with logit
+ * link, y successes of `weights` trials); independent priors
+ * beta_j ~ normal(loc, scale) or laplace(loc, scale).
+ *
+ * Under q(beta) = N(mu, Sigma) the likelihood enters only through
+ * f_t(m_t, v_t) = E log p(y_t | eta_t), eta_t ~ N(m_t, v_t) (expect.c), and each
+ * prior through g_j(mu_j, Sigma_jj) = E log p(beta_j), so
+ *   ELBO = sum_t f_t + sum_j g_j + 1/2 log|Sigma| + p/2 (1 + log 2 pi) [+ tau terms].
+ * Also here: log p(y, theta) (the log-joint contract, theta = beta or
+ * (beta, log tau)), the ELBO at a given dense q, and the result list.
+ *
+ * Entry points: C_glm_log_joint(model, theta), C_glm_elbo(model, mu, Sigma, tau),
+ * C_binomial_mean(m, v, control): E sigmoid(eta) for eta ~ N(m, v).
+ */
+#include "vbayes.h"
+
+/* A value whose square and inverse square are finite and non-zero. */
+static int safe_scale(double b) {
+    return R_FINITE(b) && b > 0 && R_FINITE(b * b) && b * b > 0 && R_FINITE(1.0 / (b * b));
+}
+
+/* Unpacks and checks the model list built by R's glm_model(). */
+void vb_glm_unpack(SEXP model, vb_glm *M) {
+    const char *w = "model";
+    SEXP X = vb_elt_req(model, "X", w);
+    if (TYPEOF(X) != REALSXP || !Rf_isMatrix(X)) Rf_error("'model$X' must be a double matrix");
+    M->n = Rf_nrows(X);
+    M->p = Rf_ncols(X);
+    M->X = REAL(X);
+    M->family = vb_int_elt(model, "family", VB_GAUSSIAN, VB_BINOMIAL, w);
+    M->y = vb_real_elt(model, "y", M->n, w);
+    M->off = vb_real_elt(model, "offset", M->n, w);
+    M->wt = vb_real_elt(model, "weights", M->n, w);
+    SEXP pt = vb_elt_req(model, "prior_type", w);
+    if (TYPEOF(pt) != INTSXP || Rf_length(pt) != M->p)
+        Rf_error("'model$prior_type' must be an integer vector of length p");
+    M->ptype = INTEGER(pt);
+    M->ploc = vb_real_elt(model, "prior_location", M->p, w);
+    M->pscale = vb_real_elt(model, "prior_scale", M->p, w);
+    for (int j = 0; j < M->p; j++) {
+        if (M->ptype[j] != VB_PRIOR_NORMAL && M->ptype[j] != VB_PRIOR_LAPLACE)
+            Rf_error("unknown prior code %d", M->ptype[j]);
+        if (!safe_scale(M->pscale[j]) || !R_FINITE(M->ploc[j] * M->ploc[j]))
+            Rf_error("prior scales must be positive with a finite square and inverse square, "
+                     "locations finite with a finite square");
+    }
+    const double *tp = vb_real_elt(model, "tau_prior", 2, w);
+    M->a0 = tp[0];
+    M->b0 = tp[1];
+    if (!safe_scale(M->a0) || !safe_scale(M->b0))
+        Rf_error("the gamma prior on the precision needs finite positive shape and rate");
+    SEXP ghx = vb_elt_req(model, "gh_x", w);
+    M->ngh = Rf_length(ghx);
+    M->ghx = vb_real_elt(model, "gh_x", -1, w);
+    M->ghw = vb_real_elt(model, "gh_w", M->ngh, w);
+    if (M->family == VB_BINOMIAL && M->ngh < 1) Rf_error("binomial needs a Gauss-Hermite rule");
+    for (R_xlen_t i = 0; i < (R_xlen_t)M->n * M->p; i++)
+        if (!R_FINITE(M->X[i])) Rf_error("the design matrix contains NA or infinite values");
+    for (int t = 0; t < M->n; t++)
+        if (!R_FINITE(M->y[t]) || !R_FINITE(M->off[t]) || !R_FINITE(M->wt[t]) || M->wt[t] < 0)
+            Rf_error("y, offset and weights must be finite (weights non-negative)");
+    for (int t = 0; t < M->n; t++) {
+        if (M->family == VB_POISSON && M->y[t] < 0) Rf_error("poisson counts must be non-negative");
+        if (M->family == VB_BINOMIAL && (M->y[t] < 0 || M->y[t] > M->wt[t]))
+            Rf_error("binomial successes must lie between 0 and the number of trials");
+    }
+    M->llconst = 0;
+    for (int t = 0; t < M->n; t++) {
+        double y = M->y[t], wt = M->wt[t];
+        if (wt == 0) continue;
+        if (M->family == VB_GAUSSIAN)
+            M->llconst += 0.5 * (log(wt) - VB_LOG2PI);
+        else if (M->family == VB_POISSON)
+            M->llconst -= wt * lgammafn(y + 1.0);
+        else
+            M->llconst += lgammafn(wt + 1.0) - lgammafn(y + 1.0) - lgammafn(wt - y + 1.0);
+    }
+    M->Etau = 1.0;
+    M->Elogtau = 0.0;
+    M->eta = NULL;
+}
+
+/* f_t = E log p(y_t | eta), eta ~ N(m, v), without the terms in M->llconst. */
+double vb_glm_obs(const vb_glm *M, int t, double m, double v, double *dm, double *dv) {
+    double y = M->y[t], w = M->wt[t];
+    if (w == 0) {
+        *dm = *dv = 0;
+        return 0;
+    }
+    switch (M->family) {
+    case VB_GAUSSIAN:
+        return vb_egauss(y, w, M->Etau, M->Elogtau, m, v, dm, dv);
+    case VB_POISSON:
+        return vb_epois(y, w, m, v, dm, dv);
+    default:
+        return vb_ebinom(y, w, m, v, M->ngh, M->ghx, M->ghw, dm, dv);
+    }
+}
+
+/* g_j = E log p(beta_j) under beta_j ~ N(mu, s2); dg/dmu, dg/ds2. */
+double vb_glm_prior(const vb_glm *M, int j, double mu, double s2, double *dmu, double *ds2) {
+    double loc = M->ploc[j], b = M->pscale[j], d = mu - loc;
+    if (M->ptype[j] == VB_PRIOR_NORMAL) {
+        *dmu = -d / (b * b);
+        *ds2 = -0.5 / (b * b);
+        return -0.5 * (VB_LOG2PI + 2.0 * log(b)) - 0.5 * (d * d + s2) / (b * b);
+    }
+    /* laplace: E|beta - loc| is the folded-normal mean */
+    double s = sqrt(s2), z = d / s, phi = dnorm(z, 0, 1, 0),
+           Phi2 = 2.0 * pnorm(z, 0, 1, 1, 0) - 1.0;
+    *dmu = -Phi2 / b;
+    *ds2 = -phi / (s * b);
+    return -log(2.0 * b) - (s * M_SQRT2 / M_SQRT_PI * exp(-0.5 * z * z) + d * Phi2) / b;
+}
+
+/* E log p(tau) + entropy of q(tau) = Gamma(A, B): the tau part of the ELBO. */
+double vb_glm_tau_terms(const vb_glm *M, double A, double B) {
+    double Elp = M->a0 * log(M->b0) - lgammafn(M->a0) + (M->a0 - 1) * M->Elogtau - M->b0 * M->Etau;
+    double H = A - log(B) + lgammafn(A) + (1 - A) * digamma(A);
+    return Elp + H;
+}
+
+/*
+ * log p(y, theta) for theta = beta (p values) or, for gaussian, (beta, log tau)
+ * with the Jacobian of log tau included.  M->eta must hold n doubles.
+ */
+double vb_glm_log_joint(const double *theta, double *grad, void *model) {
+    vb_glm *M = (vb_glm *)model;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0, dzero = 0.0, lp = M->llconst;
+    double *eta = M->eta;
+    for (int t = 0; t < n; t++)
+        eta[t] = M->off[t];
+    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, theta, &one, &done, eta, &one FCONE);
+    double tau = M->family == VB_GAUSSIAN ? exp(theta[p]) : 0, dltau = 0;
+    /* eta is overwritten by d log p / d eta */
+    for (int t = 0; t < n; t++) {
+        double y = M->y[t], w = M->wt[t], e = eta[t];
+        if (w == 0) {
+            eta[t] = 0;
+            continue;
+        }
+        switch (M->family) {
+        case VB_GAUSSIAN: {
+            double r = y - e;
+            lp += 0.5 * (theta[p] - tau * w * r * r);
+            dltau += 0.5 * (1.0 - tau * w * r * r);
+            eta[t] = tau * w * r;
+            break;
+        }
+        case VB_POISSON: {
+            double lam = exp(e);
+            lp += w * (y * e - lam);
+            eta[t] = w * (y - lam);
+            break;
+        }
+        default:
+            lp += y * e - w * vb_softplus(e);
+            eta[t] = y - w / (1.0 + exp(-e));
+        }
+    }
+    if (grad && p > 0)
+        F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, eta, &one, &dzero, grad, &one FCONE);
+    for (int j = 0; j < p; j++) {
+        double d = theta[j] - M->ploc[j], b = M->pscale[j];
+        if (M->ptype[j] == VB_PRIOR_NORMAL) {
+            lp += -0.5 * (VB_LOG2PI + 2.0 * log(b)) - 0.5 * d * d / (b * b);
+            if (grad) grad[j] -= d / (b * b);
+        } else {
+            lp += -log(2.0 * b) - fabs(d) / b;
+            if (grad) grad[j] -= ((d > 0) - (d < 0)) / b;
+        }
+    }
+    if (M->family == VB_GAUSSIAN) {
+        /* Gamma(a0, b0) on tau, plus log|d tau / d log tau| = log tau */
+        lp += M->a0 * log(M->b0) - lgammafn(M->a0) + M->a0 * theta[p] - M->b0 * tau;
+        if (grad) grad[p] = dltau + M->a0 - M->b0 * tau;
+    }
+    return lp;
+}
+
+SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, double elbo,
+                   const vb_trace *tr, int it, double ll, double kl, int status,
+                   const double *tau, const double *m, const double *v) {
+    const char *nms[] = {"mu",         "Sigma",  "elbo",      "trace", "loglik",   "kl",
+                         "iterations", "status", "converged", "tau",   "eta_mean", "eta_var",
+                         ""};
+    int np = 0, n = M->n, p = M->p;
+    SEXP out = vb_named_list(nms, &np);
+    SET_VECTOR_ELT(out, 0, vb_real_vec(p, mu));
+    SET_VECTOR_ELT(out, 1, vb_real_mat(p, p, Sigma));
+    SET_VECTOR_ELT(out, 2, Rf_ScalarReal(elbo));
+    SET_VECTOR_ELT(out, 3, vb_real_vec(tr->n, tr->x));
+    SET_VECTOR_ELT(out, 4, Rf_ScalarReal(ll));
+    SET_VECTOR_ELT(out, 5, Rf_ScalarReal(kl));
+    SET_VECTOR_ELT(out, 6, Rf_ScalarInteger(it));
+    SET_VECTOR_ELT(out, 7, Rf_ScalarInteger(status));
+    SET_VECTOR_ELT(out, 8, Rf_ScalarLogical(status == VB_OK));
+    if (tau) SET_VECTOR_ELT(out, 9, vb_real_vec(2, tau));
+    SET_VECTOR_ELT(out, 10, vb_real_vec(n, m));
+    SET_VECTOR_ELT(out, 11, vb_real_vec(n, v));
+    return out;
+}
+
+/* ------------------------------------------------------- entry points -- */
+
+/* log p(y, theta) and its gradient for each column of theta (d x S). */
+SEXP C_glm_log_joint(SEXP model, SEXP theta) {
+    vb_glm M;
+    vb_glm_unpack(model, &M);
+    int d = M.p + (M.family == VB_GAUSSIAN), np = 0;
+    if (TYPEOF(theta) != REALSXP || !Rf_isMatrix(theta) || Rf_nrows(theta) != d)
+        Rf_error("'theta' must be a double matrix with %d rows (one column per draw)", d);
+    int ns = Rf_ncols(theta);
+    M.eta = (double *)R_alloc(M.n + 1, sizeof(double));
+    const char *nms[] = {"value", "gradient", ""};
+    SEXP out = vb_named_list(nms, &np);
+    SEXP val = Rf_allocVector(REALSXP, ns);
+    SET_VECTOR_ELT(out, 0, val);
+    SEXP gr = Rf_allocMatrix(REALSXP, d, ns);
+    SET_VECTOR_ELT(out, 1, gr);
+    for (int s = 0; s < ns; s++) {
+        REAL(val)[s] = vb_glm_log_joint(REAL(theta) + (size_t)s * d, REAL(gr) + (size_t)s * d, &M);
+        if (s % 64 == 63) R_CheckUserInterrupt();
+    }
+    UNPROTECT(np);
+    return out;
+}
+
+/*
+ * Closed-form ELBO at q(beta) = N(mu, Sigma) (dense) [and q(tau) = Gamma(tau)],
+ * with its gradient in mu and in Sigma.  Used by SGVB, tests and diagnostics.
+ */
+SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau) {
+    vb_glm M;
+    vb_glm_unpack(model, &M);
+    int n = M.n, p = M.p, one = 1, np = 0;
+    if (TYPEOF(mu) != REALSXP || Rf_length(mu) != p)
+        Rf_error("'mu' must be a double vector of length p");
+    if (TYPEOF(Sigma) != REALSXP || !Rf_isMatrix(Sigma) || Rf_nrows(Sigma) != p ||
+        Rf_ncols(Sigma) != p)
+        Rf_error("'Sigma' must be a p x p double matrix");
+    if (TYPEOF(tau) != REALSXP || Rf_length(tau) != 2 || !safe_scale(REAL(tau)[0]) ||
+        !safe_scale(REAL(tau)[1]))
+        Rf_error("'tau' must be c(shape, rate) with finite positive entries");
+    for (int j = 0; j < p; j++)
+        if (!R_FINITE(REAL(mu)[j])) Rf_error("'mu' must be finite");
+    double A = REAL(tau)[0], B = REAL(tau)[1];
+    M.Etau = A / B;
+    M.Elogtau = digamma(A) - log(B);
+    double *dm = (double *)R_alloc(n + 1, sizeof(double)), *dv = (double *)R_alloc(n + 1, sizeof(double));
+    double *m = (double *)R_alloc(n + 1, sizeof(double)), *v = (double *)R_alloc(n + 1, sizeof(double));
+    double *Z = (double *)R_alloc((size_t)n * p + 1, sizeof(double));
+    double *R = (double *)R_alloc((size_t)p * p + 1, sizeof(double));
+    double done = 1.0, dzero = 0.0;
+    for (int t = 0; t < n; t++)
+        m[t] = M.off[t];
+    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M.X, &n, REAL(mu), &one, &done, m, &one FCONE);
+    memcpy(R, REAL(Sigma), sizeof(double) * p * p);
+    int info = vb_chol(p, R, p);
+    if (info != 0) vb_linalg_error(info, "Sigma");
+    /* v_t = || R x_t ||^2 where Sigma = R'R: Z = X R' */
+    memcpy(Z, M.X, sizeof(double) * (size_t)n * p);
+    if (p > 0)
+        F77_CALL(dtrmm)("R", "U", "T", "N", &n, &p, &done, R, &p, Z, &n FCONE FCONE FCONE FCONE);
+    double F = 0;
+    for (int t = 0; t < n; t++) {
+        v[t] = 0;
+        for (int j = 0; j < p; j++)
+            v[t] += Z[t + (size_t)j * n] * Z[t + (size_t)j * n];
+        F += vb_glm_obs(&M, t, m[t], v[t], dm + t, dv + t);
+    }
+    const char *nms[] = {"elbo", "loglik", "kl", "grad_mu", "grad_Sigma", ""};
+    SEXP out = vb_named_list(nms, &np);
+    SEXP gm = Rf_allocVector(REALSXP, p);
+    SET_VECTOR_ELT(out, 3, gm);
+    SEXP gS = Rf_allocMatrix(REALSXP, p, p);
+    SET_VECTOR_ELT(out, 4, gS);
+    if (p > 0) {
+        F77_CALL(dgemv)("T", &n, &p, &done, M.X, &n, dm, &one, &dzero, REAL(gm), &one FCONE);
+        /* d/dSigma = X' diag(dv) X + diag(dg/ds2) + 1/2 Sigma^{-1}; dv <= 0 */
+        for (int t = 0; t < n; t++)
+            dv[t] = -dv[t];
+        vb_xtwx(n, p, M.X, n, dv, Z, REAL(gS));
+        for (size_t i = 0; i < (size_t)p * p; i++)
+            REAL(gS)[i] = -REAL(gS)[i];
+    }
+    double G = 0, a, c;
+    for (int j = 0; j < p; j++) {
+        G += vb_glm_prior(&M, j, REAL(mu)[j], REAL(Sigma)[j + (size_t)j * p], &a, &c);
+        REAL(gm)[j] += a;
+        REAL(gS)[j + (size_t)j * p] += c;
+    }
+    double ldet = vb_chol_logdet(p, R, p);
+    info = vb_chol_inv(p, R, p);
+    if (info != 0) vb_linalg_error(info, "Sigma");
+    for (size_t i = 0; i < (size_t)p * p; i++)
+        REAL(gS)[i] += 0.5 * R[i];
+    double negkl = G + 0.5 * ldet + 0.5 * p * (1 + VB_LOG2PI);
+    if (M.family == VB_GAUSSIAN) negkl += vb_glm_tau_terms(&M, A, B);
+    F += M.llconst;
+    SET_VECTOR_ELT(out, 0, Rf_ScalarReal(F + negkl));
+    SET_VECTOR_ELT(out, 1, Rf_ScalarReal(F));
+    SET_VECTOR_ELT(out, 2, Rf_ScalarReal(-negkl));
+    UNPROTECT(np);
+    return out;
+}
+
+/* E sigmoid(eta), eta ~ N(m, v), elementwise: the binomial fitted mean. */
+SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh) {
+    if (TYPEOF(m) != REALSXP || TYPEOF(v) != REALSXP || Rf_xlength(m) != Rf_xlength(v))
+        Rf_error("'m' and 'v' must be double vectors of the same length");
+    const double *x = vb_real_elt(gh, "x", -1, "gh");
+    int k = Rf_length(vb_elt(gh, "x"));
+    const double *w = vb_real_elt(gh, "w", k, "gh");
+    if (k < 1) Rf_error("'gh' needs at least one node");
+    R_xlen_t n = Rf_xlength(m);
+    SEXP out = PROTECT(Rf_allocVector(REALSXP, n));
+    for (R_xlen_t t = 0; t < n; t++) {
+        double mt = REAL(m)[t], vt = REAL(v)[t], dm, dv;
+        if (!R_FINITE(mt) || !R_FINITE(vt) || vt < 0) {
+            REAL(out)[t] = NA_REAL;
+            continue;
+        }
+        vb_ebinom(0, 1, mt, vt, k, x, w, &dm, &dv);
+        REAL(out)[t] = -dm; /* dm = y - w E sigmoid with y = 0, w = 1 */
+    }
+    UNPROTECT(1);
+    return out;
+}
