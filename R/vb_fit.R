@@ -85,7 +85,7 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
     stop("vb_fit(): 'X' must be a numeric matrix.", call. = FALSE)
   n <- nrow(X); p <- ncol(X)
   if (n == 0L) stop("vb_fit(): there are no observations.", call. = FALSE)
-  if (is.null(colnames(X))) colnames(X) <- paste0("x", seq_len(p))
+  if (is.null(colnames(X)) && p > 0L) colnames(X) <- paste0("x", seq_len(p))
   if (anyDuplicated(colnames(X))) stop("vb_fit(): the columns of 'X' need distinct names.", call. = FALSE)
   if (!is.double(X)) storage.mode(X) <- "double"
   if (p > 0L && (anyNA(X) || any(is.infinite(range(X)))))

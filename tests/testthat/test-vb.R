@@ -88,13 +88,19 @@ test_that("bad input gives clear errors", {
 test_that("C entry points reject wrong types without crashing", {
   M <- c_model(cbind(1, 1:5), c(0, 1, 0, 2, 1))
   expect_error(.Call(vbayes:::C_glm_cavi, 1, 2, 3, 4))
-  expect_error(.Call(vbayes:::C_glm_cavi, M, "a", 0L, c(1, 1, 1, 0)))
-  expect_error(.Call(vbayes:::C_glm_cavi, M, c(0, 0, 1, 1), 0:1, 1:4), "control")
-  expect_error(.Call(vbayes:::C_glm_cavi, M, c(0, 0, 1, 1), c(0L, 3L), c(10, 1e-8, 1, 0)), "block")
+  ctl <- vb_control(maxit = 10)
+  expect_error(.Call(vbayes:::C_glm_cavi, M, "a", 0L, ctl))
+  expect_error(.Call(vbayes:::C_glm_cavi, M, c(0, 0, 1, 1), 0:1, c(10, 1e-8, 1, 0)), "control")
+  expect_error(.Call(vbayes:::C_glm_cavi, M, c(0, 0, 1, 1), 0:1, unclass(ctl)[-1]), "maxit")
+  bad_ctl <- ctl; bad_ctl$maxit <- 1e10
+  expect_error(.Call(vbayes:::C_glm_cavi, M, c(0, 0, 1, 1), 0:1, bad_ctl), "maxit")
+  bad_ctl$maxit <- NA_integer_
+  expect_error(.Call(vbayes:::C_glm_cavi, M, c(0, 0, 1, 1), 0:1, bad_ctl), "maxit")
+  expect_error(.Call(vbayes:::C_glm_cavi, M, c(0, 0, 1, 1), c(0L, 3L), ctl), "block")
   expect_error(.Call(vbayes:::C_glm_elbo, M, 1, diag(2), c(1, 1)), "mu")
   expect_error(.Call(vbayes:::C_glm_elbo, M, c(0, 0), diag(-1, 2), c(1, 1)), "positive definite")
   expect_error(.Call(vbayes:::C_glm_log_joint, M, matrix(0, 3, 1)), "rows")
-  expect_error(.Call(vbayes:::C_glm_jj, M, c(10, 1e-8, 1, 0)), "binomial")
+  expect_error(.Call(vbayes:::C_glm_jj, M, ctl), "binomial")
   bad <- M; bad$X <- matrix(1L, 5, 2)
   expect_error(.Call(vbayes:::C_glm_log_joint, bad, matrix(0, 2, 1)), "double matrix")
   bad <- M; bad$y <- 1:5 + 0; bad$y[2] <- NA
