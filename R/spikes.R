@@ -529,7 +529,8 @@ simulate_spikes <- function(fit, newdata, nsim = 1, coef = c("mean", "draw"), se
   }
   storage.mode(eta0) <- "double"
   res <- .Call(C_spikes_simulate, eta0, hmat, segs[[1L]],
-               c(if (fam == "poisson") 1 else 2, as.double(max_count)))
+               list(family = family_code(list(family = fam)), cap = as.double(max_count)))
+  check_status(res$status, "simulate_spikes()")
   if (res$capped > 0L)
     warning(sprintf("simulate_spikes(): the expected count exceeded max_count = %g in %d bins; the fitted history filter is unstable (runaway excitation).",
                     max_count, res$capped), call. = FALSE)

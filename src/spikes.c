@@ -67,15 +67,16 @@ SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag) {
 
 /* ------------------------------------------------------------- simulation */
 
+/* Returns VB_OK or VB_INTERRUPTED; *capped counts the bins whose rate hit cap. */
 static int simulate_worker(const double *eta0, const double *h, const int *seg, int n, int L, int S,
-                           int family, double cap, double *y) {
-    int capped = 0;
+                           int family, double cap, double *y, int *capped) {
+    *capped = 0;
     for (int s = 0; s < S; s++) {
         const double *e0 = eta0 + (R_xlen_t)s * n, *hs = h + (R_xlen_t)s * L;
         double *ys = y + (R_xlen_t)s * n;
         int start = 0;
         for (int t = 0; t < n; t++) {
-            if (t % 4096 == 0) R_CheckUserInterrupt();
+            if (t % 1024 == 0 && vb_interrupted()) return VB_INTERRUPTED;
             if (t == 0 || seg[t]) start = t;
             double eta = e0[t];
             int lmax = t - start < L ? t - start : L;
@@ -83,11 +84,11 @@ static int simulate_worker(const double *eta0, const double *h, const int *seg, 
                 double yp = ys[t - l];
                 if (yp != 0.0) eta += hs[l - 1] * yp;
             }
-            if (family == 1) {
+            if (family == VB_POISSON) {
                 double lam = exp(eta);
                 if (!(lam <= cap)) { /* also catches NaN */
                     lam = cap;
-                    capped++;
+                    (*capped)++;
                 }
                 ys[t] = Rf_rpois(lam);
             } else {
@@ -96,9 +97,10 @@ static int simulate_worker(const double *eta0, const double *h, const int *seg, 
             }
         }
     }
-    return capped;
+    return VB_OK;
 }
 
+/* control: list(family = VB_POISSON or VB_BINOMIAL (bernoulli), cap = largest rate) */
 SEXP C_spikes_simulate(SEXP eta0, SEXP h, SEXP seg, SEXP control) {
     if (!Rf_isReal(eta0) || !Rf_isMatrix(eta0)) Rf_error("'eta0' must be a double matrix");
     if (!Rf_isReal(h) || !Rf_isMatrix(h)) Rf_error("'h' must be a double matrix");
@@ -106,27 +108,24 @@ SEXP C_spikes_simulate(SEXP eta0, SEXP h, SEXP seg, SEXP control) {
     if (Rf_ncols(h) != S) Rf_error("'h' must have one column per simulation");
     if (!Rf_isInteger(seg) || XLENGTH(seg) != n)
         Rf_error("'seg' must be an integer vector with one entry per bin");
-    if (!Rf_isReal(control) || XLENGTH(control) != 2) Rf_error("'control' must be c(family, cap)");
-    int family = (int)REAL(control)[0];
-    double cap = REAL(control)[1];
-    if (family != 1 && family != 2) Rf_error("'family' must be 1 (poisson) or 2 (bernoulli)");
-    if (!(cap > 0)) Rf_error("'cap' must be positive");
+    int family = vb_int_elt(control, "family", VB_POISSON, VB_BINOMIAL, "control");
+    double cap = vb_num_elt(control, "cap", 0, R_PosInf, "control");
+    if (!(cap > 0)) Rf_error("'control$cap' must be positive");
     const double *pe = REAL(eta0), *ph = REAL(h);
     for (R_xlen_t i = 0; i < XLENGTH(eta0); i++)
         if (ISNAN(pe[i])) Rf_error("'eta0' must not contain NaN");
     for (R_xlen_t i = 0; i < XLENGTH(h); i++)
         if (!R_FINITE(ph[i])) Rf_error("'h' must be finite");
-    SEXP out = PROTECT(Rf_allocVector(VECSXP, 2));
-    SEXP nms = PROTECT(Rf_allocVector(STRSXP, 2));
-    SEXP y = PROTECT(Rf_allocMatrix(REALSXP, n, S));
-    SET_STRING_ELT(nms, 0, Rf_mkChar("y"));
-    SET_STRING_ELT(nms, 1, Rf_mkChar("capped"));
-    GetRNGstate();
-    int capped = simulate_worker(pe, ph, INTEGER(seg), n, L, S, family, cap, REAL(y));
-    PutRNGstate();
+    int np = 0, capped = 0;
+    const char *nms[] = {"y", "capped", "status", ""};
+    SEXP out = vb_named_list(nms, &np);
+    SEXP y = Rf_allocMatrix(REALSXP, n, S);
     SET_VECTOR_ELT(out, 0, y);
+    GetRNGstate();
+    int status = simulate_worker(pe, ph, INTEGER(seg), n, L, S, family, cap, REAL(y), &capped);
+    PutRNGstate();
     SET_VECTOR_ELT(out, 1, Rf_ScalarInteger(capped));
-    Rf_setAttrib(out, R_NamesSymbol, nms);
-    UNPROTECT(3);
+    SET_VECTOR_ELT(out, 2, Rf_ScalarInteger(status));
+    UNPROTECT(np);
     return out;
 }

@@ -280,8 +280,12 @@ test_that("bad input gets clear errors", {
   expect_error(.Call(vbayes:::C_spikes_history, c(1, 2), diag(2), integer(3), 1L), "as long as")
   expect_error(.Call(vbayes:::C_spikes_simulate, matrix(0, 2, 1), matrix(0, 1, 2), integer(2), c(1, 10)),
                "one column per simulation")
-  expect_error(.Call(vbayes:::C_spikes_simulate, matrix(0, 2, 1), matrix(0, 1, 1), integer(2), c(3, 10)),
+  expect_error(.Call(vbayes:::C_spikes_simulate, matrix(0, 2, 1), matrix(0, 1, 1), integer(2), list(family = 3, cap = 10)),
                "family")
+  expect_error(.Call(vbayes:::C_spikes_simulate, matrix(0, 2, 1), matrix(0, 1, 1), integer(2), list(family = 1e10, cap = 10)),
+               "family")
+  expect_error(.Call(vbayes:::C_spikes_simulate, matrix(0, 2, 1), matrix(0, 1, 1), integer(2), c(1, 10)),
+               "named list")
   fit0 <- vb(spikes ~ stim, data = neuron[1:500, ], family = poisson(), exposure = 0.005, control = quiet)
   expect_error(filters(fit0), "no history\\(\\) terms")
   expect_error(simulate_spikes(fit0, neuron[1:500, ]), "no history\\(\\) term of its response")
