@@ -38,14 +38,24 @@
 #'   y ~ Poisson(Delta exp(x'beta)); a positive number (recycled) or a variable
 #'   in `data`.  Equivalent to `offset(log(Delta))`.
 #' @param weights,subset,na.action,offset As in [stats::glm()].
-#' @param control A [vb_control()] list.
+#' @param control A [vb_control()] list, or a plain named list of its
+#'   arguments (as `glm()` accepts `control = list(maxit = 50)`).
 #' @param x,y For `vb()`: return the design matrix / response in the fit.
 #' @param contrasts Optional contrasts for factors, as in [stats::model.matrix()].
-#' @return An object of class `vbfit`: `coefficients` (posterior means),
-#'   `vcov` (posterior covariance), `elbo`, `elbo_trace`, `elbo_terms`
-#'   (expected log-likelihood and KL), `converged`, `iterations`, `time`, and
+#' @return An object of class `c("vbfit", "vb_posterior")`: `coefficients`
+#'   (posterior means), `vcov` (posterior covariance), `elbo`, `elbo_trace`,
+#'   `elbo_terms` (expected log-likelihood and KL), `converged`, `status`,
+#'   `iterations`, `time`, and
 #'   the fields of a `glm` fit (`fitted.values`, `residuals`, `terms`, ...).
 #'   `fitted.values` are posterior means of the mean response.
+#'
+#'   `converged` is `TRUE` only when the relative change of the ELBO and the
+#'   gain a full Newton step still predicts were both within `tol`, in a sweep
+#'   where every step was accepted and the ELBO was finite and did not
+#'   decrease. Otherwise `status` says why the fit stopped (`1` iteration
+#'   limit, `2` no step increased the ELBO, `3` a precision matrix was not
+#'   positive definite, `4` the ELBO was not finite, `5` it decreased) and
+#'   `vb()` warns, whatever `quiet` is.
 #' @seealso [summary.vbfit()], [predict.vbfit()], [elbo()], [draws()].
 #' @examples
 #' set.seed(1)

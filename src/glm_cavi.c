@@ -30,8 +30,6 @@
  */
 #include "vbayes.h"
 
-#define JOINT_CHUNK 512
-
 typedef struct {
     vb_glm *M;
     int nb, *bstart, *idx;  /* block b holds idx[bstart[b] .. bstart[b+1]-1] */
@@ -72,21 +70,14 @@ static double block_prior_entropy(cavi_state *S, int b, const double *mub, const
 }
 
 /* v_t contribution of a block: || R^{-T} x_tb ||^2 with Lambda_b = R'R. */
-static void block_var(int n, int k, const double *Xb, const double *R, double *Z, double *out) {
+static int block_var(int n, int k, const double *Xb, const double *R, double *Z, double *out) {
     if (k == 1) {
         double s2 = 1.0 / (R[0] * R[0]);
         for (int t = 0; t < n; t++)
             out[t] = Xb[t] * Xb[t] * s2;
-        return;
+        return VB_OK;
     }
-    double one = 1.0;
-    memcpy(Z, Xb, sizeof(double) * (size_t)n * k);
-    F77_CALL(dtrsm)("R", "U", "N", "N", &n, &k, &one, R, &k, Z, &n FCONE FCONE FCONE FCONE);
-    for (int t = 0; t < n; t++)
-        out[t] = 0;
-    for (int j = 0; j < k; j++)
-        for (int t = 0; t < n; t++)
-            out[t] += Z[t + (size_t)j * n] * Z[t + (size_t)j * n];
+    return vb_rowvar(n, k, Xb, n, R, Z, out);
 }
 
 static void gather_block(cavi_state *S, int b, double *dst, const double *full) {
@@ -116,7 +107,7 @@ static void block_columns(cavi_state *S, int b) {
  * diag(-2 dg/ds2) into Lb; gradient into g.  With `at_prior_var`, prior
  * curvature is taken at s2 = scale^2 (initialisation, before Sigma exists).
  */
-static void block_target(cavi_state *S, int b, int at_prior_var) {
+static int block_target(cavi_state *S, int b, int at_prior_var) {
     vb_glm *M = S->M;
     int n = M->n, k = S->bstart[b + 1] - S->bstart[b], p = M->p, one = 1;
     const int *ix = S->idx + S->bstart[b];
@@ -124,7 +115,7 @@ static void block_target(cavi_state *S, int b, int at_prior_var) {
     block_columns(S, b);
     for (int t = 0; t < n; t++)
         S->work[t] = -2.0 * S->dv[t];
-    vb_xtwx(n, k, S->Xk, n, S->work, S->Z, S->Lb);
+    if (vb_xtwx(n, k, S->Xk, n, S->work, S->Z, S->Lb) != VB_OK) return VB_INTERRUPTED;
     F77_CALL(dgemv)("T", &n, &k, &done, S->Xk, &n, S->dm, &one, &dzero, S->g, &one FCONE);
     for (int i = 0; i < k; i++) {
         int j = ix[i];
@@ -133,6 +124,7 @@ static void block_target(cavi_state *S, int b, int at_prior_var) {
         S->g[i] += a;
         S->Lb[i + i * k] += -2.0 * c;
     }
+    return VB_OK;
 }
 
 /* Writes an accepted block state (mub, Lambda_a in Lb, its factor Rb) into S. */
@@ -186,6 +178,7 @@ static int block_try(double a, void *ctx, double *val) {
     cavi_state *S = bt->S;
     int b = bt->b, n = S->M->n, k = S->bstart[b + 1] - S->bstart[b], kk = k * k, one = 1;
     double done = 1.0, dzero = 0.0;
+    if (vb_interrupted()) return VB_INTERRUPTED; /* a trial costs n k^2: check each one */
     for (int i = 0; i < kk; i++)
         S->La[i] = (1 - a) * S->Lcur[i] + a * S->Lb[i];
     memcpy(S->Rb, S->La, sizeof(double) * kk);
@@ -200,7 +193,7 @@ static int block_try(double a, void *ctx, double *val) {
     info = vb_chol_inv(k, S->Sa, k);
     if (info != 0) return vb_lapack_status(info);
     F77_CALL(dgemv)("N", &n, &k, &done, S->Xk, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
-    block_var(n, k, S->Xk, S->Rb, S->Z, S->vt);
+    if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vt) != VB_OK) return VB_INTERRUPTED;
     for (int t = 0; t < n; t++) {
         S->mt[t] += S->m[t];
         S->vt[t] = S->v[t] - S->vold[t] + S->vt[t];
@@ -267,7 +260,7 @@ static int block_step(cavi_state *S, int b, double *F) {
     const int *ix = S->idx + S->bstart[b];
     if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
     S->grad_ok = 1;
-    block_target(S, b, 0);
+    if (block_target(S, b, 0) != VB_OK) return VB_INTERRUPTED;
     gather_block(S, b, S->Lcur, S->Lam);
     gather_block(S, b, S->Scur, S->Sig);
     for (int i = 0; i < k; i++)
@@ -279,8 +272,8 @@ static int block_step(cavi_state *S, int b, double *F) {
     double old = *F + block_prior_entropy(S, b, S->mub, S->Scur, vb_chol_logdet(k, S->Rb, k));
     if (S->nb == 1)
         memcpy(S->vold, S->v, sizeof(double) * n);
-    else
-        block_var(n, k, S->Xk, S->Rb, S->Z, S->vold);
+    else if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vold) != VB_OK)
+        return VB_INTERRUPTED;
     block_trial bt = {S, b, 0};
     double a, val;
     int st = vb_step_search(block_try, &bt, old, &a, &val);
@@ -303,7 +296,8 @@ static int block_step(cavi_state *S, int b, double *F) {
  * posterior is strongly correlated across blocks; this step moves every mean
  * at once along H^{-1} g with H = X' diag(-2 df/dv) X + diag(-2 dg/ds2), the
  * negative Hessian of the ELBO in mu (Price's identity).  X'WX is accumulated
- * over row chunks, so the extra memory is O(p^2 + chunk p).  Cost n p^2 + p^3/3.
+ * over row chunks (vb_xtwx), so the extra memory is O(p^2 + chunk p).
+ * Cost n p^2 + p^3/3.
  */
 typedef struct {
     cavi_state *S;
@@ -330,15 +324,9 @@ static int joint_mean_step(cavi_state *S, double *F) {
     double done = 1.0, dzero = 0.0, a, c, *H = S->jH, *g = S->jg, *delta = S->jd, *work = S->jw;
     if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
     S->grad_ok = 1;
-    memset(H, 0, sizeof(double) * (size_t)p * p);
-    for (int t0 = 0; t0 < n; t0 += JOINT_CHUNK) {
-        int nc = n - t0 < JOINT_CHUNK ? n - t0 : JOINT_CHUNK;
-        for (int j = 0; j < p; j++)
-            for (int t = 0; t < nc; t++)
-                work[t + (size_t)j * nc] =
-                    sqrt(-2.0 * S->dv[t0 + t]) * M->X[t0 + t + (size_t)j * n];
-        F77_CALL(dsyrk)("U", "T", &p, &nc, &done, work, &nc, &done, H, &p FCONE FCONE);
-    }
+    for (int t = 0; t < n; t++)
+        S->work[t] = -2.0 * S->dv[t];
+    if (vb_xtwx(n, p, M->X, n, S->work, work, H) != VB_OK) return VB_INTERRUPTED;
     F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->dm, &one, &dzero, g, &one FCONE);
     double G = 0;
     for (int j = 0; j < p; j++) {
@@ -421,7 +409,7 @@ static int cavi_start(cavi_state *S) {
     sum_obs(S, S->m, S->v, S->dm, S->dv);
     for (int b = 0; b < S->nb; b++) {
         int k = S->bstart[b + 1] - S->bstart[b];
-        block_target(S, b, 1);
+        if (block_target(S, b, 1) != VB_OK) return VB_INTERRUPTED;
         memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
         int info = vb_chol(k, S->Rb, k);
         if (info != 0) return vb_lapack_status(info);
@@ -436,7 +424,7 @@ static int cavi_start(cavi_state *S) {
         gather_block(S, b, S->Rb, S->Lam);
         int info = vb_chol(k, S->Rb, k);
         if (info != 0) return vb_lapack_status(info);
-        block_var(n, k, S->Xk, S->Rb, S->Z, S->vt);
+        if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vt) != VB_OK) return VB_INTERRUPTED;
         for (int t = 0; t < n; t++)
             S->v[t] += S->vt[t];
     }
@@ -462,10 +450,12 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
         int sweep = VB_OK, accepted = 0;
         if (S->joint) {
             int sj = joint_mean_step(S, &F);
+            if (sj == VB_INTERRUPTED) return sj;
             if (sj != VB_OK) sweep = sj;
         }
         for (int b = 0; b < S->nb; b++) {
             int sb = block_step(S, b, &F);
+            if (sb == VB_INTERRUPTED) return sb;
             if (sb == VB_OK)
                 accepted++;
             else
@@ -542,7 +532,7 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     for (int i = 0; i < 10; i++)
         *nbufs[i] = alloc0(n);
     S.Xb = alloc0(nb > 1 ? nk : 0);
-    S.Z = alloc0(nk);
+    S.Z = alloc0((size_t)(n < VB_CHUNK ? n : VB_CHUNK) * kmax);
     double **kk_bufs[] = {&S.Lb, &S.Rb, &S.Lcur, &S.Scur, &S.La, &S.Sa};
     for (int i = 0; i < 6; i++)
         *kk_bufs[i] = alloc0(kk);
@@ -555,7 +545,8 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         S.jH = alloc0(pp);
         S.jg = alloc0(p);
         S.jd = alloc0(p);
-        size_t nw = (size_t)JOINT_CHUNK * p > (size_t)n ? (size_t)JOINT_CHUNK * p : (size_t)n;
+        size_t nc = (size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p;
+        size_t nw = nc > (size_t)n ? nc : (size_t)n;
         S.jw = alloc0(nw);
     }
     if (p > 0) memcpy(S.mu, REAL(init), sizeof(double) * p);

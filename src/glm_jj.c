@@ -32,7 +32,7 @@ static int jj_update(jj_state *J, double *elbo, double *ll, double *kl) {
         J->w[t] = 2.0 * M->wt[t] * lam;
         J->r[t] = M->y[t] - 0.5 * M->wt[t] - J->w[t] * M->off[t];
     }
-    vb_xtwx(n, p, M->X, n, J->w, J->work, J->Lam);
+    if (vb_xtwx(n, p, M->X, n, J->w, J->work, J->Lam) != VB_OK) return VB_INTERRUPTED;
     if (p > 0) F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, J->r, &one, &dzero, J->mu, &one FCONE);
     for (int j = 0; j < p; j++) {
         double s2 = M->pscale[j] * M->pscale[j];
@@ -44,15 +44,9 @@ static int jj_update(jj_state *J, double *elbo, double *ll, double *kl) {
     vb_chol_solve(p, J->Lam, p, J->mu);
     double ldet = -vb_chol_logdet(p, J->Lam, p); /* log|Sigma| */
     /* linear predictor moments: v_t = || R^{-T} x_t ||^2 */
-    memcpy(J->work, M->X, sizeof(double) * (size_t)n * p);
-    if (p > 0)
-        F77_CALL(dtrsm)("R", "U", "N", "N", &n, &p, &done, J->Lam, &p, J->work, &n FCONE FCONE FCONE FCONE);
-    for (int t = 0; t < n; t++) {
+    if (vb_rowvar(n, p, M->X, n, J->Lam, J->work, J->v) != VB_OK) return VB_INTERRUPTED;
+    for (int t = 0; t < n; t++)
         J->m[t] = M->off[t];
-        J->v[t] = 0;
-        for (int j = 0; j < p; j++)
-            J->v[t] += J->work[t + (size_t)j * n] * J->work[t + (size_t)j * n];
-    }
     if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, J->mu, &one, &done, J->m, &one FCONE);
     *ll = M->llconst;
     for (int t = 0; t < n; t++) {
@@ -111,7 +105,7 @@ SEXP C_glm_jj(SEXP model, SEXP control) {
     double **nbufs[] = {&J.xi2, &J.w, &J.r, &J.m, &J.v};
     for (int i = 0; i < 5; i++)
         *nbufs[i] = (double *)R_alloc(n + 1, sizeof(double));
-    J.work = (double *)R_alloc((size_t)n * p + 1, sizeof(double));
+    J.work = (double *)R_alloc((size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p + 1, sizeof(double));
     J.Lam = (double *)R_alloc((size_t)p * p + 1, sizeof(double));
     J.mu = (double *)R_alloc(p + 1, sizeof(double));
     vb_trace tr;

@@ -47,20 +47,55 @@ void vb_symmetrize(int p, double *A) {
 }
 
 /*
- * out = X' diag(w) X (k x k, full), w >= 0, by one dsyrk on sqrt(w) * X.
- * work holds n * k doubles.  Cost n k^2 flops.
+ * out = X' diag(w) X (k x k, full), w >= 0, by dsyrk on sqrt(w) * X in row
+ * chunks of VB_CHUNK, checking for an interrupt between chunks (one call can
+ * cost seconds at large n k^2).  work holds min(n, VB_CHUNK) * k doubles.
+ * Cost n k^2 flops.  Returns VB_OK or VB_INTERRUPTED.
  */
-void vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work, double *out) {
+int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work, double *out) {
     double one = 1.0, zero = 0.0;
-    if (k == 0) return;
-    for (int j = 0; j < k; j++) {
-        const double *xj = X + (size_t)j * ldx;
-        double *zj = work + (size_t)j * n;
-        for (int t = 0; t < n; t++)
-            zj[t] = sqrt(w[t]) * xj[t];
+    if (k == 0) return VB_OK;
+    if (n == 0) {
+        memset(out, 0, sizeof(double) * (size_t)k * k);
+        return VB_OK;
     }
-    F77_CALL(dsyrk)("U", "T", &k, &n, &one, work, &n, &zero, out, &k FCONE FCONE);
+    for (int t0 = 0; t0 < n; t0 += VB_CHUNK) {
+        int nc = n - t0 < VB_CHUNK ? n - t0 : VB_CHUNK;
+        for (int j = 0; j < k; j++) {
+            const double *xj = X + (size_t)j * ldx + t0;
+            double *zj = work + (size_t)j * nc;
+            for (int t = 0; t < nc; t++)
+                zj[t] = sqrt(w[t0 + t]) * xj[t];
+        }
+        F77_CALL(dsyrk)("U", "T", &k, &nc, &one, work, &nc, t0 == 0 ? &zero : &one, out, &k FCONE FCONE);
+        if (n > VB_CHUNK && vb_interrupted()) return VB_INTERRUPTED;
+    }
     vb_symmetrize(k, out);
+    return VB_OK;
+}
+
+/*
+ * out_t = || R^{-T} x_t ||^2 = x_t' A^{-1} x_t for the rows x_t of X (n x k),
+ * A = R'R upper Cholesky: the variance of x_t'beta under N(., A^{-1}).  One
+ * dtrsm per chunk of VB_CHUNK rows; work holds min(n, VB_CHUNK) * k doubles.
+ * Cost n k^2 flops.  Returns VB_OK or VB_INTERRUPTED.
+ */
+int vb_rowvar(int n, int k, const double *X, int ldx, const double *R, double *work, double *out) {
+    double one = 1.0;
+    for (int t0 = 0; t0 < n; t0 += VB_CHUNK) {
+        int nc = n - t0 < VB_CHUNK ? n - t0 : VB_CHUNK;
+        for (int j = 0; j < k; j++)
+            memcpy(work + (size_t)j * nc, X + (size_t)j * ldx + t0, sizeof(double) * nc);
+        if (k > 0)
+            F77_CALL(dtrsm)("R", "U", "N", "N", &nc, &k, &one, R, &k, work, &nc FCONE FCONE FCONE FCONE);
+        for (int t = 0; t < nc; t++)
+            out[t0 + t] = 0;
+        for (int j = 0; j < k; j++)
+            for (int t = 0; t < nc; t++)
+                out[t0 + t] += work[t + (size_t)j * nc] * work[t + (size_t)j * nc];
+        if (n > VB_CHUNK && vb_interrupted()) return VB_INTERRUPTED;
+    }
+    return VB_OK;
 }
 
 void vb_linalg_error(int info, const char *what) {

@@ -123,8 +123,11 @@ int vb_chol(int p, double *A, int lda);                         /* upper R'R = A
 double vb_chol_logdet(int p, const double *R, int ldr);         /* log|A|         */
 int vb_chol_inv(int p, double *R, int ldr);                     /* R -> A^{-1}    */
 void vb_chol_solve(int p, const double *R, int ldr, double *b); /* A x = b       */
-void vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work,
-             double *out);                        /* X'diag(w)X, w>=0 */
+#define VB_CHUNK 4096 /* rows per chunk of the O(n k^2) BLAS passes (interrupt checks) */
+int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work,
+            double *out);                         /* X'diag(w)X, w>=0; VB_INTERRUPTED */
+int vb_rowvar(int n, int k, const double *X, int ldx, const double *R, double *work,
+              double *out);                       /* x_t'(R'R)^{-1}x_t per row */
 void vb_symmetrize(int p, double *A);             /* upper -> full  */
 int vb_lapack_status(int info);                   /* info -> VB_OK / VB_NOT_PD / VB_LAPACK_ARG */
 void vb_linalg_error(int info, const char *what); /* R error; wrappers only */

@@ -130,3 +130,37 @@ test_that("separation is found from a certificate, in any locale, without refitt
   expect_true(suppressWarnings(max(abs(coef(glm(y ~ g, family = binomial()))))) > 10)
   expect_lt(max(abs(coef(glm(y2 ~ g, family = binomial())))), 10)
 })
+
+test_that("CAVI stops within a second of Ctrl-C, with an error saying so", {
+  skip_on_cran()
+  skip_if_not(.Platform$OS.type == "unix")
+  set.seed(4)
+  n <- 40000; p <- 150
+  X <- cbind(1, matrix(rnorm(n * (p - 1)), n))
+  y <- rbinom(n, 1, plogis(X %*% rnorm(p, 0, 0.1)))
+  lat <- interrupt_latency(vb_fit(X, y, family = binomial(), control = vb_control(tol = 1e-300, maxit = 1e6, quiet = TRUE)), after = 1.5)
+  expect_match(attr(lat, "how"), "interrupt")
+  expect_lt(lat, 1)
+})
+
+test_that("fullrank >= block >= meanfield on every family, prior and scale tried", {
+  q <- vb_control(quiet = TRUE, maxit = 2000)
+  for (seed in 1:4) {
+    set.seed(seed)
+    n <- c(30, 60, 200, 40)[seed]
+    d <- data.frame(a = rnorm(n), b = rnorm(n))
+    d$c <- d$a + rnorm(n, sd = 0.3) # correlated with a
+    eta <- 0.5 + d$a - d$c
+    ys <- list(gaussian = eta + rnorm(n), poisson = rpois(n, exp(eta / 2)),
+               binomial = if (seed == 4) as.numeric(d$a > 0) else rbinom(n, 1, plogis(eta)))
+    for (fam in names(ys)) for (pr in list(normal(0, 1), laplace(0, 0.5), normal(0, 1e4))) {
+      d$y <- ys[[fam]]
+      el <- vapply(c("fullrank", "block", "meanfield"), function(a)
+        vb(y ~ a + b + c, d, family = get(fam)(), prior = pr, prior_intercept = pr, approx = a,
+           control = vb_control(quiet = TRUE, maxit = 2000, blocks = list(c("(Intercept)", "a"), c("b", "c"))))$elbo, 0)
+      lab <- sprintf("seed %d, %s, %s(%g)", seed, fam, pr$dist, pr$scale)
+      expect_gte(el[["fullrank"]], el[["block"]] - 1e-7 * abs(el[["block"]]), label = lab)
+      expect_gte(el[["block"]], el[["meanfield"]] - 1e-7 * abs(el[["meanfield"]]), label = lab)
+    }
+  }
+})
