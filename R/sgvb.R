@@ -30,12 +30,24 @@
 #' @param control A [vb_control()] list (`samples`, `step_size`, `sgvb_maxit`,
 #'   ... apply; its `estimator` is overridden by the argument).
 #' @param ... Further arguments passed to `log_density` and `gradient`.
-#' @return An object of class `c("vbdensity", "vbfit")` with `coefficients`
+#' @return An object of class `c("vbdensity", "vb_posterior")` with `coefficients`
 #'   (mean of q), `vcov`, `elbo` (Monte Carlo estimate at the final q) and its
 #'   standard error `mc_se`, `elbo_trace` (per-step estimates), `converged`,
-#'   `iterations`, `time` and `sgvb` (run details: step size, gradient and
-#'   function evaluations, the smoothed trace).  `print`, `summary`, `coef`,
-#'   `vcov`, `confint`, `elbo`, `plot`, `draws` and [vb_diagnose()] work on it.
+#'   `iterations`, `status` (the engine's status code: 0 converged, 1 step
+#'   limit reached, 4 the ELBO was not finite), `time` and `sgvb` (run
+#'   details: step size, gradient and function evaluations, skipped non-finite
+#'   draws, the smoothed trace).  `print`, `summary`, `coef`, `vcov`,
+#'   `confint`, `elbo`, `plot`, `draws` and [vb_diagnose()] work on it.
+#'
+#'   A draw at which `log_density` is not finite is skipped during the
+#'   optimisation; but when q still puts mass there at the end (a draw of the
+#'   final averaging phase or of the final ELBO estimate is not finite), the
+#'   ELBO of q is not finite, the fit is reported as not converged (`status`
+#'   4, with a warning) and `elbo` is the value that draw gave (`-Inf`).  An
+#'   error in `log_density` or `gradient`, or a gradient that is `NA` or not
+#'   finite where the log density is finite, stops the fit with an error that
+#'   names the function and the parameter values; the random number stream is
+#'   then left exactly where the draws made so far took it.
 #' @seealso [vb()] with `method = "sgvb"` for GLMs.
 #' @examples
 #' set.seed(1)
@@ -59,13 +71,12 @@ vb_density <- function(log_density, init, gradient = NULL, approx = c("fullrank"
     stop("vb_density(): 'init' must be a numeric vector of finite starting values.", call. = FALSE)
   approx <- match.arg(approx)
   estimator <- match.arg(estimator)
-  if (!inherits(control, "vb_control")) control <- do.call(vb_control, as.list(control))
+  control <- as_vb_control(control)
   d <- length(init)
   nm <- if (is.null(names(init))) paste0("theta", seq_len(d)) else names(init)
   init <- as.double(init)
-  dots <- list(...)
-  fn <- function(theta) do.call(log_density, c(list(theta), dots))
-  gr <- if (is.null(gradient)) NULL else function(theta) do.call(gradient, c(list(theta), dots))
+  fn <- function(theta) log_density(theta, ...)
+  gr <- if (is.null(gradient)) NULL else function(theta) gradient(theta, ...)
   f0 <- fn(init)
   if (!is.numeric(f0) || length(f0) != 1L || !is.finite(f0))
     stop("vb_density(): 'log_density(init)' must be a single finite number; choose starting values inside the support.", call. = FALSE)
@@ -77,35 +88,76 @@ vb_density <- function(log_density, init, gradient = NULL, approx = c("fullrank"
   # starting scale: the curvature at init when it is negative definite
   H <- num_hessian(fn, gr, init)
   L0 <- init_chol(-H, approx)
-  target <- list(type = "r", fn = fn, gr = gr, d = as.integer(d))
-  r <- .Call(C_sgvb_fit, target, init, L0, sgvb_ctrl(control, approx, estimator), pre_chol(-H))
+  target <- list(type = "r", fn = density_target(fn, gr, d), d = as.integer(d))
+  r <- .Call(C_sgvb_fit, target, init, L0, pre_chol(-H), control,
+             sgvb_opts(control, approx, estimator))
+  # the engine has saved the RNG state; now the user's error may surface
+  if (r$status == vb_status_codes[["interrupted"]])
+    check_status(r$status, "vb_density()", r$iterations, control$sgvb_tol)
+  if (!is.null(r$error)) stop(r$error)
   Sigma <- tcrossprod(r$L)
   dimnames(Sigma) <- list(nm, nm)
   fit <- list(coefficients = setNames(r$mu, nm), vcov = Sigma, elbo = r$elbo,
               elbo_trace = r$trace, elbo_terms = c(elbo = r$elbo), converged = r$converged,
-              iterations = r$iterations, approx = approx, method = "sgvb",
+              iterations = r$iterations, status = r$status, approx = approx, method = "sgvb",
               estimator = estimator, mc_se = r$elbo_se, control = control, call = cl,
               target = fn,
               sgvb = list(mu = setNames(r$mu, nm), Sigma = Sigma, L = r$L, smooth = r$smooth,
                           eta = r$eta, n_grad = r$n_grad, n_eval = r$n_eval,
-                          estimator = estimator))
-  if (!r$converged && !control$quiet)
-    warning(sprintf("vb_density(): not converged after %d steps; increase vb_control(sgvb_maxit).",
-                    r$iterations), call. = FALSE)
+                          n_nonfinite = r$n_nonfinite, estimator = estimator))
   fit$time <- proc.time()[["elapsed"]] - t0
-  class(fit) <- c("vbdensity", "vbfit")
+  class(fit) <- c("vbdensity", "vb_posterior")
+  check_status(r$status, "vb_density()", r$iterations, control$sgvb_tol)
   fit
 }
 
-# The control vector of C_sgvb_fit.
-sgvb_ctrl <- function(control, approx, estimator) {
+# The estimator options of C_sgvb_fit / C_sgvb_grad (the rest of the settings
+# are read by name from the vb_control() list).
+sgvb_opts <- function(control, approx, estimator) {
   S <- control$samples
   if (is.null(S)) S <- if (estimator == "score") 8L else 1L
-  c(control$sgvb_maxit, control$sgvb_tol, as.numeric(control$quiet), S,
-    as.numeric(estimator == "score"), as.numeric(approx == "fullrank"),
-    if (is.null(control$step_size)) 0 else control$step_size, control$adapt_iter,
-    control$window, control$step_decays, control$elbo_samples, as.numeric(control$baseline),
-    as.numeric(control$stl), control$precision)
+  list(fullrank = approx == "fullrank", score = estimator == "score", samples = as.integer(S))
+}
+
+# The R target of the SGVB engine (src/sgvb_targets.c): function(theta, grad)
+# returning c(f) or, when grad is TRUE and f is finite, c(f, gradient), as
+# doubles.  It never raises an error: a failure of the user's function, or a
+# value the engine cannot use, comes back as a condition (the engine stops,
+# restores the RNG, and vb_density() re-raises it); an interrupt comes back as
+# the interrupt condition.  A non-finite f is passed on (the draw is skipped),
+# as is a non-finite numerical gradient (differences across a boundary of the
+# support); a non-finite user gradient where f is finite is an error.
+density_target <- function(fn, gr, d) {
+  fail <- function(msg, theta, parent = NULL)
+    errorCondition(sprintf("vb_density(): %s (at theta = c(%s)).", msg,
+                           paste(format(theta, digits = 4), collapse = ", ")),
+                   parent = parent, class = "vb_density_error", call = NULL)
+  function(theta, grad) {
+    tryCatch({
+      f <- tryCatch(fn(theta), error = function(e) fail(paste("'log_density' failed:", conditionMessage(e)), theta, e))
+      if (inherits(f, "error")) return(f)
+      if (!is.numeric(f) || length(f) != 1L)
+        return(fail("'log_density' must return a single number", theta))
+      f <- as.double(f) # NA_integer_ becomes NA_real_: a non-finite draw
+      if (!grad || !is.finite(f)) return(f)
+      if (is.null(gr)) return(c(f, num_grad(fn, theta)))
+      g <- tryCatch(gr(theta), error = function(e) fail(paste("'gradient' failed:", conditionMessage(e)), theta, e))
+      if (inherits(g, "error")) return(g)
+      if (!(is.numeric(g) || is.logical(g)) || length(g) != d)
+        return(fail(sprintf("'gradient' must return a numeric vector of length %d", d), theta))
+      if (!is.double(g) && anyNA(g))
+        return(fail(sprintf("'gradient' returned NA (as %s) where 'log_density' is %g; it must return finite numbers wherever the log density is finite",
+                            typeof(g), f), theta))
+      if (!is.numeric(g))
+        return(fail(sprintf("'gradient' must return a numeric vector of length %d, not a %s vector", d, typeof(g)), theta))
+      g <- as.double(g)
+      if (any(!is.finite(g)))
+        return(fail(sprintf("'gradient' returned non-finite values (%s) where 'log_density' is %g; it must be finite wherever the log density is finite",
+                            paste(format(g[!is.finite(g)]), collapse = ", "), f), theta))
+      c(f, g)
+    }, error = function(e) fail(paste("evaluating the log density failed:", conditionMessage(e)), theta, e),
+       interrupt = function(e) e)
+  }
 }
 
 # Lower-triangular L with L L' = H^{-1} (fullrank) or diag(1 / sqrt(diag H))
@@ -166,8 +218,9 @@ sgvb_glm <- function(model, approx, control) {
   mu0 <- st$mu; H <- st$H
   L0 <- init_chol(H, approx)
   estimator <- control$estimator
-  r <- .Call(C_sgvb_fit, list(type = "glm", glm = model), as.double(mu0), L0,
-             sgvb_ctrl(control, approx, estimator), pre_chol(H))
+  r <- .Call(C_sgvb_fit, list(type = "glm", glm = model), as.double(mu0), L0, pre_chol(H),
+             control, sgvb_opts(control, approx, estimator))
+  status <- r$status
   ix <- seq_len(p)
   Sj <- tcrossprod(r$L)
   mu <- r$mu[ix]
@@ -181,15 +234,18 @@ sgvb_glm <- function(model, approx, control) {
     ex <- list(elbo = r$elbo, loglik = NA_real_, kl = NA_real_)
     mc_se <- r$elbo_se
   }
+  # a convergence claim needs a finite ELBO at the returned q
+  if (status == 0L && !is.finite(ex$elbo)) status <- vb_status_codes[["nonfinite"]]
   em <- drop(X %*% mu) + model$offset
   ev <- rowSums((X %*% Sb) * X)
   nm <- c(cn, if (gauss) "log_tau")
   list(mu = mu, Sigma = Sb, elbo = ex$elbo, trace = r$trace, loglik = ex$loglik, kl = ex$kl,
-       iterations = r$iterations, converged = r$converged, tau = NULL,
+       iterations = r$iterations, status = status, converged = status == 0L, tau = NULL,
        eta_mean = em, eta_var = ev, mc_se = mc_se, blocks = NULL,
        sgvb = list(mu = setNames(r$mu, nm), Sigma = structure(Sj, dimnames = list(nm, nm)),
                    L = r$L, smooth = r$smooth, eta = r$eta, n_grad = r$n_grad,
-                   n_eval = r$n_eval, elbo_mc = r$elbo, elbo_mc_se = r$elbo_se,
+                   n_eval = r$n_eval, n_nonfinite = r$n_nonfinite, elbo_mc = r$elbo,
+                   elbo_mc_se = r$elbo_se,
                    estimator = estimator, newton_steps = st$steps))
 }
 
@@ -286,12 +342,16 @@ print.vbdensity <- function(x, digits = max(3L, getOption("digits") - 3L), ...) 
 
 #' @export
 summary.vbdensity <- function(object, level = 0.95, ...) {
-  ci <- confint(object, level = level)
-  tab <- cbind(Mean = object$coefficients, SD = sqrt(diag(object$vcov)), ci)
+  check_level(level)
+  sd <- sqrt(diag(object$vcov))
+  a <- (1 - level) / 2
+  ci <- outer(sd, stats::qnorm(c(a, 1 - a))) + object$coefficients
+  colnames(ci) <- paste(format(100 * c(a, 1 - a), trim = TRUE), "%")
+  tab <- cbind(Mean = object$coefficients, SD = sd, ci)
   structure(list(call = object$call, approx = object$approx, estimator = object$estimator,
                  coefficients = tab, elbo = object$elbo, mc_se = object$mc_se,
                  converged = object$converged, iterations = object$iterations,
-                 sgvb = object$sgvb, level = level),
+                 status = object$status, sgvb = object$sgvb, level = level),
             class = "summary.vbdensity")
 }
 
@@ -310,4 +370,22 @@ print.summary.vbdensity <- function(x, digits = max(3L, getOption("digits") - 3L
               if (isTRUE(x$converged)) "Converged" else "NOT converged", x$iterations,
               x$sgvb$eta, x$sgvb$n_grad, x$sgvb$n_eval))
   invisible(x)
+}
+
+# The vb_posterior interface of vb_diagnose() (generics in R/methods.R):
+# draws of theta from q = N(mu, L L') with log q at each, one per column ...
+q_sample.vbdensity <- function(fit, S) {
+  L <- fit$sgvb$L
+  d <- length(fit$coefficients)
+  Z <- matrix(stats::rnorm(d * S), d, S)
+  theta <- unname(fit$coefficients) + L %*% Z
+  rownames(theta) <- names(fit$coefficients)
+  logq <- -0.5 * colSums(Z^2) - 0.5 * d * log(2 * pi) - sum(log(diag(L)))
+  list(theta = theta, logq = logq)
+}
+
+# ... and the user's log density at the columns of theta.
+log_joint.vbdensity <- function(fit, theta) {
+  theta <- as.matrix(theta)
+  vapply(seq_len(ncol(theta)), function(s) as.double(fit$target(theta[, s])), 0)
 }

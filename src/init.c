@@ -21,8 +21,8 @@ SEXP C_spikes_simulate(SEXP eta0, SEXP h, SEXP seg, SEXP control);
 SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx, SEXP control);
 SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SEXP control);
 
-/* sgvb.c */
-SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre);
+/* sgvb.c (targets in sgvb_targets.c) */
+SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts);
 SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
 
 /* clang-format off */
@@ -38,7 +38,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(spikes_simulate, 4),
     CALLDEF(lds_estep, 7),
     CALLDEF(lds_poisson_mstep, 7),
-    CALLDEF(sgvb_fit, 5),
+    CALLDEF(sgvb_fit, 6),
     CALLDEF(sgvb_grad, 4),
     {NULL, NULL, 0}};
 /* clang-format on */

@@ -1,9 +1,8 @@
 /*
- * sgvb.c — stochastic-gradient variational Bayes over the log-joint contract.
+ * sgvb.c — the stochastic-gradient variational Bayes engine, over the
+ * log-joint contract (vbayes.h; the targets are in sgvb_targets.c).
  *
- * Model: any log p(y, theta), theta in R^d, reached through a vb_log_joint
- * (vbayes.h): a GLM (glm.c), an R closure (vb_density(); central differences
- * when the user gives no gradient) or a Gaussian test target.
+ * Model: any log p(y, theta), theta in R^d, reached through a vb_target.
  *
  * q(theta) = N(mu, L L'), L lower triangular with positive diagonal.
  * Parameters lambda: mu (d), then either log L_jj (meanfield, d) or the
@@ -48,170 +47,54 @@
  * average of lambda and clears Adam's moments, until at least `decays`
  * halvings are done and eta <= eta_final = min(ETA_FINAL, 0.1/sqrt(P)) (the
  * searched eta is raised to eta_final if below); the next stall starts the
- * final phase, which averages the window means of
- * lambda (Polyak averaging) and stops (converged) at a stall after at least
- * three windows when the batch-means standard error of every location and
- * log-scale is below `prec` (in posterior sds for locations, log units for
- * scales).
+ * final phase, which averages the window means of lambda (Polyak averaging)
+ * and stops at a stall after at least three windows when the batch-means
+ * standard error of every location and log-scale is below `prec` (in
+ * posterior sds for locations, log units for scales).
  * maxit caps the number of steps.  The returned q is that average; its ELBO
  * is estimated from elbo_samples fresh draws, with its standard error.
  *
- * Inputs: model list, mu0 (d), L0 (d x d, lower triangle used), control,
- * Lpre (d x d lower, or NULL).
+ * Non-finite draws: a step whose draw has a non-finite log density (or
+ * gradient) is skipped; SGVB_MAX_BAD consecutive ones end the run.  A
+ * convergence claim needs a finite ELBO: the status is VB_NONFINITE, not
+ * VB_OK, when a draw of the final phase or of the final ELBO estimate was not
+ * finite (q then puts mass where the log density is -Inf or undefined, and
+ * the ELBO of q is -Inf or undefined; it is reported as estimated).
+ *
+ * Status (the worker's return): VB_OK (the criterion above), VB_MAXIT,
+ * VB_NONFINITE, VB_INTERRUPTED (Ctrl-C, polled every step), or the target's
+ * own failure (VB_BAD_INPUT: the R closure raised an error).  The worker never
+ * raises an R error, so the entry point always restores the RNG.
+ *
+ * Inputs: model list (sgvb_targets.c), mu0 (d), L0 (d x d, lower triangle
+ * used), Lpre (d x d lower, or NULL), the vb_control() list (read by name:
+ * sgvb_maxit, sgvb_tol, quiet, step_size, adapt_iter, window, step_decays,
+ * elbo_samples, baseline, stl, precision) and opts = list(fullrank, score,
+ * samples).
  * Outputs: mu, L, elbo, elbo_se, trace (per-step ELBO estimates), smooth
- * (window means), eta, iterations, converged, n_grad, n_eval.
+ * (window means), eta, iterations, status, converged, n_grad, n_eval,
+ * n_nonfinite (skipped draws), error (the R closure's condition or NULL).
  * Cost per step: S evaluations of log p and its gradient plus O(S d^2)
- * (fullrank) or O(S d) (meanfield); memory O(d^2 + maxit).
+ * (fullrank) or O(S d) (meanfield); memory O(d^2 + S d + iterations).
  */
 #include "vbayes.h"
-#include <time.h>
 
-#define LOG2PI 1.837877066409345483560659472811
 /* Halvings continue until eta is at most min(this, 0.1 / sqrt(P)): with
  * Adam's normalised steps the stationary jitter is of order eta posterior sds
  * per parameter, which the final averaging removes; much smaller steps would
  * only slow that averaging. */
 #define ETA_FINAL 0.0301
+/* Consecutive steps with a non-finite draw that end the run (VB_NONFINITE). */
+#define SGVB_MAX_BAD 100
+/* The largest dimension the entry points accept (q stores d x d factors). */
+#define SGVB_MAX_D 10000
 
-/* -------------------------------------------------------------- targets -- */
-
-/* Gaussian test target: f = -1/2 (theta - m)' A (theta - m). */
-typedef struct {
-    int d;
-    const double *m, *A;
-    double *r;
-} gauss_target;
-
-static double gauss_log_joint(const double *theta, double *grad, void *model) {
-    gauss_target *T = (gauss_target *)model;
-    int d = T->d;
-    double f = 0;
-    for (int i = 0; i < d; i++)
-        T->r[i] = theta[i] - T->m[i];
-    for (int i = 0; i < d; i++) {
-        double Ar = 0;
-        for (int k = 0; k < d; k++)
-            Ar += T->A[i + (size_t)k * d] * T->r[k];
-        f -= 0.5 * T->r[i] * Ar;
-        if (grad) grad[i] = -Ar;
-    }
-    return f;
-}
-
-/* A user's R function of theta; gr may be R_NilValue (central differences). */
-typedef struct {
-    int d;
-    SEXP fn, gr;
-    double *work;
-} r_target;
-
-static double r_value(r_target *T, const double *theta) {
-    SEXP th = PROTECT(Rf_allocVector(REALSXP, T->d));
-    memcpy(REAL(th), theta, sizeof(double) * T->d);
-    SEXP call = PROTECT(Rf_lang2(T->fn, th));
-    SEXP v = PROTECT(Rf_eval(call, R_GlobalEnv));
-    if (!Rf_isNumeric(v) || Rf_length(v) != 1)
-        Rf_error("vb_density(): 'log_density' must return a single number.");
-    double out = Rf_asReal(v);
-    UNPROTECT(3);
-    return out;
-}
-
-static double r_log_joint(const double *theta, double *grad, void *model) {
-    r_target *T = (r_target *)model;
-    int d = T->d;
-    double f = r_value(T, theta);
-    if (!grad) return f;
-    if (T->gr != R_NilValue) {
-        SEXP th = PROTECT(Rf_allocVector(REALSXP, d));
-        memcpy(REAL(th), theta, sizeof(double) * d);
-        SEXP call = PROTECT(Rf_lang2(T->gr, th));
-        SEXP g = PROTECT(Rf_eval(call, R_GlobalEnv));
-        if (!Rf_isNumeric(g) || Rf_length(g) != d)
-            Rf_error("vb_density(): 'gradient' must return a numeric vector of length %d.", d);
-        for (int i = 0; i < d; i++)
-            grad[i] = Rf_isReal(g) ? REAL(g)[i] : (double)INTEGER(g)[i];
-        UNPROTECT(3);
-        return f;
-    }
-    /* central differences, step ~ cube root of the machine epsilon */
-    memcpy(T->work, theta, sizeof(double) * d);
-    for (int i = 0; i < d; i++) {
-        double h = 6e-6 * fmax(1.0, fabs(theta[i]));
-        T->work[i] = theta[i] + h;
-        double fp = r_value(T, T->work);
-        T->work[i] = theta[i] - h;
-        double fm = r_value(T, T->work);
-        T->work[i] = theta[i];
-        grad[i] = (fp - fm) / (2.0 * h);
-    }
-    return f;
-}
+/* ----------------------------------------------- q and its estimators -- */
 
 typedef struct {
     vb_log_joint f;
     void *model;
-    int d;
-    vb_glm glm;
-    gauss_target gauss;
-    r_target r;
-} target;
-
-static SEXP elt(SEXP list, const char *name) {
-    SEXP names = Rf_getAttrib(list, R_NamesSymbol);
-    if (TYPEOF(list) != VECSXP || Rf_isNull(names)) Rf_error("'model' must be a named list");
-    for (R_xlen_t i = 0; i < Rf_xlength(list); i++)
-        if (strcmp(CHAR(STRING_ELT(names, i)), name) == 0) return VECTOR_ELT(list, i);
-    Rf_error("model list has no element '%s'", name);
-    return R_NilValue;
-}
-
-/* model: list(type = "glm", glm = <glm model list>) | list(type = "gauss", m, A)
- *        | list(type = "r", fn, gr, d).  Sets the contract pointer and d. */
-static void target_setup(SEXP model, target *T) {
-    SEXP type = elt(model, "type");
-    if (!Rf_isString(type) || Rf_length(type) != 1) Rf_error("model 'type' must be a string");
-    const char *ty = CHAR(STRING_ELT(type, 0));
-    if (strcmp(ty, "glm") == 0) {
-        vb_glm_unpack(elt(model, "glm"), &T->glm);
-        T->glm.eta = (double *)R_alloc(T->glm.n + 1, sizeof(double));
-        T->d = T->glm.p + (T->glm.family == VB_GAUSSIAN);
-        T->f = vb_glm_log_joint;
-        T->model = &T->glm;
-    } else if (strcmp(ty, "gauss") == 0) {
-        SEXP m = elt(model, "m"), A = elt(model, "A");
-        if (!Rf_isReal(m) || !Rf_isReal(A) || Rf_length(A) != Rf_length(m) * Rf_length(m))
-            Rf_error("gauss target needs double m (d) and A (d x d)");
-        T->d = Rf_length(m);
-        if (T->d < 1) Rf_error("gauss target needs d >= 1");
-        T->gauss.d = T->d;
-        T->gauss.m = REAL(m);
-        T->gauss.A = REAL(A);
-        T->gauss.r = (double *)R_alloc(T->d + 1, sizeof(double));
-        T->f = gauss_log_joint;
-        T->model = &T->gauss;
-    } else if (strcmp(ty, "r") == 0) {
-        SEXP fn = elt(model, "fn"), gr = elt(model, "gr"), d = elt(model, "d");
-        if (!Rf_isFunction(fn)) Rf_error("'fn' must be a function");
-        if (gr != R_NilValue && !Rf_isFunction(gr)) Rf_error("'gr' must be a function or NULL");
-        if (!Rf_isInteger(d) || Rf_length(d) != 1 || INTEGER(d)[0] < 1)
-            Rf_error("'d' must be a positive integer");
-        T->d = INTEGER(d)[0];
-        T->r.d = T->d;
-        T->r.fn = fn;
-        T->r.gr = gr;
-        T->r.work = (double *)R_alloc(T->d, sizeof(double));
-        T->f = r_log_joint;
-        T->model = &T->r;
-    } else
-        Rf_error("unknown model type '%s'", ty);
-}
-
-/* --------------------------------------------------------------- engine -- */
-
-typedef struct {
-    vb_log_joint f;
-    void *model;
+    const int *tstatus; /* the target's failure status, or NULL */
     int d, P, fullrank, score, S, baseline, stl;
     double *mu, *L;           /* current q                              */
     double *eps, *z, *gf, *u; /* S x d draws, gradients; d scratch      */
@@ -265,7 +148,7 @@ static void pack(int d, int fullrank, const double *mu, const double *L, double 
 }
 
 static double entropy(const sgvb *Q) {
-    double h = 0.5 * Q->d * (1.0 + LOG2PI);
+    double h = 0.5 * Q->d * (1.0 + VB_LOG2PI);
     for (int j = 0; j < Q->d; j++)
         h += log(Q->L[j + (size_t)j * Q->d]);
     return h;
@@ -324,13 +207,18 @@ static void inv_lt(const sgvb *Q, const double *e, double *u) {
         for (int i = 0; i < d; i++)
             u[i] /= Q->L[i + (size_t)i * d];
 }
+/* A status that ends the run at once: anything but VB_OK and a skipped draw. */
+static int hard_status(int st) {
+    return st != VB_OK && st != VB_NONFINITE;
+}
 
 /*
  * One stochastic gradient of the ELBO at the current q, S draws, into Q->gacc
- * (length P).  Returns the MC ELBO estimate; non-finite when some draw had a
- * non-finite log density or gradient.
+ * (length P), and the Monte Carlo ELBO estimate in *elbo.  Returns VB_OK;
+ * VB_NONFINITE when a draw had a non-finite log density or gradient (the
+ * remaining draws of the step are not made); or the target's failure status.
  */
-static double estimate(sgvb *Q) {
+static int estimate(sgvb *Q, double *elbo) {
     int d = Q->d, S = Q->S, P = Q->P;
     double fsum = 0, esum = 0;
     memset(Q->gacc, 0, sizeof(double) * P);
@@ -342,10 +230,11 @@ static double estimate(sgvb *Q) {
             Q->n_grad += 1;
         else
             Q->n_eval += 1;
-        if (!R_FINITE(Q->fz[s])) return R_NaN;
+        if (Q->tstatus && *Q->tstatus != VB_OK) return *Q->tstatus;
+        if (!R_FINITE(Q->fz[s])) return VB_NONFINITE;
         if (g)
             for (int i = 0; i < d; i++)
-                if (!R_FINITE(g[i])) return R_NaN;
+                if (!R_FINITE(g[i])) return VB_NONFINITE;
         fsum += Q->fz[s];
         /* -log q(theta) = sum log L_jj + d/2 log 2 pi + |eps|^2 / 2: estimating
          * the ELBO by f - log q (not f + exact entropy) makes its noise vanish
@@ -354,7 +243,7 @@ static double estimate(sgvb *Q) {
         for (int i = 0; i < d; i++)
             esum += 0.5 * e[i] * e[i];
     }
-    double elbo = (fsum + esum) / S + entropy(Q) - 0.5 * d;
+    *elbo = (fsum + esum) / S + entropy(Q) - 0.5 * d;
     if (!Q->score && Q->stl) {
         /* path derivative of f - log q: a = grad f(theta) + L^{-T} eps */
         for (int s = 0; s < S; s++) {
@@ -364,7 +253,7 @@ static double estimate(sgvb *Q) {
                 Q->u[i] += g[i];
             add_outer(Q, Q->u, e, 1.0 / S, Q->gacc);
         }
-        return elbo;
+        return VB_OK;
     }
     if (!Q->score) {
         for (int s = 0; s < S; s++)
@@ -400,7 +289,7 @@ static double estimate(sgvb *Q) {
         Q->gacc[k] += 1.0;
         k += Q->fullrank ? d - j : 1;
     }
-    return elbo;
+    return VB_OK;
 }
 
 /* Per-parameter step scale: sd_i for mu_i and L_ij, 1 for log L_jj. */
@@ -421,6 +310,8 @@ static void step_scale(const sgvb *Q, double *sc) {
             sc[k] = i == j || Q->tw ? 1.0 : sc[i];
     }
 }
+
+/* ------------------------------------------------------------- Adam -- */
 
 typedef struct {
     double *lam, *m, *v, *sc;
@@ -444,12 +335,20 @@ static void adam_copy(adam *dst, const adam *src, int P) {
     dst->t = src->t;
 }
 
-/* One Adam step on A->lam; returns the ELBO estimate (NaN: the step was
- * skipped because of a non-finite log density). */
-static double adam_step(sgvb *Q, adam *A, double eta) {
+/* Forget the moments: gradients near the optimum are far smaller than those
+ * that filled v on the way there, and a stale v would freeze the iterate. */
+static void adam_reset(adam *A, int P) {
+    memset(A->m, 0, sizeof(double) * P);
+    memset(A->v, 0, sizeof(double) * P);
+    A->t = 0;
+}
+
+/* One Adam step on A->lam, the ELBO estimate in *elbo.  Returns estimate()'s
+ * status; lambda moves only on VB_OK (a non-finite draw skips the step). */
+static int adam_step(sgvb *Q, adam *A, double eta, double *elbo) {
     unpack(Q, A->lam);
-    double e = estimate(Q);
-    if (!R_FINITE(e)) return R_NaN;
+    int st = estimate(Q, elbo);
+    if (st != VB_OK) return st;
     step_scale(Q, A->sc);
     int d = Q->d, one = 1;
     if (Q->pre) {
@@ -478,226 +377,336 @@ static double adam_step(sgvb *Q, adam *A, double eta) {
         for (int i = 0; i < d; i++)
             A->lam[i] += Q->ustep[i];
     }
-    return e;
+    return VB_OK;
 }
 
-/* Runs n steps; returns mean ELBO estimate over the second half (-Inf when it
- * diverged or the log density failed too often). */
-static double trial(sgvb *Q, adam *A, double eta, int n) {
+/* ---------------------------------------------------- step-size search -- */
+
+/* Runs n steps at eta; *value is the mean ELBO estimate over the second half
+ * (-Inf when the iterate diverged or more than half the draws were not
+ * finite).  Returns VB_OK, or a status that ends the run. */
+static int trial(sgvb *Q, adam *A, double eta, int n, double *value) {
     double sum = 0;
     int cnt = 0, bad = 0;
+    *value = R_NegInf;
     for (int it = 0; it < n; it++) {
-        double e = adam_step(Q, A, eta);
-        if (!R_FINITE(e)) {
-            if (++bad > n / 2) return R_NegInf;
+        if (vb_interrupted()) return VB_INTERRUPTED;
+        double e;
+        int st = adam_step(Q, A, eta, &e);
+        if (hard_status(st)) return st;
+        if (st == VB_NONFINITE) {
+            if (++bad > n / 2) return VB_OK;
             continue;
         }
         for (int k = 0; k < Q->P; k++)
-            if (!R_FINITE(A->lam[k])) return R_NegInf;
+            if (!R_FINITE(A->lam[k])) return VB_OK;
         if (it >= n / 2) {
             sum += e;
             cnt++;
         }
-        if (it % 16 == 15) R_CheckUserInterrupt();
     }
-    return cnt ? sum / cnt : R_NegInf;
+    if (cnt) *value = sum / cnt;
+    return VB_OK;
+}
+
+/* ADVI-style search over a grid, largest first, stopping when a trial gets
+ * worse; A continues from the best trial.  Returns VB_OK with *eta, or
+ * VB_NONFINITE (every trial diverged), or a status that ends the run. */
+static int search_eta(sgvb *Q, adam *A, int adapt_iter, vb_progress *pr, double *eta) {
+    static const double grid[] = {1.0, 0.3, 0.1, 0.03, 0.01, 0.003};
+    int P = Q->P;
+    adam best, tmp;
+    adam_init(&best, P);
+    adam_init(&tmp, P);
+    double bestv = R_NegInf, prevv = R_NegInf;
+    *eta = grid[5];
+    for (int gi = 0; gi < 6; gi++) {
+        adam_copy(&tmp, A, P);
+        double v;
+        int st = trial(Q, &tmp, grid[gi], adapt_iter, &v);
+        if (st != VB_OK) return st;
+        vb_progress_tick(pr, "sgvb step-size search", gi + 1, v);
+        if (v > bestv) {
+            bestv = v;
+            *eta = grid[gi];
+            adam_copy(&best, &tmp, P);
+        }
+        if (R_FINITE(prevv) && v < prevv) break;
+        prevv = v;
+    }
+    if (!R_FINITE(bestv)) return VB_NONFINITE;
+    adam_copy(A, &best, P);
+    return VB_OK;
+}
+
+/* ------------------------------------------------- windows and phases -- */
+
+typedef struct {
+    int P, d, fullrank;
+    int *isdiag;      /* P: 1 at the log-diagonals of L             */
+    double *avg;      /* window sum of lambda                        */
+    double *bs, *bq;  /* final phase: sum and sum of squares of the  */
+    double *sc;       /* window means; step scales                   */
+    double wsum, wss; /* window sums of the ELBO estimates           */
+    double prev_mean, prev_se;
+    int wn, nb, final, decays, bad_final;
+} windows;
+
+static void windows_init(windows *W, const sgvb *Q) {
+    int P = Q->P, d = Q->d;
+    W->P = P;
+    W->d = d;
+    W->fullrank = Q->fullrank;
+    W->isdiag = (int *)R_alloc(P, sizeof(int));
+    memset(W->isdiag, 0, sizeof(int) * P);
+    for (int j = 0, k = d; j < d; j++) {
+        W->isdiag[k] = 1;
+        k += Q->fullrank ? d - j : 1;
+    }
+    W->avg = (double *)R_alloc(P, sizeof(double));
+    W->bs = (double *)R_alloc(P, sizeof(double));
+    W->bq = (double *)R_alloc(P, sizeof(double));
+    W->sc = (double *)R_alloc(P, sizeof(double));
+    memset(W->avg, 0, sizeof(double) * P);
+    memset(W->bs, 0, sizeof(double) * P);
+    memset(W->bq, 0, sizeof(double) * P);
+    W->wsum = W->wss = 0;
+    W->prev_mean = R_NaN;
+    W->prev_se = 0;
+    W->wn = W->nb = W->final = W->decays = W->bad_final = 0;
+}
+
+static void window_add(windows *W, double e, const double *lam) {
+    W->wsum += e;
+    W->wss += e * e;
+    W->wn++;
+    for (int k = 0; k < W->P; k++)
+        W->avg[k] += lam[k];
+}
+
+/* Final phase: is the average of lambda known to prec posterior sds (log
+ * units for scales)?  Batch means of the window averages; locations and
+ * log-diagonals only (the many off-diagonals of a fullrank L move the ELBO
+ * little and would dominate). */
+static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) {
+    unpack(Q, lam);
+    step_scale(Q, W->sc);
+    double worst = 0;
+    int nb = W->nb;
+    for (int k = 0; k < W->P; k++) {
+        if (W->fullrank && k >= W->d && !W->isdiag[k]) continue;
+        double m = W->bs[k] / nb, v = fmax((W->bq[k] - nb * m * m) / (nb - 1), 0);
+        double r = sqrt(v / nb) / W->sc[k];
+        if (r > worst) worst = r;
+    }
+    return worst <= prec;
 }
 
 typedef struct {
-    int maxit, quiet, adapt_iter, window, decays, elbo_samples;
-    double tol, eta, prec; /* eta <= 0: adaptive */
-} run_control;
+    int maxit, adapt_iter, window, decays, elbo_samples, quiet;
+    double tol, eta, prec; /* eta <= 0: search */
+} sgvb_settings;
+
+/*
+ * Closes a full window: its mean joins the smoothed trace; a stall halves eta
+ * (restarting from the window's average of lambda), or starts the final
+ * phase, or in the final phase may end the run.  Returns 1 when the run is to
+ * stop (converged), else 0.
+ */
+static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, double eta_final,
+                        double *eta, vb_trace *smooth) {
+    int P = W->P, wn = W->wn, done = 0;
+    double mean = W->wsum / wn, var = (W->wss - wn * mean * mean) / (wn - 1);
+    double se = sqrt(fmax(var, 0) / wn);
+    vb_trace_push(smooth, mean);
+    int stall = 0;
+    if (R_FINITE(W->prev_mean)) {
+        double ch = mean - W->prev_mean;
+        stall =
+            fabs(ch) <= C->tol * fabs(mean) || ch <= 2.0 * sqrt(se * se + W->prev_se * W->prev_se);
+    }
+    for (int k = 0; k < P; k++)
+        W->avg[k] /= wn;
+    if (!W->final) {
+        if (stall && *eta <= eta_final && W->decays >= C->decays) {
+            W->final = 1; /* averaging starts with the next window */
+        } else if (stall) {
+            W->decays++;
+            *eta *= 0.5;
+            memcpy(A->lam, W->avg, sizeof(double) * P);
+            adam_reset(A, P);
+        }
+    } else {
+        for (int k = 0; k < P; k++) {
+            W->bs[k] += W->avg[k];
+            W->bq[k] += W->avg[k] * W->avg[k];
+        }
+        W->nb++;
+        done = W->nb >= 3 && stall && averaged_enough(W, Q, A->lam, C->prec);
+    }
+    W->prev_mean = mean;
+    W->prev_se = se;
+    W->wsum = W->wss = 0;
+    W->wn = 0;
+    memset(W->avg, 0, sizeof(double) * P);
+    return done;
+}
+
+/* ---------------------------------------------------------- the run -- */
 
 typedef struct {
-    double elbo, elbo_se, eta;
-    int iterations, converged, ntrace, nsmooth;
-    double *trace, *smooth;
+    double elbo, elbo_se, eta, n_nonfinite;
+    int iterations;
+    vb_trace trace, smooth;
 } run_result;
 
-static void run(sgvb *Q, const run_control *C, double *lam, run_result *R) {
-    int P = Q->P, d = Q->d;
-    adam A, best, tmp;
-    adam_init(&A, P);
-    adam_init(&best, P);
-    adam_init(&tmp, P);
-    memcpy(A.lam, lam, sizeof(double) * P);
-    clock_t tlast = clock();
-    double eta = C->eta;
-    /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
-     * final step shrinks with the number of parameters */
-    double eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
-    if (!(eta > 0)) {
-        /* ADVI-style search over a grid, largest first */
-        static const double grid[] = {1.0, 0.3, 0.1, 0.03, 0.01, 0.003};
-        double bestv = R_NegInf, prevv = R_NegInf;
-        eta = grid[5];
-        for (int gi = 0; gi < 6; gi++) {
-            adam_copy(&tmp, &A, P);
-            double v = trial(Q, &tmp, grid[gi], C->adapt_iter);
-            if (!C->quiet && (double)(clock() - tlast) / CLOCKS_PER_SEC > 1.0) {
-                tlast = clock();
-                Rprintf("sgvb: step-size search, eta = %g, ELBO %.4f\n", grid[gi], v);
-            }
-            if (v > bestv) {
-                bestv = v;
-                eta = grid[gi];
-                adam_copy(&best, &tmp, P);
-            }
-            if (R_FINITE(prevv) && v < prevv) break;
-            prevv = v;
-        }
-        if (!R_FINITE(bestv))
-            Rf_error(
-                "the stochastic optimisation diverged for every step size tried; "
-                "check that the log density is finite near 'init' or give a smaller step_size.");
-        adam_copy(&A, &best, P);
-        /* a start close to the optimum makes the smallest trial step look
-         * best; a step below eta_final would only freeze the iterate */
-        if (eta < eta_final) eta = eta_final;
-    }
-    int *isdiag = (int *)R_alloc(P, sizeof(int));
-    for (int k = 0; k < P; k++)
-        isdiag[k] = 0;
-    for (int j = 0, k = d; j < d; j++) {
-        isdiag[k] = 1;
-        k += Q->fullrank ? d - j : 1;
-    }
-    int W = C->window, it = 0, decays = 0, converged = 0, bad = 0;
-    double *avg = (double *)R_alloc(P, sizeof(double)); /* window sum of lambda   */
-    double *bs = (double *)R_alloc(P, sizeof(double));  /* final phase: sum and   */
-    double *bq = (double *)R_alloc(P, sizeof(double));  /* sum of squares of the  */
-    double *sc = (double *)R_alloc(P, sizeof(double));  /* window means; scales   */
-    double wsum = 0, wss = 0, prev_mean = R_NaN, prev_se = 0;
-    int wn = 0, nb = 0, final = 0;
-    memset(avg, 0, sizeof(double) * P);
-    memset(bs, 0, sizeof(double) * P);
-    memset(bq, 0, sizeof(double) * P);
-    R->ntrace = 0;
-    R->nsmooth = 0;
-    while (it < C->maxit) {
-        double e = adam_step(Q, &A, eta);
-        it++;
-        if (!R_FINITE(e)) {
-            if (++bad >= 100)
-                Rf_error(
-                    "the log density was not finite at 100 consecutive draws from q; "
-                    "check its support (transform constrained parameters) or the starting values.");
-            continue;
-        }
-        bad = 0;
-        R->trace[R->ntrace++] = e;
-        wsum += e;
-        wss += e * e;
-        wn++;
-        for (int k = 0; k < P; k++)
-            avg[k] += A.lam[k];
-        if (wn < W) {
-            if (it % 16 == 0) R_CheckUserInterrupt();
-            continue;
-        }
-        double mean = wsum / wn, var = (wss - wn * mean * mean) / (wn - 1);
-        double se = sqrt(fmax(var, 0) / wn);
-        R->smooth[R->nsmooth++] = mean;
-        int stall = 0;
-        if (R_FINITE(prev_mean)) {
-            double ch = mean - prev_mean;
-            stall =
-                fabs(ch) <= C->tol * fabs(mean) || ch <= 2.0 * sqrt(se * se + prev_se * prev_se);
-        }
-        for (int k = 0; k < P; k++)
-            avg[k] /= wn;
-        if (!C->quiet && (double)(clock() - tlast) / CLOCKS_PER_SEC > 1.0) {
-            tlast = clock();
-            Rprintf("sgvb: iteration %d, smoothed ELBO %.4f, step %.3g%s\n", it, mean, eta,
-                    final ? " (averaging)" : "");
-        }
-        if (!final) {
-            if (stall && eta <= eta_final && decays >= C->decays) {
-                final = 1; /* averaging starts with the next window */
-            } else if (stall) {
-                /* halve the step and restart from the window's average */
-                decays++;
-                eta *= 0.5;
-                memcpy(A.lam, avg, sizeof(double) * P);
-                /* forget the moments: gradients near the optimum are far
-                 * smaller than those that filled v on the way there, and a
-                 * stale v would freeze the iterate */
-                memset(A.m, 0, sizeof(double) * P);
-                memset(A.v, 0, sizeof(double) * P);
-                A.t = 0;
-            }
-        } else {
-            /* batch means of the window averages: stop once the average of
-             * lambda is known to prec posterior sds (log units for scales) */
-            for (int k = 0; k < P; k++) {
-                bs[k] += avg[k];
-                bq[k] += avg[k] * avg[k];
-            }
-            nb++;
-            if (nb >= 3 && stall) {
-                unpack(Q, A.lam);
-                step_scale(Q, sc);
-                double worst = 0;
-                /* locations and log-diagonals only: the many off-diagonals
-                 * of a fullrank L move the ELBO little and would dominate */
-                for (int k = 0; k < P; k++) {
-                    if (Q->fullrank && k >= d && !isdiag[k]) continue;
-                    double m = bs[k] / nb, v = fmax((bq[k] - nb * m * m) / (nb - 1), 0);
-                    double r = sqrt(v / nb) / sc[k];
-                    if (r > worst) worst = r;
-                }
-                if (worst <= C->prec) {
-                    converged = 1;
-                    break;
-                }
-            }
-        }
-        prev_mean = mean;
-        prev_se = se;
-        wsum = wss = 0;
-        wn = 0;
-        memset(avg, 0, sizeof(double) * P);
-        R_CheckUserInterrupt();
-    }
-    /* q: the mean of the final phase's window averages (Polyak averaging),
-     * or the current iterate when the cap came first */
-    if (nb > 0)
-        for (int k = 0; k < P; k++)
-            A.lam[k] = bs[k] / nb;
-    memcpy(lam, A.lam, sizeof(double) * P);
-    unpack(Q, lam);
-    /* final ELBO from fresh draws (values only) */
-    int ns = C->elbo_samples, used = 0;
+/*
+ * ELBO of the current q from ns fresh draws (values only): mean of f - log q
+ * and its standard error.  A non-finite draw ends the estimate (the ELBO of q
+ * is then -Inf or undefined, reported as that draw's value) and returns
+ * VB_NONFINITE.
+ */
+static int final_elbo(sgvb *Q, int ns, double *elbo, double *se) {
+    int used = 0, st = VB_OK, S_keep = Q->S;
     double s1 = 0, s2 = 0;
-    int S_keep = Q->S;
     Q->S = 1;
     for (int s = 0; s < ns; s++) {
+        if (vb_interrupted()) {
+            st = VB_INTERRUPTED;
+            break;
+        }
         draw(Q, 0);
         double f = Q->f(Q->z, NULL, Q->model);
+        Q->n_eval += 1;
+        if (Q->tstatus && *Q->tstatus != VB_OK) {
+            st = *Q->tstatus;
+            break;
+        }
         for (int i = 0; i < Q->d; i++)
             f += 0.5 * Q->eps[i] * Q->eps[i];
-        Q->n_eval += 1;
+        used++;
         if (!R_FINITE(f)) {
-            s1 = R_NegInf;
-            used++;
+            s1 = f; /* -Inf (or NaN): the ELBO of q is not finite */
+            st = VB_NONFINITE;
             break;
         }
         s1 += f;
         s2 += f * f;
-        used++;
-        if (s % 64 == 63) R_CheckUserInterrupt();
     }
     Q->S = S_keep;
-    double mean = s1 / used, var = used > 1 ? (s2 - used * mean * mean) / (used - 1) : 0;
-    R->elbo = mean + entropy(Q) - 0.5 * Q->d;
-    R->elbo_se = R_FINITE(mean) ? sqrt(fmax(var, 0) / used) : R_PosInf;
-    R->eta = eta;
-    R->iterations = it;
-    R->converged = converged;
+    if (st == VB_OK) {
+        double mean = s1 / used, var = (s2 - used * mean * mean) / (used - 1);
+        *elbo = mean + entropy(Q) - 0.5 * Q->d;
+        *se = sqrt(fmax(var, 0) / used);
+    } else {
+        *elbo = st == VB_NONFINITE ? s1 : R_NaN;
+        *se = R_NaN;
+    }
+    return st;
 }
 
-static void sgvb_alloc(sgvb *Q, int d, int fullrank, int score, int S, int baseline, int stl,
-                       int Smax) {
+/*
+ * The SGVB worker: from lambda (packed start), the step-size search, the
+ * decay phase and the averaging phase, then the final ELBO.  On return lam
+ * and Q's mu, L hold the final q.  Returns the status (see the contract).
+ */
+static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
+    int P = Q->P, it = 0, bad = 0, status = VB_MAXIT, total_bad = 0;
+    adam A;
+    adam_init(&A, P);
+    memcpy(A.lam, lam, sizeof(double) * P);
+    vb_progress pr;
+    vb_progress_init(&pr, C->quiet);
+    vb_trace_init(&R->trace);
+    vb_trace_init(&R->smooth);
+    R->elbo = R->elbo_se = R_NaN;
+    /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
+     * final step shrinks with the number of parameters */
+    double eta = C->eta, eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
+    if (!(eta > 0)) {
+        status = search_eta(Q, &A, C->adapt_iter, &pr, &eta);
+        /* a start close to the optimum makes the smallest trial step look
+         * best; a step below eta_final would only freeze the iterate */
+        if (status == VB_OK && eta < eta_final) eta = eta_final;
+    } else
+        status = VB_OK;
+    windows W;
+    windows_init(&W, Q);
+    if (status == VB_OK) {
+        status = VB_MAXIT;
+        while (it < C->maxit) {
+            if (vb_interrupted()) {
+                status = VB_INTERRUPTED;
+                break;
+            }
+            double e;
+            int st = adam_step(Q, &A, eta, &e);
+            it++;
+            if (hard_status(st)) {
+                status = st;
+                break;
+            }
+            if (st == VB_NONFINITE) {
+                total_bad++;
+                if (W.final) W.bad_final++;
+                if (++bad >= SGVB_MAX_BAD) {
+                    status = VB_NONFINITE;
+                    break;
+                }
+                continue;
+            }
+            bad = 0;
+            vb_trace_push(&R->trace, e);
+            window_add(&W, e, A.lam);
+            if (W.wn < C->window) continue;
+            vb_progress_tick(&pr, W.final ? "sgvb (averaging)" : "sgvb", it, W.wsum / W.wn);
+            if (window_close(&W, Q, &A, C, eta_final, &eta, &R->smooth)) {
+                /* q has mass where the log density is not finite: no claim */
+                status = W.bad_final > 0 ? VB_NONFINITE : VB_OK;
+                break;
+            }
+        }
+    }
+    /* q: the mean of the final phase's window averages (Polyak averaging),
+     * or the current iterate when the run stopped before that phase */
+    if (W.nb > 0)
+        for (int k = 0; k < P; k++)
+            A.lam[k] = W.bs[k] / W.nb;
+    memcpy(lam, A.lam, sizeof(double) * P);
+    unpack(Q, lam);
+    R->eta = eta;
+    R->iterations = it;
+    /* the final ELBO is estimated unless the run failed before reaching a q */
+    int estimable = status == VB_OK || status == VB_MAXIT || (status == VB_NONFINITE && W.final);
+    if (estimable) {
+        int st = final_elbo(Q, C->elbo_samples, &R->elbo, &R->elbo_se);
+        if (st != VB_OK) status = st;
+    }
+    R->n_nonfinite = total_bad;
+    return status;
+}
+
+/* Raw gradient estimates at a fixed q, nrep columns of out (P x nrep) and
+ * their ELBO estimates in el (NaN where a draw was not finite). */
+static int grad_worker(sgvb *Q, int nrep, double *out, double *el) {
+    for (int r = 0; r < nrep; r++) {
+        if (vb_interrupted()) return VB_INTERRUPTED;
+        int st = estimate(Q, el + r);
+        if (hard_status(st)) return st;
+        if (st == VB_NONFINITE) el[r] = R_NaN;
+        memcpy(out + (size_t)r * Q->P, Q->gacc, sizeof(double) * Q->P);
+    }
+    return VB_OK;
+}
+
+/* ------------------------------------------------------ entry points -- */
+
+static void sgvb_alloc(sgvb *Q, const vb_target *T, int fullrank, int score, int S, int baseline,
+                       int stl) {
+    int d = T->d;
+    Q->f = T->f;
+    Q->model = T->model;
+    Q->tstatus = T->status;
     Q->d = d;
     Q->stl = stl;
     Q->fullrank = fullrank;
@@ -707,11 +716,11 @@ static void sgvb_alloc(sgvb *Q, int d, int fullrank, int score, int S, int basel
     Q->P = npar(d, fullrank);
     Q->mu = (double *)R_alloc(d, sizeof(double));
     Q->L = (double *)R_alloc((size_t)d * d, sizeof(double));
-    Q->eps = (double *)R_alloc((size_t)Smax * d, sizeof(double));
-    Q->z = (double *)R_alloc((size_t)Smax * d, sizeof(double));
-    Q->gf = (double *)R_alloc((size_t)Smax * d, sizeof(double));
+    Q->eps = (double *)R_alloc((size_t)S * d, sizeof(double));
+    Q->z = (double *)R_alloc((size_t)S * d, sizeof(double));
+    Q->gf = (double *)R_alloc((size_t)S * d, sizeof(double));
     Q->u = (double *)R_alloc(d, sizeof(double));
-    Q->fz = (double *)R_alloc(Smax, sizeof(double));
+    Q->fz = (double *)R_alloc(S, sizeof(double));
     Q->gacc = (double *)R_alloc(Q->P, sizeof(double));
     Q->ema = 0;
     Q->ema_set = 0;
@@ -723,145 +732,162 @@ static void sgvb_alloc(sgvb *Q, int d, int fullrank, int score, int S, int basel
     Q->aw = (double *)R_alloc(d, sizeof(double));
 }
 
-/* Checks mu0 (d) and L0 (d x d, lower triangle, positive diagonal). */
-static void check_q(SEXP mu, SEXP L, int d) {
-    if (!Rf_isReal(mu) || Rf_length(mu) != d)
+/* The target, with the dimension limit of the entry points. */
+static void target_setup(SEXP model, SEXP holder, vb_target *T) {
+    vb_target_setup(model, holder, T);
+    if (T->d < 1 || T->d > SGVB_MAX_D)
+        Rf_error("SGVB supports 1 to %d parameters (got %d)", SGVB_MAX_D, T->d);
+}
+
+/* Checks mu (d) and L (d x d, lower triangle finite, positive diagonal). */
+static void check_q(SEXP mu, SEXP L, int d, const char *what) {
+    if (TYPEOF(mu) != REALSXP || Rf_xlength(mu) != d)
         Rf_error("'mu' must be a double vector of length %d", d);
-    if (!Rf_isReal(L) || !Rf_isMatrix(L) || Rf_nrows(L) != d || Rf_ncols(L) != d)
-        Rf_error("'L' must be a %d x %d double matrix", d, d);
+    if (TYPEOF(L) != REALSXP || !Rf_isMatrix(L) || Rf_nrows(L) != d || Rf_ncols(L) != d)
+        Rf_error("'%s' must be a %d x %d double matrix", what, d, d);
     for (int i = 0; i < d; i++) {
         if (!R_FINITE(REAL(mu)[i])) Rf_error("'mu' must be finite");
-        if (!(REAL(L)[i + (size_t)i * d] > 0) || !R_FINITE(REAL(L)[i + (size_t)i * d]))
-            Rf_error("the diagonal of 'L' must be finite and positive");
+        double lii = REAL(L)[i + (size_t)i * d];
+        if (!(lii > 0) || !R_FINITE(lii))
+            Rf_error("the diagonal of '%s' must be finite and positive", what);
         for (int j = 0; j < i; j++)
-            if (!R_FINITE(REAL(L)[i + (size_t)j * d])) Rf_error("'L' must be finite");
+            if (!R_FINITE(REAL(L)[i + (size_t)j * d])) Rf_error("'%s' must be finite", what);
     }
 }
 
-/*
- * control = c(maxit, tol, quiet, S, estimator (0 reparam, 1 score),
- *             fullrank (0/1), eta (<= 0: search), adapt_iter, window,
- *             decays, elbo_samples, baseline (0/1), stl (0/1), precision)
- */
-SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP control, SEXP pre) {
-    target T;
-    target_setup(model, &T);
-    int d = T.d;
-    check_q(mu0, L0, d);
-    if (!Rf_isReal(control) || Rf_length(control) != 14)
-        Rf_error("'control' must be a double vector of length 14");
-    const double *c = REAL(control);
-    for (int i = 0; i < 14; i++)
-        if (!R_FINITE(c[i]) || fabs(c[i]) > 1e9)
-            Rf_error("'control' must be finite numbers below 1e9");
-    run_control C;
-    C.maxit = (int)c[0];
-    C.tol = c[1];
-    C.quiet = c[2] != 0;
-    int S = (int)c[3], score = c[4] != 0, fullrank = c[5] != 0;
-    C.eta = c[6];
-    C.adapt_iter = (int)c[7];
-    C.window = (int)c[8];
-    C.decays = (int)c[9];
-    C.elbo_samples = (int)c[10];
-    int baseline = c[11] != 0, stl = c[12] != 0;
-    C.prec = c[13];
-    if (C.maxit < 1 || S < 1 || C.adapt_iter < 2 || C.window < 2 || C.decays < 0 ||
-        C.elbo_samples < 2 || !(C.tol >= 0) || !(C.prec > 0))
-        Rf_error("invalid SGVB control values");
+/* The estimator options: opts = list(fullrank, score, samples [, ...]). */
+static void read_opts(SEXP opts, int *fullrank, int *score, int *S) {
+    *fullrank = vb_flag_elt(opts, "fullrank", "opts");
+    *score = vb_flag_elt(opts, "score", "opts");
+    *S = vb_int_elt(opts, "samples", 1, 1000000, "opts");
+}
+
+static void read_settings(SEXP control, sgvb_settings *C) {
+    const char *w = "control";
+    C->maxit = vb_int_elt(control, "sgvb_maxit", 1, INT_MAX - 1, w);
+    C->tol = vb_num_elt(control, "sgvb_tol", 0, R_PosInf, w);
+    C->quiet = vb_flag_elt(control, "quiet", w);
+    SEXP eta = vb_elt(control, "step_size");
+    C->eta = eta == R_NilValue ? 0 : vb_num_elt(control, "step_size", 0, R_PosInf, w);
+    if (eta != R_NilValue && !(C->eta > 0))
+        Rf_error("'control$step_size' must be positive or NULL");
+    C->adapt_iter = vb_int_elt(control, "adapt_iter", 2, INT_MAX - 1, w);
+    C->window = vb_int_elt(control, "window", 2, INT_MAX - 1, w);
+    C->decays = vb_int_elt(control, "step_decays", 0, INT_MAX - 1, w);
+    C->elbo_samples = vb_int_elt(control, "elbo_samples", 2, INT_MAX - 1, w);
+    C->prec = vb_num_elt(control, "precision", 0, R_PosInf, w);
+    if (!(C->prec > 0)) Rf_error("'control$precision' must be positive");
+}
+
+/* The start lambda: from (mu0, L0), whitened by pre when given (fullrank). */
+static void start_lambda(sgvb *Q, SEXP mu0, SEXP L0, double *lam) {
+    int d = Q->d;
+    if (!Q->tw) {
+        pack(d, Q->fullrank, REAL(mu0), REAL(L0), lam);
+        return;
+    }
+    /* Lt = pre^{-1} L0, lower triangular with positive diagonal when both are */
+    double one = 1.0, *Lt0 = (double *)R_alloc((size_t)d * d, sizeof(double));
+    for (int j = 0; j < d; j++)
+        for (int i = 0; i < d; i++)
+            Lt0[i + (size_t)j * d] = i >= j ? REAL(L0)[i + (size_t)j * d] : 0;
+    F77_CALL(dtrsm)
+    ("L", "L", "N", "N", &d, &d, &one, Q->pre, &d, Lt0, &d FCONE FCONE FCONE FCONE);
+    for (R_xlen_t k = 0; k < (R_xlen_t)d * d; k++)
+        if (!R_FINITE(Lt0[k])) Rf_error("'pre' is too ill-conditioned to whiten 'L0'");
+    pack(d, Q->fullrank, REAL(mu0), Lt0, lam);
+}
+
+SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts) {
+    int nprot = 0;
+    SEXP holder = PROTECT(Rf_allocVector(VECSXP, 2));
+    nprot++;
+    vb_target T;
+    target_setup(model, holder, &T);
+    int d = T.d, fullrank, score, S;
+    check_q(mu0, L0, d, "L0");
+    if (pre != R_NilValue) check_q(mu0, pre, d, "pre");
+    sgvb_settings C;
+    read_settings(control, &C);
+    read_opts(opts, &fullrank, &score, &S);
+    int baseline = vb_flag_elt(control, "baseline", "control");
+    int stl = vb_flag_elt(control, "stl", "control");
     sgvb Q;
-    sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl, S);
-    Q.f = T.f;
-    Q.model = T.model;
-    double *lam = (double *)R_alloc(Q.P, sizeof(double));
+    sgvb_alloc(&Q, &T, fullrank, score, S, baseline, stl);
     if (pre != R_NilValue) {
-        check_q(mu0, pre, d);
         Q.pre = REAL(pre);
         Q.tw = fullrank;
     }
-    if (Q.tw) {
-        /* start from Lt = pre^{-1} L0 */
-        double one = 1.0, *Lt0 = (double *)R_alloc((size_t)d * d, sizeof(double));
-        for (int j = 0; j < d; j++)
-            for (int i = 0; i < d; i++)
-                Lt0[i + (size_t)j * d] = i >= j ? REAL(L0)[i + (size_t)j * d] : 0;
-        F77_CALL(dtrsm)
-        ("L", "L", "N", "N", &d, &d, &one, Q.pre, &d, Lt0, &d FCONE FCONE FCONE FCONE);
-        for (int j = 0; j < d; j++)
-            if (!(Lt0[j + (size_t)j * d] > 0))
-                Rf_error("internal error: non-positive whitened diagonal");
-        pack(d, fullrank, REAL(mu0), Lt0, lam);
-    } else
-        pack(d, fullrank, REAL(mu0), REAL(L0), lam);
+    double *lam = (double *)R_alloc(Q.P, sizeof(double));
+    start_lambda(&Q, mu0, L0, lam);
     run_result R;
-    R.trace = (double *)R_alloc(C.maxit, sizeof(double));
-    R.smooth = (double *)R_alloc(C.maxit / C.window + 1, sizeof(double));
+
     GetRNGstate();
-    run(&Q, &C, lam, &R);
+    int status = run(&Q, &C, lam, &R);
     PutRNGstate();
 
-    const char *nms[] = {"mu",  "L",          "elbo",      "elbo_se", "trace",  "smooth",
-                         "eta", "iterations", "converged", "n_grad",  "n_eval", ""};
-    SEXP out = PROTECT(Rf_mkNamed(VECSXP, nms));
-    SEXP mu = Rf_allocVector(REALSXP, d);
-    SET_VECTOR_ELT(out, 0, mu);
-    memcpy(REAL(mu), Q.mu, sizeof(double) * d);
-    SEXP L = Rf_allocMatrix(REALSXP, d, d);
-    SET_VECTOR_ELT(out, 1, L);
-    memcpy(REAL(L), Q.L, sizeof(double) * d * d);
+    const char *nms[] = {"mu",     "L",      "elbo",        "elbo_se", "trace",
+                         "smooth", "eta",    "iterations",  "status",  "converged",
+                         "n_grad", "n_eval", "n_nonfinite", "error",   ""};
+    SEXP out = vb_named_list(nms, &nprot);
+    SET_VECTOR_ELT(out, 0, vb_real_vec(d, Q.mu));
+    SET_VECTOR_ELT(out, 1, vb_real_mat(d, d, Q.L));
     SET_VECTOR_ELT(out, 2, Rf_ScalarReal(R.elbo));
     SET_VECTOR_ELT(out, 3, Rf_ScalarReal(R.elbo_se));
-    SEXP tr = Rf_allocVector(REALSXP, R.ntrace);
-    SET_VECTOR_ELT(out, 4, tr);
-    memcpy(REAL(tr), R.trace, sizeof(double) * R.ntrace);
-    SEXP sm = Rf_allocVector(REALSXP, R.nsmooth);
-    SET_VECTOR_ELT(out, 5, sm);
-    memcpy(REAL(sm), R.smooth, sizeof(double) * R.nsmooth);
+    SET_VECTOR_ELT(out, 4, vb_real_vec(R.trace.n, R.trace.x));
+    SET_VECTOR_ELT(out, 5, vb_real_vec(R.smooth.n, R.smooth.x));
     SET_VECTOR_ELT(out, 6, Rf_ScalarReal(R.eta));
     SET_VECTOR_ELT(out, 7, Rf_ScalarInteger(R.iterations));
-    SET_VECTOR_ELT(out, 8, Rf_ScalarLogical(R.converged));
-    SET_VECTOR_ELT(out, 9, Rf_ScalarReal(Q.n_grad));
-    SET_VECTOR_ELT(out, 10, Rf_ScalarReal(Q.n_eval));
-    UNPROTECT(1);
+    SET_VECTOR_ELT(out, 8, Rf_ScalarInteger(status));
+    SET_VECTOR_ELT(out, 9, Rf_ScalarLogical(status == VB_OK));
+    SET_VECTOR_ELT(out, 10, Rf_ScalarReal(Q.n_grad));
+    SET_VECTOR_ELT(out, 11, Rf_ScalarReal(Q.n_eval));
+    SET_VECTOR_ELT(out, 12, Rf_ScalarReal(R.n_nonfinite));
+    SET_VECTOR_ELT(out, 13, VECTOR_ELT(holder, 0));
+    UNPROTECT(nprot);
     return out;
 }
 
 /*
  * Raw gradient estimates at a given q, for tests: nrep columns, each the
- * average of S draws (its ELBO estimate in attribute "elbo").
- * control = c(fullrank, estimator, S, nrep, baseline, stl).
+ * average of S draws (their ELBO estimates in attribute "elbo").
+ * opts = list(fullrank, score, samples, nrep, baseline, stl).  A failure of
+ * the target is an R error raised here, after the RNG state is saved.
  */
-SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control) {
-    target T;
-    target_setup(model, &T);
-    int d = T.d;
-    check_q(mu, L, d);
-    if (!Rf_isReal(control) || Rf_length(control) != 6)
-        Rf_error("'control' must be a double vector of length 6");
-    const double *c = REAL(control);
-    for (int i = 0; i < 6; i++)
-        if (!R_FINITE(c[i]) || fabs(c[i]) > 1e9)
-            Rf_error("'control' must be finite numbers below 1e9");
-    int fullrank = c[0] != 0, score = c[1] != 0, S = (int)c[2], nrep = (int)c[3],
-        baseline = c[4] != 0, stl = c[5] != 0;
-    if (S < 1 || nrep < 1) Rf_error("S and nrep must be positive");
+SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP opts) {
+    int nprot = 0;
+    SEXP holder = PROTECT(Rf_allocVector(VECSXP, 2));
+    nprot++;
+    vb_target T;
+    target_setup(model, holder, &T);
+    int d = T.d, fullrank, score, S;
+    check_q(mu, L, d, "L");
+    read_opts(opts, &fullrank, &score, &S);
+    int nrep = vb_int_elt(opts, "nrep", 1, 100000000, "opts");
+    int baseline = vb_flag_elt(opts, "baseline", "opts");
+    int stl = vb_flag_elt(opts, "stl", "opts");
     sgvb Q;
-    sgvb_alloc(&Q, d, fullrank, score, S, baseline, stl, S);
-    Q.f = T.f;
-    Q.model = T.model;
+    sgvb_alloc(&Q, &T, fullrank, score, S, baseline, stl);
     double *lam = (double *)R_alloc(Q.P, sizeof(double));
     pack(d, fullrank, REAL(mu), REAL(L), lam);
     unpack(&Q, lam);
     SEXP out = PROTECT(Rf_allocMatrix(REALSXP, Q.P, nrep));
     SEXP el = PROTECT(Rf_allocVector(REALSXP, nrep));
+    nprot += 2;
+
     GetRNGstate();
-    for (int r = 0; r < nrep; r++) {
-        REAL(el)[r] = estimate(&Q);
-        memcpy(REAL(out) + (size_t)r * Q.P, Q.gacc, sizeof(double) * Q.P);
-        if (r % 256 == 255) R_CheckUserInterrupt();
-    }
+    int status = grad_worker(&Q, nrep, REAL(out), REAL(el));
     PutRNGstate();
+
+    if (status == VB_INTERRUPTED) Rf_error("sgvb gradients: interrupted by the user");
+    if (status != VB_OK) {
+        SEXP cond = VECTOR_ELT(holder, 0), msg = R_NilValue;
+        if (TYPEOF(cond) == VECSXP && Rf_xlength(cond) > 0) msg = VECTOR_ELT(cond, 0);
+        Rf_error("sgvb gradients: the log density failed%s%s",
+                 TYPEOF(msg) == STRSXP && Rf_length(msg) > 0 ? ": " : "",
+                 TYPEOF(msg) == STRSXP && Rf_length(msg) > 0 ? CHAR(STRING_ELT(msg, 0)) : "");
+    }
     Rf_setAttrib(out, Rf_install("elbo"), el);
-    UNPROTECT(2);
+    UNPROTECT(nprot);
     return out;
 }

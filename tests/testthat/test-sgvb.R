@@ -1,5 +1,7 @@
 # SGVB: gradient estimators against closed forms, the engine against known
-# optima (Gaussian targets, the mean-field KL penalty) and against CAVI.
+# optima (Gaussian targets with closed-form normalisers, the mean-field KL
+# penalty, a conjugate regression, exact evidence by quadrature), and its
+# failure paths: statuses, errors and the RNG state they leave.
 
 gauss_target <- function(m, A) list(type = "gauss", m = as.double(m), A = A)
 
@@ -7,7 +9,24 @@ gauss_target <- function(m, A) list(type = "gauss", m = as.double(m), A = A)
 grads <- function(m, A, mu, L, fullrank, estimator, S = 1, nrep = 20000, baseline = TRUE,
                   stl = FALSE) {
   .Call(vbayes:::C_sgvb_grad, gauss_target(m, A), as.double(mu), L,
-        c(fullrank, estimator == "score", S, nrep, baseline, stl))
+        list(fullrank = fullrank, score = estimator == "score", samples = as.integer(S),
+             nrep = as.integer(nrep), baseline = baseline, stl = stl))
+}
+
+# The engine on a Gaussian target, called directly.
+fit_gauss <- function(m, A, L0 = diag(length(m)), fullrank = TRUE, control = vb_control(quiet = TRUE)) {
+  .Call(vbayes:::C_sgvb_fit, gauss_target(m, A), rep(0, length(m)), L0, NULL, control,
+        list(fullrank = fullrank, score = FALSE, samples = 1L))
+}
+
+seed_now <- function() get(".Random.seed", envir = globalenv())
+
+# .Random.seed after set.seed(seed) and n standard normal draws: the state the
+# engine must leave when it stops after n draws (norm_rand, as rnorm uses).
+seed_after <- function(seed, n) {
+  set.seed(seed)
+  stats::rnorm(n)
+  seed_now()
 }
 
 # Analytic ELBO gradient for f = -1/2 (z - m)' A (z - m): d/dmu = -A (mu - m),
@@ -83,10 +102,11 @@ test_that("vb_density recovers the mean and covariance of a Gaussian target (ful
   P <- solve(Sig); m <- c(1, -2, 0.5)
   fit <- vb_density(function(th) -0.5 * sum((th - m) * (P %*% (th - m))), init = c(a = 0, b = 0, c = 0),
                     gradient = function(th) -drop(P %*% (th - m)), control = vb_control(quiet = TRUE))
-  expect_s3_class(fit, "vbdensity")
+  expect_s3_class(fit, c("vbdensity", "vb_posterior"), exact = TRUE)
   expect_true(fit$converged)
+  expect_identical(fit$status, 0L)
   expect_lt(max(abs(coef(fit) - m) / sqrt(diag(Sig))), 0.05)
-  expect_lt(max(abs(vcov(fit) - Sig) / sqrt(outer(diag(Sig), diag(Sig)))), 0.05)
+  expect_lt(max(abs(fit$vcov - Sig) / sqrt(outer(diag(Sig), diag(Sig)))), 0.05)
   # log Z = log sqrt(det(2 pi Sigma)), and the ELBO is exact at q = target
   expect_lt(abs(elbo(fit) - 0.5 * log(det(2 * pi * Sig))), 4 * fit$mc_se + 1e-3)
   # numerical gradient and the score estimator reach the same optimum
@@ -100,7 +120,7 @@ test_that("vb_density recovers the mean and covariance of a Gaussian target (ful
                      control = vb_control(quiet = TRUE, samples = 16))
   # mean-field optimum: means m, variances 1 / P_jj
   expect_lt(max(abs(coef(fit3) - m) / sqrt(1 / diag(P))), 0.1)
-  expect_lt(max(abs(diag(vcov(fit3)) * diag(P) - 1)), 0.15)
+  expect_lt(max(abs(diag(fit3$vcov) * diag(P) - 1)), 0.15)
 })
 
 test_that("mean-field KL(q*||p) for a correlated bivariate Gaussian is -1/2 log(1 - rho^2)", {
@@ -111,7 +131,7 @@ test_that("mean-field KL(q*||p) for a correlated bivariate Gaussian is -1/2 log(
                       gradient = function(th) -drop(P %*% th), approx = "meanfield",
                       control = vb_control(quiet = TRUE, elbo_samples = 20000))
     logZ <- log(2 * pi) + 0.5 * log(det(Sig))
-    mu <- coef(fit); V <- vcov(fit)
+    mu <- coef(fit); V <- fit$vcov
     # ELBO of the fitted q in closed form: E f + entropy
     elbo_q <- -0.5 * (sum(mu * (P %*% mu)) + sum(P * V)) + 0.5 * log(det(2 * pi * exp(1) * V))
     expect_lt(abs((logZ - elbo_q) - (-0.5 * log(1 - rho^2))), 0.01)
@@ -168,27 +188,184 @@ test_that("gaussian SGVB (joint q over beta and log tau) is a valid bound near C
 
 test_that("set.seed() reproduces an SGVB run exactly", {
   f <- function(th) -0.5 * sum(th^2) - 0.1 * sum(th^4)
-  set.seed(5); a <- vb_density(f, c(1, 1), control = vb_control(quiet = TRUE, sgvb_maxit = 500))
-  set.seed(5); b <- vb_density(f, c(1, 1), control = vb_control(quiet = TRUE, sgvb_maxit = 500))
+  ctl <- vb_control(quiet = TRUE, sgvb_maxit = 500)
+  # 500 steps are too few to converge: the warning comes even with quiet = TRUE
+  set.seed(5); expect_warning(a <- vb_density(f, c(1, 1), control = ctl), "not converged after 500")
+  set.seed(5); expect_warning(b <- vb_density(f, c(1, 1), control = ctl), "not converged after 500")
+  expect_identical(a$status, 1L)
   expect_identical(a$coefficients, b$coefficients)
   expect_identical(a$elbo_trace, b$elbo_trace)
 })
 
-test_that("vb_density objects work with the vbfit methods", {
+test_that("vb_density fits print, summarise, and give q_sample() / log_joint() for vb_diagnose()", {
   set.seed(41)
   fit <- vb_density(function(th, s) sum(dnorm(th, 0, s, log = TRUE)), init = c(u = 1, v = 1),
                     s = 2, control = vb_control(quiet = TRUE, sgvb_maxit = 3000))
   expect_output(print(fit), "log density")
   expect_output(print(summary(fit)), "ELBO")
-  expect_equal(dim(draws(fit, 10)), c(10L, 2L))
+  # the summary's interval is the equal-tailed interval of q: N(mean, sd^2) quantiles
+  tab <- summary(fit, level = 0.9)$coefficients
+  expect_equal(unname(tab[, 3]), unname(coef(fit) + qnorm(0.05) * sqrt(diag(fit$vcov))))
   expect_equal(names(coef(fit)), c("u", "v"))
-  expect_equal(dim(confint(fit)), c(2L, 2L))
-  pdf(NULL); on.exit(dev.off())
-  pd <- plot(fit)
-  expect_equal(nrow(pd), length(fit$elbo_trace))
   # ELBO of a normalised density is at most 0 and here close to it
   expect_lt(elbo(fit), 4 * fit$mc_se)
   expect_gt(elbo(fit), -0.05)
+  # q_sample: draws from N(mu, Sigma) and log q = the bivariate normal density at them
+  qs <- vbayes:::q_sample.vbdensity(fit, 20000)
+  expect_equal(dim(qs$theta), c(2L, 20000L))
+  V <- fit$vcov; mu <- coef(fit)
+  dev <- qs$theta - mu
+  ref <- -0.5 * colSums(dev * solve(V, dev)) - log(2 * pi) - 0.5 * log(det(V))
+  expect_equal(qs$logq, ref, tolerance = 1e-10)
+  expect_lt(max(abs(rowMeans(qs$theta) - mu) / sqrt(diag(V))), 4 / sqrt(20000))
+  # log_joint: the user's log density (with its extra argument) at each column
+  th <- matrix(c(0, 0, 1, -2, 3, 0.5), 2)
+  expect_equal(vbayes:::log_joint.vbdensity(fit, th), colSums(dnorm(th, 0, 2, log = TRUE)))
+})
+
+test_that("the engine on a Gaussian target: ELBO = log normaliser, q = target (closed forms)", {
+  set.seed(51)
+  Sig <- matrix(c(1.5, -0.6, 0.2, -0.6, 0.8, 0.1, 0.2, 0.1, 2), 3)
+  m <- c(-1, 0.5, 2); A <- solve(Sig)
+  r <- fit_gauss(m, A)
+  expect_identical(r$status, 0L)
+  expect_true(r$converged)
+  # f = -1/2 (theta - m)' A (theta - m): log Z = d/2 log 2 pi + 1/2 log det Sig
+  logZ <- 1.5 * log(2 * pi) + 0.5 * log(det(Sig))
+  expect_lt(abs(r$elbo - logZ), 1e-3 + 4 * r$elbo_se)
+  expect_lt(max(abs(r$mu - m) / sqrt(diag(Sig))), 0.05)
+  expect_lt(max(abs(tcrossprod(r$L) - Sig) / sqrt(outer(diag(Sig), diag(Sig)))), 0.05)
+  # the trace holds one finite estimate per accepted step, and grows as needed
+  expect_length(r$trace, r$iterations - r$n_nonfinite)
+  expect_true(all(is.finite(r$trace)))
+  # a step cap that could never be allocated up front (2^31 - 2 doubles = 17 GB)
+  set.seed(51)
+  r2 <- fit_gauss(m, A, control = vb_control(quiet = TRUE, sgvb_maxit = .Machine$integer.max - 1L))
+  expect_identical(r2$trace, r$trace)
+  # the step cap: status "maxit", not converged
+  r3 <- fit_gauss(m, A, control = vb_control(quiet = TRUE, sgvb_maxit = 150))
+  expect_identical(r3$status, 1L)
+  expect_false(r3$converged)
+  expect_length(r3$trace, 150L)
+})
+
+test_that("gaussian regression with a tight noise prior: SGVB matches the conjugate posterior and evidence", {
+  set.seed(52)
+  n <- 40
+  x <- rnorm(n); y <- 2 - 0.7 * x + rnorm(n, sd = 0.5)
+  tau0 <- 4; a0 <- 1e5                          # tau ~ Gamma(a0, a0 / tau0): sd(tau) / tau = 0.003
+  f1 <- vb(y ~ x, data = data.frame(x = x, y = y), method = "sgvb",
+           prior_precision = gamma_prior(a0, a0 / tau0), control = vb_control(quiet = TRUE))
+  expect_true(f1$converged)
+  # beta ~ N(0, diag(100, 1)), y | beta ~ N(X beta, I / tau0): exact Gaussian posterior
+  X <- cbind(1, x); S0 <- diag(c(100, 1))
+  V <- solve(crossprod(X) * tau0 + solve(S0)); m <- V %*% crossprod(X, y) * tau0
+  expect_lt(max(abs(coef(f1) - m) / sqrt(diag(V))), 0.05)
+  expect_lt(max(abs(f1$vcov - V) / sqrt(outer(diag(V), diag(V)))), 0.05)
+  # evidence: beta integrated in closed form, tau by quadrature over its prior
+  lpy_tau <- function(tau) vapply(tau, function(t) {
+    R <- chol(X %*% S0 %*% t(X) + diag(n) / t)
+    -0.5 * n * log(2 * pi) - sum(log(diag(R))) - 0.5 * sum(backsolve(R, y, transpose = TRUE)^2)
+  }, 0)
+  mx <- lpy_tau(tau0)
+  logZ <- mx + log(integrate(function(t) exp(lpy_tau(t) - mx) * dgamma(t, a0, a0 / tau0),
+                             tau0 * 0.95, tau0 * 1.05)$value)
+  expect_lt(elbo(f1), logZ + 1e-6)
+  expect_gt(elbo(f1), logZ - 0.02)
+  # the GLM core result vb_fit() reads, with its status
+  set.seed(53)
+  core <- vbayes:::sgvb_glm(vbayes:::fit_model(f1), "fullrank", vb_control(quiet = TRUE))
+  expect_true(all(c("mu", "Sigma", "elbo", "trace", "loglik", "kl", "iterations", "status",
+                    "converged", "tau", "eta_mean", "eta_var", "mc_se", "sgvb", "blocks") %in%
+                  names(core)))
+  expect_identical(core$status, 0L)
+  expect_true(core$converged)
+  expect_lt(max(abs(core$mu - m) / sqrt(diag(V))), 0.05)
+})
+
+test_that("a density with a hard boundary: no convergence claim with an ELBO of -Inf", {
+  # log density -Inf below -2.5: every Gaussian q has ELBO -Inf (issue 10:
+  # this reported converged = TRUE with elbo = -Inf)
+  f <- function(th) if (th[1] < -2.5) -Inf else dnorm(th[1], log = TRUE)
+  set.seed(1)
+  expect_warning(fit <- vb_density(f, 0, control = vb_control(quiet = TRUE)), "non-finite")
+  expect_false(fit$converged)
+  expect_identical(fit$status, 4L)
+  expect_identical(fit$elbo, -Inf)
+  expect_gt(fit$sgvb$n_nonfinite, 0)
+  # quiet never silences it
+  set.seed(1)
+  expect_warning(vb_density(f, 0, control = vb_control(quiet = TRUE, sgvb_maxit = 3000)), "non-finite")
+})
+
+test_that("after an error in the user's function the RNG has advanced exactly by the draws made", {
+  d <- 2L
+  for (k in c(37L, 777L)) {       # in the step-size search, and in the main run
+    calls <- 0L
+    f <- function(th) {
+      calls <<- calls + 1L
+      if (calls == k + 1L) stop("boom at call ", k) # call 1 is vb_density()'s own check at init
+      -0.5 * sum(th^2)
+    }
+    ref <- seed_after(99, k * d)   # k draws of theta, d normals each
+    set.seed(99)
+    before <- seed_now()
+    expect_error(vb_density(f, c(0.1, 0.2), gradient = function(th) -th,
+                            control = vb_control(quiet = TRUE)),
+                 sprintf("'log_density' failed: boom at call %d", k))
+    expect_identical(seed_now(), ref)
+    expect_false(identical(seed_now(), before))
+  }
+})
+
+test_that("a run ended by non-finite draws or an interrupt leaves the RNG where its draws took it", {
+  d <- 2L; k <- 150L
+  calls <- 0L
+  f <- function(th) {
+    calls <<- calls + 1L
+    if (calls > k + 1L) NaN else -0.5 * sum(th^2)
+  }
+  ctl <- vb_control(quiet = TRUE, step_size = 0.1)   # no step-size search
+  ref <- seed_after(7, (k + 100L) * d)                 # k good draws, then 100 bad ones end the run
+  set.seed(7)
+  expect_warning(fit <- vb_density(f, c(0.1, 0.2), gradient = function(th) -th, control = ctl),
+                 "non-finite")
+  expect_identical(seed_now(), ref)
+  expect_identical(fit$status, 4L)
+  expect_identical(fit$iterations, k + 100L)
+  expect_length(fit$elbo_trace, k)
+  # an interrupt raised inside the user's function (as Ctrl-C there does)
+  calls <- 0L
+  g <- function(th) {
+    calls <<- calls + 1L
+    if (calls == k + 1L)
+      signalCondition(structure(class = c("interrupt", "condition"), list(message = "", call = NULL)))
+    -0.5 * sum(th^2)
+  }
+  ref <- seed_after(8, k * d)
+  set.seed(8)
+  expect_error(vb_density(g, c(0.1, 0.2), gradient = function(th) -th, control = ctl), "interrupted")
+  expect_identical(seed_now(), ref)
+})
+
+test_that("NA and non-finite gradients are refused with an error naming 'gradient'", {
+  ld <- function(th) -sum(th^2)
+  for (bad in list(NA_integer_, NA, NaN, Inf)) {
+    gr <- function(th) if (th[1] > 0.3) bad else -2 * th
+    set.seed(3)
+    expect_error(vb_density(ld, 0, gradient = gr, control = vb_control(quiet = TRUE)),
+                 "'gradient' returned", info = format(bad))
+  }
+  # a draw where the log density itself is not finite is not the gradient's fault
+  set.seed(3)
+  fit <- vb_density(function(th) if (th > 4) -Inf else -sum(th^2), 0,
+                    gradient = function(th) if (th > 4) NA_integer_ else -2 * th,
+                    control = vb_control(quiet = TRUE))
+  expect_identical(fit$status, 0L)
+  expect_lt(abs(fit$vcov[1, 1] - 0.5), 0.05)
+  # a gradient of the wrong type or length
+  expect_error(vb_density(ld, 0, gradient = function(th) if (th > 0.3) "a" else -2 * th,
+                          control = vb_control(quiet = TRUE)), "'gradient' must return")
 })
 
 test_that("bad input gives clear errors", {
@@ -201,11 +378,18 @@ test_that("bad input gives clear errors", {
   expect_error(vb_control(step_size = -1), "step_size")
   expect_error(vb_control(estimator = "foo"))
   expect_error(vb(mpg ~ wt, data = mtcars, approx = "block", method = "sgvb"), "fullrank")
-  # C re-checks its arguments
-  expect_error(.Call(vbayes:::C_sgvb_fit, list(type = "gauss", m = 0, A = matrix(1)), 0, matrix(1), 1, NULL), "control")
-  expect_error(.Call(vbayes:::C_sgvb_fit, list(type = "gauss", m = 0, A = matrix(1)), 0, matrix(-1),
-                     as.double(1:14), NULL), "diagonal")
-  expect_error(.Call(vbayes:::C_sgvb_grad, list(type = "nope"), 0, matrix(1), as.double(1:6)), "unknown")
-  expect_error(.Call(vbayes:::C_sgvb_grad, list(type = "r", fn = 1, gr = NULL, d = 1L), 0, matrix(1),
-                     as.double(1:6)), "function")
+  # C re-checks its arguments, and reads its settings by name
+  tg <- list(type = "gauss", m = 0, A = matrix(1))
+  op <- list(fullrank = TRUE, score = FALSE, samples = 1L)
+  expect_error(.Call(vbayes:::C_sgvb_fit, tg, 0, matrix(1), NULL, as.double(1:14), op), "named list")
+  expect_error(.Call(vbayes:::C_sgvb_fit, tg, 0, matrix(1), NULL, vb_control()[-11], op), "sgvb_maxit")
+  expect_error(.Call(vbayes:::C_sgvb_fit, tg, 0, matrix(1), NULL, vb_control(), list(fullrank = TRUE)), "score")
+  expect_error(.Call(vbayes:::C_sgvb_fit, tg, 0, matrix(1), NULL, vb_control(),
+                     list(fullrank = TRUE, score = FALSE, samples = 0L)), "samples")
+  expect_error(.Call(vbayes:::C_sgvb_fit, tg, 0, matrix(-1), NULL, vb_control(), op), "diagonal")
+  expect_error(.Call(vbayes:::C_sgvb_fit, tg, 0, matrix(1), matrix(NaN), vb_control(), op), "pre")
+  expect_error(.Call(vbayes:::C_sgvb_grad, list(type = "nope"), 0, matrix(1), op), "unknown")
+  expect_error(.Call(vbayes:::C_sgvb_grad, list(type = "r", fn = 1, d = 1L), 0, matrix(1), op), "function")
+  expect_error(.Call(vbayes:::C_sgvb_grad, list(type = "gauss", m = NA_real_, A = matrix(1)), 0, matrix(1), op),
+               "finite")
 })
