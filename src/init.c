@@ -16,7 +16,7 @@ SEXP C_glm_jj(SEXP model, SEXP control);
 SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag);
 SEXP C_spikes_simulate(SEXP eta0, SEXP h, SEXP seg, SEXP control);
 
-/* lds.c */
+/* lds_estep.c, lds_mstep.c */
 SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx, SEXP control);
 SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SEXP control);
 
