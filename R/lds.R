@@ -29,6 +29,17 @@
 #' map (and V0 collapses towards the smoothed covariance of z_1 with a single
 #' trial), so compare subspaces or predicted rates, not raw matrices.
 #'
+#' While `R` is learned each noise variance is kept at or above `1e-8` times
+#' the sample variance of its unit (the same floor for the starting values and
+#' every M-step, so the EM trace cannot decrease). A unit whose variance
+#' reaches the floor is fitted exactly by the latent state, the likelihood is
+#' then degenerate, and a warning says so. Learning as many parameters as
+#' there are observed values (e.g. one or two bins with `learn = TRUE`) is
+#' refused, since the bound then grows without limit; a constant unit cannot
+#' have its `R` learned. `converged` is `TRUE` only when the relative ELBO
+#' change met `tol` with a finite, non-decreasing trace; otherwise `status`
+#' gives the reason and a warning names it, whatever `quiet` says.
+#'
 #' Missing bins (`NA` in `y`) are allowed: they contribute nothing to the
 #' likelihood and their latent states are inferred from the dynamics.
 #'
@@ -48,16 +59,19 @@
 #' @param exposure Poisson only: bin width (or exposure) \eqn{\Delta}: a
 #'   positive number, a vector with one value per bin (one trial) or a list
 #'   of such vectors (one per trial). Default 1.
-#' @param control [vb_control()]: `maxit` EM iterations (and fixed-point
-#'   iterations when `learn = FALSE`), `tol` on the relative ELBO change,
-#'   `quiet`.
-#' @return An object of class `vblds`: `params`, `elbo`, `elbo_trace`,
-#'   `elbo_terms` (elbo, expected log-likelihood, the rest), `converged`,
+#' @param control [vb_control()] or a named list of its arguments: `maxit` EM
+#'   iterations (and fixed-point iterations when `learn = FALSE`), `tol` on
+#'   the relative ELBO change, `quiet` (progress lines only).
+#' @return An object of class `c("vblds", "vb_posterior")`: `params`, `elbo`,
+#'   `elbo_trace`, `elbo_terms` (elbo, expected log-likelihood, the rest),
+#'   `converged`, `status` (the engine status code, 0 when converged),
 #'   `iterations` (EM iterations; with `learn = FALSE` fixed-point iterations
 #'   or meanfield sweeps), `passes` (smoother passes or sweeps in all),
 #'   `posterior` (per trial: `mean` T x d, `cov` d x d x T,
-#'   `cross` with `cross[, , t]` = Cov(z_t, z_{t-1})), `fitted.values`,
-#'   `family`, `approx`, `latent_dim`, `y`, `exposure`, `time`, `call`.
+#'   `cross` with `cross[, , t]` = Cov(z_t, z_{t-1}), and for the structured
+#'   q its precision blocks `D` and `L`), `fitted.values`, `family`, `approx`,
+#'   `latent_dim`, `y` (the list of trials), `exposure`, `var_floor`, `time`,
+#'   `call`.
 #' @seealso [predict.vblds()], [plot.vblds()], [simulate.vblds()].
 #' @examples
 #' set.seed(1)

@@ -91,3 +91,46 @@ int vb_btd_solve(int T, int d, const double *D, const double *L, size_t lstride,
     *logdet = -ld;
     return VB_OK;
 }
+
+/*
+ * C_btd_solve(D, L, b): the solver from R (tests, and engines written in R).
+ * D d x d x T; L d x d (constant) or d x d x T (per step, L[, , 1] unused);
+ * b d x T.  Returns list(m, S, Sc, logdet, status); status VB_NOT_PD when
+ * Lambda is not positive definite (the moments are then not meaningful).
+ */
+SEXP C_btd_solve(SEXP D, SEXP L, SEXP b) {
+    SEXP dim = Rf_getAttrib(D, R_DimSymbol);
+    if (TYPEOF(D) != REALSXP || TYPEOF(dim) != INTSXP || XLENGTH(dim) != 3 ||
+        INTEGER(dim)[0] != INTEGER(dim)[1] || INTEGER(dim)[0] < 1 || INTEGER(dim)[2] < 1)
+        Rf_error("btd: 'D' must be a double array d x d x T with d, T >= 1");
+    int d = INTEGER(dim)[0], T = INTEGER(dim)[2], np = 0;
+    size_t dd = (size_t)d * d;
+    if (TYPEOF(L) != REALSXP || (XLENGTH(L) != (R_xlen_t)dd && XLENGTH(L) != (R_xlen_t)(dd * T)))
+        Rf_error("btd: 'L' must be a double d x d matrix or d x d x T array");
+    if (TYPEOF(b) != REALSXP || XLENGTH(b) != (R_xlen_t)d * T)
+        Rf_error("btd: 'b' must be a double d x T matrix");
+    size_t lstride = XLENGTH(L) == (R_xlen_t)dd ? 0 : dd;
+    const double *pD = REAL(D), *pL = REAL(L), *pb = REAL(b);
+    for (R_xlen_t k = 0; k < XLENGTH(D); k++)
+        if (!R_FINITE(pD[k])) Rf_error("btd: 'D' must be finite");
+    for (R_xlen_t k = 0; k < XLENGTH(L); k++)
+        if (!R_FINITE(pL[k])) Rf_error("btd: 'L' must be finite");
+    for (R_xlen_t k = 0; k < XLENGTH(b); k++)
+        if (!R_FINITE(pb[k])) Rf_error("btd: 'b' must be finite");
+    const char *nms[] = {"m", "S", "Sc", "logdet", "status", ""};
+    SEXP out = vb_named_list(nms, &np);
+    SEXP m = Rf_allocMatrix(REALSXP, d, T);
+    SET_VECTOR_ELT(out, 0, m);
+    SEXP S = Rf_allocVector(REALSXP, (R_xlen_t)(dd * T));
+    SET_VECTOR_ELT(out, 1, S);
+    SEXP Sc = Rf_allocVector(REALSXP, (R_xlen_t)(dd * T));
+    SET_VECTOR_ELT(out, 2, Sc);
+    Rf_setAttrib(S, R_DimSymbol, dim);
+    Rf_setAttrib(Sc, R_DimSymbol, dim);
+    double logdet = NA_REAL, *work = (double *)R_alloc(VB_BTD_WORK(d), sizeof(double));
+    int status = vb_btd_solve(T, d, pD, pL, lstride, pb, REAL(m), REAL(S), REAL(Sc), &logdet, work);
+    SET_VECTOR_ELT(out, 3, Rf_ScalarReal(status == VB_OK ? logdet : NA_REAL));
+    SET_VECTOR_ELT(out, 4, Rf_ScalarInteger(status));
+    UNPROTECT(np);
+    return out;
+}

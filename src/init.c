@@ -16,6 +16,9 @@ SEXP C_glm_jj(SEXP model, SEXP control);
 SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag);
 SEXP C_spikes_simulate(SEXP eta0, SEXP h, SEXP seg, SEXP control);
 
+/* btd.c */
+SEXP C_btd_solve(SEXP D, SEXP L, SEXP b);
+
 /* lds_estep.c, lds_mstep.c */
 SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx, SEXP control);
 SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SEXP control);
@@ -34,6 +37,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(glm_jj, 2),
     CALLDEF(spikes_history, 4),
     CALLDEF(spikes_simulate, 4),
+    CALLDEF(btd_solve, 3),
     CALLDEF(lds_estep, 7),
     CALLDEF(lds_poisson_mstep, 7),
     CALLDEF(sgvb_fit, 5),

@@ -19,6 +19,9 @@
  * LDS_ELBO_SLACK (1 + |ELBO|) is reported as VB_DECREASED (R/lds.R uses the
  * same value, lds_elbo_slack). */
 #define LDS_ELBO_SLACK 1e-10
+/* Interrupts are polled every LDS_POLL time steps (vb_interrupted() itself
+ * reads the clock, a system call, and acts at most every 0.1 s). */
+#define LDS_POLL 32
 
 typedef struct {
     int T, N, d, family; /* family: VB_GAUSSIAN or VB_POISSON */
@@ -28,6 +31,7 @@ typedef struct {
     double ldQ, ldV0, lgy; /* log|Q|, log|V0|, sum of lgamma(y + 1) (poisson) */
     int *rowobs;           /* 1 if every unit is observed in bin t */
     double *Jg;            /* gaussian: C'R^{-1}C */
+    double *Rinv, *logR;   /* gaussian: 1 / R_i, log R_i */
 } lds_model;
 
 /* lds_model.c */

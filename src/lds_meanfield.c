@@ -12,7 +12,8 @@
  * no local step decreases f_t.  Sweeps stop when vb_tol_met() holds for the
  * whole ELBO (VB_OK), after maxit sweeps (VB_MAXIT), when the ELBO decreases
  * beyond LDS_ELBO_SLACK (VB_DECREASED) or is not finite (VB_NONFINITE), or a
- * step fails (its status).  Interrupts are polled every time step.
+ * step fails (its status).  Interrupts are polled every LDS_POLL time steps
+ * and after every sweep.
  *
  * Inputs: the model, the factors m (d x T), S (d x d x T) with their
  * log-determinants logdetS (T), maxit, tol; Sc0 (d x d x T) all zero (the
@@ -94,7 +95,8 @@ int lds_estep_meanfield(const lds_model *M, double *m, double *S, double *logdet
                 ctx.t = t;
                 st = vb_step_search(local_try, &ctx, f0, &a, &f1);
             }
-            if (st == VB_OK && vb_interrupted()) st = VB_INTERRUPTED;
+            if (st == VB_OK && t % LDS_POLL == LDS_POLL - 1 && vb_interrupted())
+                st = VB_INTERRUPTED;
             if (st != VB_OK) { /* keep the factors accepted so far, and their ELBO */
                 *elbo = total_elbo(M, m, S, logdetS, Sc0, loglik, wk);
                 return st;
@@ -103,6 +105,7 @@ int lds_estep_meanfield(const lds_model *M, double *m, double *S, double *logdet
             memcpy(St, Sn, dd * sizeof(double));
             logdetS[t] = ldS;
         }
+        if (vb_interrupted()) return VB_INTERRUPTED;
         double nw = total_elbo(M, m, S, logdetS, Sc0, loglik, wk);
         *elbo = nw;
         if (!R_FINITE(nw)) return VB_NONFINITE;

@@ -63,8 +63,8 @@ double lds_obs_term(const lds_model *M, int t, const double *m, const double *S,
             continue;
         }
         if (gauss)
-            val += vb_egauss(yi, 1.0, 1.0 / M->R[i], -log(M->R[i]), eta[i], vi, &dm, &dv) -
-                   0.5 * VB_LOG2PI;
+            val +=
+                vb_egauss(yi, 1.0, M->Rinv[i], -M->logR[i], eta[i], vi, &dm, &dv) - 0.5 * VB_LOG2PI;
         else
             val += vb_epois(yi, 1.0, eta[i], vi, &dm, &dv);
         wt[i] = -2.0 * dv;
@@ -195,12 +195,15 @@ int lds_derive(lds_model *M) {
         M->rowobs[t] = all;
     }
     memset(M->Jg, 0, dd * sizeof(double));
+    M->Rinv = (double *)R_alloc(N, sizeof(double));
+    M->logR = (double *)R_alloc(N, sizeof(double));
+    for (int i = 0; i < N; i++) {
+        M->Rinv[i] = M->family == VB_GAUSSIAN ? 1.0 / M->R[i] : 0.0;
+        M->logR[i] = M->family == VB_GAUSSIAN ? log(M->R[i]) : 0.0;
+    }
     if (M->family == VB_GAUSSIAN) {
-        double *wt = (double *)R_alloc(N, sizeof(double)),
-               *wk = (double *)R_alloc((size_t)N * d, sizeof(double));
-        for (int i = 0; i < N; i++)
-            wt[i] = 1.0 / M->R[i];
-        vb_xtwx(N, d, M->C, N, wt, wk, M->Jg);
+        double *wk = (double *)R_alloc((size_t)N * d, sizeof(double));
+        vb_xtwx(N, d, M->C, N, M->Rinv, wk, M->Jg);
     }
     return VB_OK;
 }
