@@ -29,6 +29,17 @@
 #' map (and V0 collapses towards the smoothed covariance of z_1 with a single
 #' trial), so compare subspaces or predicted rates, not raw matrices.
 #'
+#' While `R` is learned each noise variance is kept at or above `1e-8` times
+#' the sample variance of its unit (the same floor for the starting values and
+#' every M-step, so the EM trace cannot decrease). A unit whose variance
+#' reaches the floor is fitted exactly by the latent state, the likelihood is
+#' then degenerate, and a warning says so. Learning as many parameters as
+#' there are observed values (e.g. one or two bins with `learn = TRUE`) is
+#' refused, since the bound then grows without limit; a constant unit cannot
+#' have its `R` learned. `converged` is `TRUE` only when the relative ELBO
+#' change met `tol` with a finite, non-decreasing trace; otherwise `status`
+#' gives the reason and a warning names it, whatever `quiet` says.
+#'
 #' Missing bins (`NA` in `y`) are allowed: they contribute nothing to the
 #' likelihood and their latent states are inferred from the dynamics.
 #'
@@ -48,16 +59,19 @@
 #' @param exposure Poisson only: bin width (or exposure) \eqn{\Delta}: a
 #'   positive number, a vector with one value per bin (one trial) or a list
 #'   of such vectors (one per trial). Default 1.
-#' @param control [vb_control()]: `maxit` EM iterations (and fixed-point
-#'   iterations when `learn = FALSE`), `tol` on the relative ELBO change,
-#'   `quiet`.
-#' @return An object of class `vblds`: `params`, `elbo`, `elbo_trace`,
-#'   `elbo_terms` (elbo, expected log-likelihood, the rest), `converged`,
+#' @param control [vb_control()] or a named list of its arguments: `maxit` EM
+#'   iterations (and fixed-point iterations when `learn = FALSE`), `tol` on
+#'   the relative ELBO change, `quiet` (progress lines only).
+#' @return An object of class `c("vblds", "vb_posterior")`: `params`, `elbo`,
+#'   `elbo_trace`, `elbo_terms` (elbo, expected log-likelihood, the rest),
+#'   `converged`, `status` (the engine status code, 0 when converged),
 #'   `iterations` (EM iterations; with `learn = FALSE` fixed-point iterations
 #'   or meanfield sweeps), `passes` (smoother passes or sweeps in all),
 #'   `posterior` (per trial: `mean` T x d, `cov` d x d x T,
-#'   `cross` with `cross[, , t]` = Cov(z_t, z_{t-1})), `fitted.values`,
-#'   `family`, `approx`, `latent_dim`, `y`, `exposure`, `time`, `call`.
+#'   `cross` with `cross[, , t]` = Cov(z_t, z_{t-1}), and for the structured
+#'   q its precision blocks `D` and `L`), `fitted.values`, `family`, `approx`,
+#'   `latent_dim`, `y` (the list of trials), `exposure`, `var_floor`, `time`,
+#'   `call`.
 #' @seealso [predict.vblds()], [plot.vblds()], [simulate.vblds()].
 #' @examples
 #' set.seed(1)
@@ -72,7 +86,7 @@ vb_lds <- function(y, latent_dim, family = gaussian(), approx = c("structured", 
   t0 <- proc.time()[["elapsed"]]
   cl <- match.call()
   approx <- match.arg(approx)
-  if (!inherits(control, "vb_control")) control <- do.call(vb_control, as.list(control))
+  control <- as_vb_control(control)
   family <- lds_family(family)
   pois <- family$family == "poisson"
   single <- !is.list(y) || is.data.frame(y)
@@ -87,15 +101,19 @@ vb_lds <- function(y, latent_dim, family = gaussian(), approx = c("structured", 
                  latent_dim, N), call. = FALSE)
   Off <- lds_check_exposure(exposure, Y, pois)
   learn <- lds_check_learn(learn, params)
+  if (pois) learn <- setdiff(learn, "R")
   fixed <- setdiff(setdiff(lds_par_names, if (pois) "R"), learn)
   if (length(miss <- setdiff(fixed, names(params))))
     stop(sprintf("vb_lds(): parameters that are not learned must be given; 'params' lacks %s.",
                  paste(miss, collapse = ", ")), call. = FALSE)
+  lds_check_enough_data(Y, learn, latent_dim, pois)
+  floor <- lds_floor(Y, learn, pois)
   params <- if (length(setdiff(c("A", "Q", "C", "d", "m0", "V0", if (!pois) "R"), names(params))) == 0L &&
-                !is.null(params)) params else lds_init(Y, Off, latent_dim, pois, params)
+                !is.null(params)) params else lds_init(Y, Off, latent_dim, pois, params, floor)
   params <- lds_check_params(params, N, latent_dim, pois)
+  if ("R" %in% learn) params$R <- pmax(params$R, floor)
 
-  fit <- lds_em(Y, Off, params, pois, approx, learn, control)
+  fit <- lds_em(Y, Off, params, pois, approx, learn, control, floor)
   fit$time <- proc.time()[["elapsed"]] - t0
   fit$call <- cl
   fit$family <- family
@@ -106,12 +124,15 @@ vb_lds <- function(y, latent_dim, family = gaussian(), approx = c("structured", 
   fit$exposure <- lapply(Off, exp)
   fit$single <- single
   fit$control <- control
-  class(fit) <- "vblds"
+  fit$var_floor <- floor
+  class(fit) <- c("vblds", "vb_posterior")
   fit$fitted.values <- lds_rates(fit, type = "response")
   if (single) fit$fitted.values <- fit$fitted.values[[1L]]
-  if (!fit$converged && !control$quiet)
-    warning(sprintf("vb_lds(): not converged after %d iterations (relative ELBO change > %g); increase vb_control(maxit).",
-                    fit$iterations, control$tol), call. = FALSE)
+  check_status(fit$status, "vb_lds()", fit$iterations, control$tol)
+  if ("R" %in% learn && any(at <- fit$params$R <= floor * (1 + 1e-6)))
+    warning(sprintf("vb_lds(): the fit is degenerate: the noise variance of unit%s %s reached its floor (%g times the unit's variance), where the likelihood grows as the variance shrinks, so the ELBO is set by the floor and is no meaningful evidence bound; use fewer latent dimensions, more bins or trials, or hold R fixed.",
+                    if (sum(at) > 1) "s" else "", paste(utils::head(which(at), 5L), collapse = ", "),
+                    lds_var_floor), call. = FALSE)
   fit
 }
 
@@ -234,7 +255,7 @@ lds_check_params <- function(params, N, k, pois) {
 
 # Starting values: factor-analysis-like loadings from the leading principal
 # components; slow, stable dynamics with unit stationary variance.
-lds_init <- function(Y, Off, k, pois, given = NULL) {
+lds_init <- function(Y, Off, k, pois, given = NULL, floor = 0) {
   Yall <- do.call(rbind, Y)
   if (pois) {
     off <- unlist(Off)
@@ -249,7 +270,7 @@ lds_init <- function(Y, Off, k, pois, given = NULL) {
   noise <- mean(e$values[-(1:k)])
   C <- e$vectors[, 1:k, drop = FALSE] %*% diag(sqrt(pmax(e$values[1:k] - noise, 1e-3 * max(noise, 1e-8))), k)
   if (pois) C <- C * 0.5
-  R <- pmax(diag(S) - rowSums(C^2), 1e-3 * pmax(diag(S), 1e-8))
+  R <- pmax(diag(S) - rowSums(C^2), 1e-3 * diag(S), floor, 1e-8 * max(diag(S), 1e-300))
   d <- if (pois) log(pmax(rate, 1e-8)) - 0.5 * rowSums(C^2) else mu
   p <- list(A = diag(0.9, k), Q = diag(1 - 0.81, k), C = C, d = d, R = R,
             m0 = rep(0, k), V0 = diag(1, k))
@@ -259,55 +280,131 @@ lds_init <- function(Y, Off, k, pois, given = NULL) {
 
 # ---- variational EM ------------------------------------------------------------
 
+# The variance floor: while R is learned, each noise variance R_i is kept at
+# or above lds_var_floor times the sample variance of unit i.  The starting
+# values obey the same floor as the M-step, so every M-step is the exact
+# constrained maximum and the EM trace cannot decrease.
+lds_var_floor <- 1e-8
+# A decrease of the ELBO beyond lds_elbo_slack (1 + |ELBO|) is not rounding:
+# the EM stops with status "decreased" (the same constant as LDS_ELBO_SLACK in
+# src/lds.h).
+lds_elbo_slack <- 1e-10
+
+# The R twin of vb_tol_met() (src/util.c): the one convergence predicate.
+lds_tol_met <- function(old, new, tol)
+  is.finite(old) && is.finite(new) && abs(new - old) <= tol * (abs(new) + tol)
+
+lds_floor <- function(Y, learn, pois) {
+  N <- ncol(Y[[1L]])
+  if (pois || !"R" %in% learn) return(rep(0, N))
+  Yall <- do.call(rbind, Y)
+  vapply(seq_len(N), function(i) {
+    yi <- Yall[!is.na(Yall[, i]), i]
+    v <- if (length(yi) > 1L) stats::var(yi) else 0
+    if (!(v > 0))
+      stop(sprintf("vb_lds(): unit %d of 'y' is constant (or observed once), so its noise variance R cannot be learned (the likelihood has no maximum); drop the unit or give R in 'params' and leave it out of 'learn'.",
+                   i), call. = FALSE)
+    lds_var_floor * v
+  }, 0)
+}
+
+# Learning more parameters than there are observed values gives a degenerate
+# maximum (with T = 1 or 2 bins the noise and state variances collapse and
+# the bound grows without limit): refuse it.
+lds_check_enough_data <- function(Y, learn, k, pois) {
+  if (!length(learn)) return(invisible())
+  N <- ncol(Y[[1L]])
+  nobs <- sum(vapply(Y, function(y) sum(!is.na(y)), 0))
+  npar <- c(C = N * k, d = N, R = if (pois) 0 else N, A = k * k, Q = k * (k + 1) / 2, m0 = k,
+            V0 = k * (k + 1) / 2)[learn]
+  if (sum(npar) >= nobs)
+    stop(sprintf("vb_lds(): too few observations to learn the parameters: %d observed values for %d learned parameters (%s); the maximised bound is degenerate (variances collapse and the ELBO grows without limit). Give more time bins or trials, use fewer latent dimensions, or hold parameters fixed with 'learn'.",
+                 as.integer(nobs), as.integer(sum(npar)), paste(learn, collapse = ", ")), call. = FALSE)
+  invisible()
+}
+
 lds_estep <- function(Y, Off, params, pois, approx, state, control) {
+  fam <- family_code(if (pois) stats::poisson() else stats::gaussian())
   lapply(seq_along(Y), function(k) {
-    .Call(C_lds_estep, Y[[k]], Off[[k]], as.integer(pois), params, state[[k]],
+    .Call(C_lds_estep, Y[[k]], Off[[k]], fam, params, state[[k]],
           if (approx == "structured") 0L else 1L, control)
   })
 }
 
-lds_em <- function(Y, Off, params, pois, approx, learn, control) {
+lds_em <- function(Y, Off, params, pois, approx, learn, control, floor) {
   K <- length(Y)
+  codes <- vb_status_codes
   state <- vector("list", K)
   trace <- numeric(0)
   t0 <- proc.time()[["elapsed"]]; last <- t0
-  inner <- if (length(learn)) c(if (pois) 3 else 1, control$tol) else c(control$maxit, control$tol)
+  # with learning, a few fixed-point iterations per E-step (one is exact for gaussian)
+  inner <- control
+  if (length(learn)) inner$maxit <- if (pois) 3L else 1L
   outer <- if (length(learn)) control$maxit else 1L
-  converged <- FALSE
+  status <- codes[["maxit"]]
   passes <- 0L
+  E <- NULL; pE <- params
   for (it in seq_len(outer)) {
-    E <- lds_estep(Y, Off, params, pois, approx, state, inner)
-    el <- sum(vapply(E, `[[`, 0, "elbo"))
-    trace <- c(trace, el)
-    passes <- passes + sum(vapply(E, `[[`, 0L, "passes"))
-    state <- lapply(E, function(e) if (approx == "structured") e[c("D", "L", "b")] else e[c("m", "S")])
-    if (!length(learn)) {
-      converged <- all(vapply(E, `[[`, NA, "converged"))
+    En <- lds_estep(Y, Off, params, pois, approx, state, inner)
+    st <- vapply(En, `[[`, 0L, "status")
+    el <- sum(vapply(En, `[[`, 0, "elbo"))
+    passes <- passes + sum(vapply(En, `[[`, 0L, "passes"))
+    failed <- st[!st %in% codes[c("ok", "maxit")]]
+    if (!is.finite(el)) {
+      # no usable q at these parameters (e.g. the M-step left Q singular): keep the last one
+      status <- if (length(failed)) failed[1L] else codes[["nonfinite"]]
+      if (!is.null(E)) params <- pE else E <- En
       break
     }
+    E <- En; pE <- params
+    trace <- c(trace, el)
+    state <- lapply(E, function(e) if (approx == "structured") e[c("D", "L", "b")] else e[c("m", "S")])
+    if (length(failed)) {
+      status <- failed[1L]
+      break
+    }
+    if (it > 1L && el < trace[it - 1L] - lds_elbo_slack * (1 + abs(trace[it - 1L]))) {
+      status <- codes[["decreased"]]
+      break
+    }
+    if (!length(learn)) {
+      status <- if (all(st == codes[["ok"]])) codes[["ok"]] else codes[["maxit"]]
+      break
+    }
+    if (it > 1L && lds_tol_met(trace[it - 1L], el, control$tol) && all(st == codes[["ok"]])) {
+      status <- codes[["ok"]]
+      break
+    }
+    if (it == outer) break
     now <- proc.time()[["elapsed"]]
     if (!control$quiet && now - t0 > 1 && now - last > 1) {
       message(sprintf("vb_lds(): iteration %d, ELBO %.6f", it, el))
       last <- now
     }
-    if (it > 1 && abs(el - trace[it - 1L]) <= control$tol * (1 + abs(el)) &&
-        all(vapply(E, `[[`, NA, "converged"))) {
-      converged <- TRUE
+    Mn <- lds_mstep(Y, Off, E, params, pois, learn, control, floor)
+    if (Mn$status != codes[["ok"]]) {
+      status <- Mn$status
       break
     }
-    if (it == outer) break
-    params <- lds_mstep(Y, Off, E, params, pois, learn)
+    params <- Mn$params
   }
+  el <- sum(vapply(E, `[[`, 0, "elbo"))
   loglik <- sum(vapply(E, `[[`, 0, "loglik"))
-  post <- lapply(E, function(e) list(mean = t(e$m), cov = e$S, cross = e$Sc, logdet = e$logdet))
+  post <- lapply(E, function(e) {
+    po <- list(mean = t(e$m), cov = e$S, cross = e$Sc, logdet = e$logdet)
+    if (approx == "structured") c(po, list(D = e$D, L = e$L)) else po
+  })
+  status <- as.integer(status)
   list(params = params, elbo = el, elbo_trace = trace,
        elbo_terms = c(elbo = el, loglik = loglik, kl = loglik - el),
-       converged = converged,
+       converged = status == codes[["ok"]], status = status,
        iterations = if (length(learn)) length(trace) else max(vapply(E, `[[`, 0L, "iterations")),
        passes = passes, posterior = post)
 }
 
-lds_mstep <- function(Y, Off, E, p, pois, learn) {
+# The M-step: closed forms (A, Q, m0, V0; gaussian C, d, R with R_i >= floor_i)
+# and the Poisson Newton steps in C.  Returns list(params, status).
+lds_mstep <- function(Y, Off, E, p, pois, learn, control, floor) {
   k <- nrow(p$A)
   K <- length(E)
   sym <- function(x) (x + t(x)) / 2
@@ -324,7 +421,11 @@ lds_mstep <- function(Y, Off, E, p, pois, learn) {
     n1 <- n1 + T - 1
   }
   if (n1 > 0) {
-    if ("A" %in% learn) p$A <- S10 %*% solve(S11)
+    if ("A" %in% learn) {
+      S11i <- tryCatch(solve(S11), error = function(e) NULL)
+      if (is.null(S11i)) return(list(params = p, status = vb_status_codes[["not_pd"]]))
+      p$A <- S10 %*% S11i
+    }
     if ("Q" %in% learn) {
       A <- p$A
       p$Q <- sym(S00 - A %*% t(S10) - S10 %*% t(A) + A %*% S11 %*% t(A)) / n1
@@ -347,8 +448,10 @@ lds_mstep <- function(Y, Off, E, p, pois, learn) {
     Sall <- do.call(c, lapply(E, function(e) as.vector(e$S)))
     dim(Sall) <- c(k, k, ncol(M))
     if (pois) {
-      r <- .Call(C_lds_poisson_mstep, Yall, unlist(Off), M, Sall, p$C, p$d, c(2, 1e-10))
+      r <- .Call(C_lds_poisson_mstep, Yall, unlist(Off), M, Sall, p$C, p$d,
+                 list(maxit = lds_newton_steps, tol = control$tol))
       p$C <- r$C; p$d <- r$d
+      if (r$status != vb_status_codes[["ok"]]) return(list(params = p, status = r$status))
     } else {
       O <- !is.na(Yall)
       Y0 <- Yall; Y0[!O] <- 0
@@ -368,10 +471,11 @@ lds_mstep <- function(Y, Off, E, p, pois, learn) {
       N <- ncol(Yall)
       for (i in seq_len(N)) {
         Gm <- if (allobs) G else matrix(Gi[, i], q)
-        th <- solve(Gm, Rxy[, i])
+        th <- tryCatch(solve(Gm, Rxy[, i]), error = function(e) NULL)
+        if (is.null(th)) return(list(params = p, status = vb_status_codes[["not_pd"]]))
         p$C[i, ] <- th[1:k]; p$d[i] <- th[q]
         if ("R" %in% learn) p$R[i] <- max((ysq[i] - 2 * sum(th * Rxy[, i]) + sum(th * (Gm %*% th))) / nobs[i],
-                                          1e-10)
+                                          floor[i])
       }
       learn <- setdiff(learn, "R")
     }
@@ -386,11 +490,15 @@ lds_mstep <- function(Y, Off, E, p, pois, learn) {
         num <- num + sum(res^2) + sum(crossprod(as.vector(tcrossprod(p$C[i, ])), Si))
         n <- n + sum(o)
       }
-      p$R[i] <- max(num / n, 1e-10)
+      p$R[i] <- max(num / n, floor[i])
     }
   }
-  p
+  list(params = p, status = vb_status_codes[["ok"]])
 }
+
+# Newton steps per unit in each Poisson M-step (generalised EM: each step
+# increases the ELBO, the M-step need not converge).
+lds_newton_steps <- 2L
 
 # Smoothed rates (response) or linear predictor (link) per trial, with the
 # variance of the linear predictor attached for the response of poisson.
@@ -625,4 +733,81 @@ plot.vblds <- function(x, which = c("latents", "elbo", "rates"), trial = 1L, uni
     lines(tt, rate[, i], col = "red", lwd = 2)
   }
   invisible(list(observed = x$y[[trial]][, units, drop = FALSE], fitted = rate[, units, drop = FALSE]))
+}
+
+# ---- the log joint and draws from q (vb_diagnose(), compare_models()) ------------
+
+# theta stacks the latent paths of all trials: trial 1's z_1, ..., z_T (d values
+# each), then trial 2's, and so on; one column per draw.
+lds_theta_index <- function(fit) {
+  n <- fit$latent_dim * vapply(fit$y, nrow, 1L)
+  split(seq_len(sum(n)), rep(seq_along(n), n))
+}
+
+# Draws of the latent paths from the fitted q, with log q at each draw.  The
+# structured q is sampled backwards from its block-tridiagonal precision
+# (diagonal blocks D_t, sub-diagonal block L): with the forward Schur
+# complements F_1 = D_1, F_t = D_t - L F_{t-1}^{-1} L',
+#   z_T ~ N(m_T, F_T^{-1}),  z_t | z_{t+1} ~ N(m_t - F_t^{-1} L'(z_{t+1} - m_{t+1}), F_t^{-1}),
+# so log q(z) is the sum of these conditional densities.  The meanfield q is
+# a product of N(m_t, S_t).
+q_sample.vblds <- function(fit, S) {
+  S <- check_count(S, "S")
+  k <- fit$latent_dim
+  parts <- lapply(fit$posterior, function(po) {
+    T <- nrow(po$mean); m <- t(po$mean)
+    Z <- array(0, c(k, T, S)); logq <- numeric(S)
+    draw <- function(U, t, mu) { # N(mu, (U'U)^{-1}) from the upper factor U of the precision
+      e <- matrix(stats::rnorm(k * S), k)
+      Z[, t, ] <<- mu + backsolve(U, e)
+      logq <<- logq - 0.5 * colSums(e^2) + sum(log(diag(U))) - 0.5 * k * log(2 * pi)
+    }
+    if (fit$approx == "meanfield") {
+      for (t in seq_len(T)) draw(chol(solve(po$cov[, , t])), t, m[, t])
+    } else {
+      F <- array(0, c(k, k, T)); F[, , 1] <- po$D[, , 1]
+      if (T > 1) for (t in 2:T)
+        F[, , t] <- po$D[, , t] - po$L %*% solve(F[, , t - 1], t(po$L))
+      draw(chol((F[, , T] + t(F[, , T])) / 2), T, m[, T])
+      if (T > 1) for (t in (T - 1):1) {
+        Ft <- (F[, , t] + t(F[, , t])) / 2
+        draw(chol(Ft), t, m[, t] - solve(Ft, t(po$L) %*% (Z[, t + 1, ] - m[, t + 1])))
+      }
+    }
+    list(theta = matrix(Z, k * T), logq = logq)
+  })
+  list(theta = do.call(rbind, lapply(parts, `[[`, "theta")),
+       logq = Reduce(`+`, lapply(parts, `[[`, "logq")))
+}
+
+# log p(y, z) at the fitted parameters for each column of theta (stacked as in
+# q_sample.vblds), written directly from the model's densities.
+log_joint.vblds <- function(fit, theta) {
+  p <- fit$params; k <- fit$latent_dim
+  ix <- lds_theta_index(fit)
+  if (!is.matrix(theta) || nrow(theta) != length(unlist(ix)))
+    stop(sprintf("log_joint(): 'theta' must be a matrix with %d rows (the stacked latent paths).",
+                 length(unlist(ix))), call. = FALSE)
+  S <- ncol(theta)
+  pois <- fit$family$family == "poisson"
+  R0 <- chol(p$V0); Rq <- chol(p$Q)
+  lmvn <- function(U, x) -0.5 * colSums(backsolve(U, x, transpose = TRUE)^2) - sum(log(diag(U))) -
+    0.5 * k * log(2 * pi)
+  lp <- numeric(S)
+  for (j in seq_along(ix)) {
+    y <- fit$y[[j]]; T <- nrow(y)
+    Z <- array(theta[ix[[j]], ], c(k, T, S))
+    lp <- lp + lmvn(R0, matrix(Z[, 1, ], k) - p$m0)
+    for (t in seq_len(T)) {
+      Zt <- matrix(Z[, t, ], k)
+      if (t > 1) lp <- lp + lmvn(Rq, Zt - p$A %*% matrix(Z[, t - 1, ], k))
+      o <- !is.na(y[t, ])
+      if (!any(o)) next
+      eta <- p$C[o, , drop = FALSE] %*% Zt + p$d[o]
+      lp <- lp + colSums(if (pois) {
+        stats::dpois(y[t, o], exp(eta) * fit$exposure[[j]][t], log = TRUE)
+      } else stats::dnorm(y[t, o], eta, sqrt(p$R[o]), log = TRUE), na.rm = FALSE)
+    }
+  }
+  lp
 }

@@ -17,7 +17,10 @@ SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh);
 SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag);
 SEXP C_spikes_simulate(SEXP eta0, SEXP h, SEXP seg, SEXP control);
 
-/* lds.c */
+/* btd.c */
+SEXP C_btd_solve(SEXP D, SEXP L, SEXP b);
+
+/* lds_estep.c, lds_mstep.c */
 SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx, SEXP control);
 SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SEXP control);
 
@@ -36,6 +39,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(binomial_mean, 3),
     CALLDEF(spikes_history, 4),
     CALLDEF(spikes_simulate, 4),
+    CALLDEF(btd_solve, 3),
     CALLDEF(lds_estep, 7),
     CALLDEF(lds_poisson_mstep, 7),
     CALLDEF(sgvb_fit, 6),

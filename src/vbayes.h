@@ -148,6 +148,23 @@ void vb_symmetrize(int p, double *A);             /* upper -> full  */
 int vb_lapack_status(int info);                   /* info -> VB_OK / VB_NOT_PD / VB_LAPACK_ARG */
 void vb_linalg_error(int info, const char *what); /* R error; wrappers only */
 
+/*
+ * ---- btd.c: block-tridiagonal solver (Kalman filter / RTS smoother form) ----
+ * Lambda (Td x Td, symmetric positive definite) has diagonal blocks D_t and
+ * sub-diagonal blocks L_t = Lambda_{t,t-1} (t = 1..T-1), each d x d and
+ * column-major; D holds T blocks back to back.  L_t is read at
+ * L + t * lstride: lstride = 0 uses the one block L for every t (a
+ * time-invariant prior), lstride = d*d reads T blocks (L_0 unused).
+ * Outputs: m (d x T) = Lambda^{-1} b; S (d x d x T), S_t = Sigma_tt;
+ * Sc (d x d x T), Sc_t = Sigma_{t,t-1}, Sc_0 = 0; *logdet = log|Sigma|
+ * = -log|Lambda|.  work: VB_BTD_WORK(d) doubles.  Returns VB_OK,
+ * VB_NOT_PD (Lambda is not positive definite), VB_LAPACK_ARG,
+ * VB_INTERRUPTED or VB_BAD_INPUT (T < 1 or d < 1).  O(T d^3) time.
+ */
+#define VB_BTD_WORK(d) (3 * (size_t)(d) * (size_t)(d) + (size_t)(d))
+int vb_btd_solve(int T, int d, const double *D, const double *L, size_t lstride, const double *b,
+                 double *m, double *S, double *Sc, double *logdet, double *work);
+
 /* ---- glm_model.c: the GLM model, used by the CAVI engines and the log joint ---- */
 enum { VB_PRIOR_NORMAL = 0, VB_PRIOR_LAPLACE = 1 };
 

@@ -267,7 +267,169 @@ test_that("bad input gives clear errors", {
   expect_error(vb_lds(abs(round(y)), 2, family = poisson(), exposure = -1), "exposure")
   expect_error(vb_lds(y, 2, learn = "C", params = p), "together")
   # the C entry points re-check what they rely on
-  expect_error(.Call(vbayes:::C_lds_estep, y, 0, 0L, p, NULL, 0L, c(1, 1e-8)), "off")
-  expect_error(.Call(vbayes:::C_lds_estep, y, rep(0, 10), 0L, list(A = p$A), NULL, 0L, c(1, 1e-8)), "Q")
-  expect_error(.Call(vbayes:::C_lds_poisson_mstep, y, rep(0, 10), 1, 1, p$C, p$d, c(1, 1)), "'m'")
+  ctl <- vb_control()
+  expect_error(.Call(vbayes:::C_lds_estep, y, 0, 0L, p, NULL, 0L, ctl), "off")
+  expect_error(.Call(vbayes:::C_lds_estep, y, rep(0, 10), 0L, list(A = p$A), NULL, 0L, ctl), "Q")
+  expect_error(.Call(vbayes:::C_lds_estep, y, rep(0, 10), 0L, p, NULL, 0L, c(1, 1e-8)), "control")
+  expect_error(.Call(vbayes:::C_lds_estep, y, rep(0, 10), 0L, p, NULL, 2L, ctl), "approx")
+  expect_error(.Call(vbayes:::C_lds_estep, y, rep(0, 10), 2L, p, NULL, 0L, ctl), "family")
+  expect_error(.Call(vbayes:::C_lds_poisson_mstep, y, rep(0, 10), 1, 1, p$C, p$d, ctl), "'m'")
+})
+
+# ---- issue 10: trust --------------------------------------------------------------
+
+test_that("the block-tridiagonal solver matches a dense solve, constant or per-step blocks", {
+  set.seed(31)
+  d <- 2; T <- 7
+  D <- array(0, c(d, d, T)); Lk <- array(rnorm(d * d * T, sd = 0.3), c(d, d, T))
+  for (t in 1:T) { B <- matrix(rnorm(d * d), d); D[, , t] <- crossprod(B) + diag(3, d) }
+  b <- matrix(rnorm(d * T), d)
+  dense <- function(L) {
+    Lam <- matrix(0, d * T, d * T)
+    for (t in 1:T) {
+      ix <- (t - 1) * d + 1:d
+      Lam[ix, ix] <- D[, , t]
+      if (t > 1) { Lt <- if (length(dim(L)) == 3) L[, , t] else L
+        Lam[ix, ix - d] <- Lt; Lam[ix - d, ix] <- t(Lt) }
+    }
+    Lam
+  }
+  for (L in list(Lk[, , 1], Lk)) {
+    r <- .Call(vbayes:::C_btd_solve, D, L, b)
+    Lam <- dense(L); Sig <- solve(Lam)
+    expect_identical(r$status, 0L)
+    expect_close(r$m, solve(Lam, as.vector(b)), 1e-10)
+    expect_close(r$S, lds_blocks(Sig, d, T), 1e-10)
+    expect_close(r$Sc[, , -1], lds_blocks(Sig, d, T, lag = 1), 1e-10)
+    expect_close(r$logdet, -as.numeric(determinant(Lam)$modulus), 1e-10)
+  }
+  # an indefinite precision is a status, not an error or a garbage answer
+  Dbad <- D; Dbad[, , 4] <- -diag(d)
+  expect_identical(.Call(vbayes:::C_btd_solve, Dbad, Lk[, , 1], b)$status, 3L)
+})
+
+test_that("the EM trace never decreases when the variance floor binds, and converged means it", {
+  # a unit with variance 1e-12: on main the starting noise variance (floor 1e-11)
+  # sat below the M-step floor (1e-10), the trace fell by 47 and the fit said converged
+  p <- lds_test_params(2, 4, seed = 1)
+  set.seed(11)
+  y <- vbayes:::lds_sim(p, 60, "gaussian")
+  y <- cbind(y, 1e-6 * rnorm(60))
+  fit <- vb_lds(y, 2, control = quiet(maxit = 500))
+  expect_identical(fit$status, 0L)
+  expect_true(fit$converged)
+  tr <- fit$elbo_trace
+  expect_true(all(diff(tr) >= -1e-10 * (1 + abs(tr[-1]))))
+  # the final ELBO is the exact log-likelihood at the fitted parameters (dense reference)
+  expect_close(fit$elbo, lds_dense_loglik(fit$params, y), 1e-6 * abs(fit$elbo))
+})
+
+test_that("degenerate maximum-likelihood fits are refused or reported", {
+  p <- lds_test_params(2, 4, seed = 1)
+  set.seed(11)
+  y <- vbayes:::lds_sim(p, 50, "gaussian")
+  # T = 1 or 2 bins with everything learned: the bound grows without limit
+  # (main returned ELBO 42.4 and 84.7, 'converged')
+  for (T in 1:2)
+    expect_error(vb_lds(y[1:T, , drop = FALSE], 1, control = quiet()), "too few observations")
+  # a constant unit has no noise-variance maximum
+  expect_error(vb_lds(cbind(y, 3), 2, control = quiet()), "unit 5 of 'y' is constant")
+  # ... but its R may be held fixed
+  pf <- vbayes:::lds_init(list(cbind(y, 3)), list(rep(0, 50)), 2, FALSE, floor = 1e-8)
+  expect_s3_class(vb_lds(cbind(y, 3), 2, params = pf, learn = c("A", "Q", "C", "d", "m0", "V0"),
+                         control = quiet(maxit = 5)) |> suppressWarnings(), "vblds")
+  # a unit fitted exactly by the latent state (a copy of unit 1): R collapses to the floor
+  expect_warning(f <- vb_lds(cbind(y, y[, 1]), 2, control = quiet(maxit = 2000)), "degenerate")
+  expect_true(all(diff(f$elbo_trace) >= -1e-10 * (1 + abs(f$elbo_trace[-1]))))
+  # fixed parameters need no bins at all: T = 1 is an exact posterior
+  expect_close(vb_lds(y[1, , drop = FALSE], 2, params = p, learn = FALSE, control = quiet())$elbo,
+               lds_dense_loglik(p, y[1, , drop = FALSE]), 1e-8)
+})
+
+test_that("quiet never silences the non-convergence warning; status is data", {
+  p <- lds_test_params(2, 4, seed = 2)
+  set.seed(12)
+  y <- vbayes:::lds_sim(p, 40, "gaussian")
+  expect_warning(f <- vb_lds(y, 2, control = vb_control(quiet = TRUE, maxit = 3)), "not converged after 3")
+  expect_identical(f$status, 1L); expect_false(f$converged)
+  expect_s3_class(f, c("vblds", "vb_posterior"), exact = TRUE)
+  expect_warning(vb_lds(y, 2, control = list(quiet = TRUE, maxit = 3)), "not converged")
+  yp <- vbayes:::lds_sim(p, 30, "poisson")
+  expect_warning(g <- vb_lds(yp, 2, family = poisson(), params = p, learn = FALSE,
+                             control = vb_control(quiet = TRUE, maxit = 1)), "not converged")
+  expect_identical(g$status, 1L)
+  g <- vb_lds(yp, 2, family = poisson(), params = p, learn = FALSE, control = quiet(tol = 1e-12))
+  expect_identical(g$status, 0L); expect_true(g$converged)
+})
+
+test_that("the log joint and q draws: for the gaussian LDS log p(y, z) - log q(z) = log p(y)", {
+  p <- lds_test_params(2, 4, seed = 5)
+  set.seed(15)
+  y1 <- vbayes:::lds_sim(p, 12, "gaussian"); y2 <- vbayes:::lds_sim(p, 5, "gaussian")
+  y1[4, 2] <- NA
+  fit <- vb_lds(list(y1, y2), 2, params = p, learn = FALSE, control = quiet())
+  set.seed(1)
+  qs <- vbayes:::q_sample.vblds(fit, 500)
+  expect_equal(dim(qs$theta), c(2 * (12 + 5), 500))
+  lr <- vbayes:::log_joint.vblds(fit, qs$theta) - qs$logq
+  logpy <- lds_dense_loglik(p, y1) + lds_dense_loglik(p, y2)
+  expect_close(lr, rep(logpy, 500), 1e-8)
+  # the importance weights are constant: no heavy tail
+  expect_lt(vbayes:::psis(lr)$khat, 0.5)
+  # the draws have the posterior's moments (dense reference), and log q is its density
+  post <- lds_dense_posterior(p, y1)
+  z1 <- qs$theta[1:24, ]
+  expect_close(rowMeans(z1), post$mean, 5 * max(sqrt(diag(post$Sigma))) / sqrt(500) * 3)
+  Rl <- chol(post$Lam); e <- Rl %*% (z1 - post$mean)
+  lq1 <- -0.5 * colSums(e^2) + sum(log(diag(Rl))) - 12 * log(2 * pi)
+  po2 <- lds_dense_posterior(p, y2); R2 <- chol(po2$Lam); e2 <- R2 %*% (qs$theta[25:34, ] - po2$mean)
+  expect_close(qs$logq, lq1 - 0.5 * colSums(e2^2) + sum(log(diag(R2))) - 5 * log(2 * pi), 1e-8)
+  # meanfield: the mean log ratio is the ELBO (Monte Carlo), below log p(y)
+  mf <- vb_lds(y1, 2, params = p, learn = FALSE, approx = "meanfield", control = quiet(tol = 1e-13, maxit = 5000))
+  qm <- vbayes:::q_sample.vblds(mf, 4000)
+  lm <- vbayes:::log_joint.vblds(mf, qm$theta) - qm$logq
+  expect_close(mean(lm), mf$elbo, 4 * sd(lm) / sqrt(4000))
+  expect_lt(mf$elbo, lds_dense_loglik(p, y1))
+  # poisson: the log joint is the model's own density (checked at one draw by hand)
+  yp <- vbayes:::lds_sim(p, 6, "poisson", 0.5)
+  fp <- vb_lds(yp, 2, family = poisson(), params = p, learn = FALSE, exposure = 0.5, control = quiet())
+  th <- vbayes:::q_sample.vblds(fp, 3)$theta
+  z <- matrix(th[, 1], 2)
+  ref <- mvn_logd(z[, 1], p$m0, p$V0) + sum(vapply(2:6, function(t) mvn_logd(z[, t], p$A %*% z[, t - 1], p$Q), 0)) +
+    sum(dpois(yp, 0.5 * exp(t(p$C %*% z + p$d)), log = TRUE))
+  expect_close(vbayes:::log_joint.vblds(fp, th)[1], ref, 1e-10)
+})
+
+test_that("vb_diagnose() works on vb_lds fits once q_sample/log_joint are generics", {
+  skip_if_not("UseMethod" %in% all.names(body(vbayes:::q_sample)), "q_sample() is not yet a generic")
+  p <- lds_test_params(2, 4, seed = 5)
+  set.seed(15)
+  y <- vbayes:::lds_sim(p, 12, "gaussian")
+  fit <- vb_lds(y, 2, params = p, learn = FALSE, control = quiet())
+  dg <- vb_diagnose(fit, S = 500, K = c(1, 10))
+  expect_close(dg$iwae, rep(lds_dense_loglik(p, y), 2), 1e-8)
+  expect_lt(dg$khat, 0.5)
+})
+
+test_that("vb_lds answers an interrupt within a second", {
+  skip_on_os("windows")
+  skip_on_cran()
+  # a long single .Call: meanfield sweeps on a strongly correlated posterior, T < 1024
+  # (main polled for interrupts only every 1024 bins: it ignored SIGINT and ran on for 9 s)
+  p <- list(A = matrix(0.999), Q = matrix(1e-3), C = matrix(c(1, 0.5, -0.7), 3), d = c(0, 0, 0),
+            R = c(4, 4, 4), m0 = 0, V0 = matrix(1))
+  set.seed(1)
+  y <- vbayes:::lds_sim(p, 300, "gaussian")
+  job <- parallel::mcparallel(tryCatch(
+    vb_lds(y, 1, params = p, learn = FALSE, approx = "meanfield",
+           control = vb_control(maxit = 1e7, tol = 1e-300, quiet = TRUE)),
+    error = function(e) conditionMessage(e), interrupt = function(e) "R interrupt"))
+  Sys.sleep(1.5)
+  tools::pskill(job$pid, tools::SIGINT)
+  t1 <- Sys.time()
+  res <- parallel::mccollect(job, wait = FALSE, timeout = 5)
+  lag <- as.numeric(difftime(Sys.time(), t1, units = "secs"))
+  if (is.null(res)) tools::pskill(job$pid, tools::SIGKILL)
+  expect_lt(lag, 1)
+  expect_match(as.character(res[[1]])[1], "interrupted by the user")
 })

@@ -1,0 +1,157 @@
+/*
+ * lds_estep.c — the .Call entry point of the LDS E-steps (lds_structured.c,
+ * lds_meanfield.c): unpack and check, allocate, start q, call the worker,
+ * return its status as data.
+ *
+ * C_lds_estep(y, off, family, params, state, approx, control)
+ *   y T x N double (NaN = missing); off T (log exposure); family VB_GAUSSIAN
+ *   or VB_POISSON (integer); params list(A, Q, C, d, R, m0, V0);
+ *   approx 0 structured (state NULL = start at the prior, or list(D d x d x T,
+ *   L d x d, b d x T), the natural parameters of q) or 1 meanfield (state NULL
+ *   = the prior's diagonal blocks at the prior mean path, or list(m, S));
+ *   control the named vb_control() list (maxit: fixed-point iterations or
+ *   sweeps; tol).
+ * Returns list(m, S, Sc, logdet, D, L, b (structured; NULL for meanfield),
+ *   elbo, loglik, iterations, passes, status, converged = status == VB_OK).
+ *   A Q or V0 that is not positive definite (e.g. left by an M-step) is
+ *   status VB_NOT_PD with elbo NA.  Cost: see the workers.
+ */
+#include "lds.h"
+
+static SEXP dims(SEXP x, int a, int b, int c) {
+    SEXP dim = PROTECT(Rf_allocVector(INTSXP, c > 0 ? 3 : 2));
+    INTEGER(dim)[0] = a;
+    INTEGER(dim)[1] = b;
+    if (c > 0) INTEGER(dim)[2] = c;
+    Rf_setAttrib(x, R_DimSymbol, dim);
+    UNPROTECT(1);
+    return x;
+}
+
+static double *scratch(size_t n) {
+    return (double *)R_alloc(n > 0 ? n : 1, sizeof(double));
+}
+
+SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP approx,
+                 SEXP control) {
+    lds_model M;
+    vb_settings s;
+    lds_unpack(&M, y, off, family, params);
+    if (TYPEOF(approx) != INTSXP || XLENGTH(approx) != 1 ||
+        (INTEGER(approx)[0] != 0 && INTEGER(approx)[0] != 1))
+        Rf_error("lds: 'approx' must be 0L (structured) or 1L (meanfield)");
+    vb_settings_read(control, &s);
+    if (!Rf_isNull(state) && TYPEOF(state) != VECSXP)
+        Rf_error("lds: 'state' must be NULL or a list");
+    int ap = INTEGER(approx)[0], T = M.T, d = M.d, np = 0, iter = 0, passes = 0, status;
+    size_t dd = (size_t)d * d, Td = (size_t)T * d, Tdd = (size_t)T * dd;
+    const char *nms[] = {"m",    "S",      "Sc",         "logdet", "D",      "L",         "b",
+                         "elbo", "loglik", "iterations", "passes", "status", "converged", ""};
+    SEXP out = vb_named_list(nms, &np);
+    SEXP m = dims(Rf_allocVector(REALSXP, Td), d, T, 0);
+    SET_VECTOR_ELT(out, 0, m);
+    SEXP S = dims(Rf_allocVector(REALSXP, Tdd), d, d, T);
+    SET_VECTOR_ELT(out, 1, S);
+    SEXP Sc = dims(Rf_allocVector(REALSXP, Tdd), d, d, T);
+    SET_VECTOR_ELT(out, 2, Sc);
+    memset(REAL(m), 0, Td * sizeof(double));
+    memset(REAL(S), 0, Tdd * sizeof(double));
+    memset(REAL(Sc), 0, Tdd * sizeof(double));
+    double *work = scratch(LDS_ESTEP_WORK(M.N, d)), logdet = 0.0, elbo = NA_REAL, loglik = NA_REAL;
+
+    status = lds_derive(&M);
+    if (status == VB_OK && ap == 0) {
+        SEXP D = dims(Rf_allocVector(REALSXP, Tdd), d, d, T);
+        SET_VECTOR_ELT(out, 4, D);
+        SEXP L = dims(Rf_allocVector(REALSXP, dd), d, d, 0);
+        SET_VECTOR_ELT(out, 5, L);
+        SEXP b = dims(Rf_allocVector(REALSXP, Td), d, T, 0);
+        SET_VECTOR_ELT(out, 6, b);
+        int pois = M.family == VB_POISSON;
+        lds_q cur = {REAL(D),
+                     REAL(L),
+                     REAL(b),
+                     REAL(m),
+                     REAL(S),
+                     REAL(Sc),
+                     pois ? scratch(Tdd) : NULL,
+                     pois ? scratch(Td) : NULL,
+                     0,
+                     0,
+                     0};
+        lds_q try_ = cur;
+        if (pois) {
+            try_ = (lds_q){scratch(Tdd),
+                           scratch(dd),
+                           scratch(Td),
+                           scratch(Td),
+                           scratch(Tdd),
+                           scratch(Tdd),
+                           scratch(Tdd),
+                           scratch(Td),
+                           0,
+                           0,
+                           0};
+            if (Rf_isNull(state))
+                lds_q_prior(&M, &cur);
+            else {
+                const char *w = "state";
+                memcpy(cur.D, vb_real_elt(state, "D", (R_xlen_t)Tdd, w), Tdd * sizeof(double));
+                memcpy(cur.L, vb_real_elt(state, "L", (R_xlen_t)dd, w), dd * sizeof(double));
+                memcpy(cur.b, vb_real_elt(state, "b", (R_xlen_t)Td, w), Td * sizeof(double));
+            }
+        }
+        status = lds_estep_structured(&M, &cur, &try_, s.maxit, s.tol, &iter, &passes, work);
+        if (cur.D != REAL(D)) { /* the last swap left the result in the scratch q */
+            memcpy(REAL(D), cur.D, Tdd * sizeof(double));
+            memcpy(REAL(L), cur.L, dd * sizeof(double));
+            memcpy(REAL(b), cur.b, Td * sizeof(double));
+            memcpy(REAL(m), cur.m, Td * sizeof(double));
+            memcpy(REAL(S), cur.S, Tdd * sizeof(double));
+            memcpy(REAL(Sc), cur.Sc, Tdd * sizeof(double));
+        }
+        logdet = cur.logdet;
+        elbo = cur.elbo;
+        loglik = cur.loglik;
+    } else if (status == VB_OK) {
+        double *ldS = scratch(T), *P = work;
+        if (Rf_isNull(state)) {
+            for (int t = 0; t < T && status == VB_OK; t++) {
+                double *St = REAL(S) + t * dd, *mt = REAL(m) + (size_t)t * d;
+                lds_prior_diag(&M, t, P);
+                memcpy(St, P, dd * sizeof(double));
+                status = lds_spd_inverse(d, St, &ldS[t]);
+                ldS[t] = -ldS[t];
+                if (t == 0) /* start at the prior mean path */
+                    memcpy(mt, M.m0, (size_t)d * sizeof(double));
+                else
+                    lds_gemv("N", d, d, 1.0, M.A, mt - d, 0.0, mt);
+            }
+        } else {
+            const char *w = "state";
+            memcpy(REAL(m), vb_real_elt(state, "m", (R_xlen_t)Td, w), Td * sizeof(double));
+            memcpy(REAL(S), vb_real_elt(state, "S", (R_xlen_t)Tdd, w), Tdd * sizeof(double));
+            for (int t = 0; t < T && status == VB_OK; t++) {
+                memcpy(P, REAL(S) + t * dd, dd * sizeof(double));
+                status = vb_lapack_status(vb_chol(d, P, d));
+                ldS[t] = status == VB_OK ? vb_chol_logdet(d, P, d) : 0.0;
+            }
+        }
+        if (status == VB_OK) {
+            status = lds_estep_meanfield(&M, REAL(m), REAL(S), ldS, s.maxit, s.tol, &iter, &elbo,
+                                         &loglik, REAL(Sc), work);
+            passes = iter;
+            for (int t = 0; t < T; t++)
+                logdet += ldS[t];
+        }
+    }
+    SET_VECTOR_ELT(out, 3, Rf_ScalarReal(logdet));
+    SET_VECTOR_ELT(out, 7, Rf_ScalarReal(elbo));
+    SET_VECTOR_ELT(out, 8, Rf_ScalarReal(loglik));
+    SET_VECTOR_ELT(out, 9, Rf_ScalarInteger(iter));
+    SET_VECTOR_ELT(out, 10, Rf_ScalarInteger(passes));
+    SET_VECTOR_ELT(out, 11, Rf_ScalarInteger(status));
+    SET_VECTOR_ELT(out, 12, Rf_ScalarLogical(status == VB_OK));
+    UNPROTECT(np);
+    return out;
+}
