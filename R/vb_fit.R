@@ -97,7 +97,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
                     core$iterations, control$tol), call. = FALSE)
   if (!is.null(core$sgvb)) fit$sgvb <- core$sgvb # joint q over (beta, log tau), SGVB run data
   fit$time <- proc.time()[["elapsed"]] - t0
-  class(fit) <- "vbfit"
+  class(fit) <- c("vbfit", "vb_posterior")
   fit
 }
 
