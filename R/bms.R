@@ -239,7 +239,7 @@ bms_alpha0 <- function(alpha0, K, fam) {
   if (!is.numeric(alpha0) || length(alpha0) < 1L || any(!is.finite(alpha0)) || any(alpha0 <= 0))
     stop("bms(): 'alpha0' must be finite and positive (prior counts of the Dirichlet over model frequencies).", call. = FALSE)
   if (!is.finite(sum(alpha0) * K))
-    stop("bms(): 'alpha0' is too large: the total prior count overflows; give prior counts below 1e300.", call. = FALSE)
+    stop("bms(): 'alpha0' is too large: the total prior count overflows double precision. Counts beyond about 1e15 already hold the model frequencies at their prior means; give a smaller alpha0.", call. = FALSE)
   if (length(alpha0) == 1L) {
     if (is.null(fam)) return(rep(alpha0, K))
     return(alpha0 / tabulate(fam$index)[fam$index])

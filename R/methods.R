@@ -253,7 +253,7 @@ print.vb_posterior <- function(x, digits = max(3L, getOption("digits") - 3L), ..
 print.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), ...) {
   cat("Variational Bayes fit (", x[["approx"]], ", ", x[["method"]], ")\n", sep = "")
   if (!is.null(x[["call"]])) cat("Call: ", paste(deparse(x[["call"]]), collapse = "\n"), "\n", sep = "")
-  cat("Family:", x[["family"]]$family, "(link =", x[["family"]]$link, ")\n\n")
+  cat(sprintf("Family: %s (link = %s)\n\n", x[["family"]]$family, x[["family"]]$link))
   tab <- cbind(mean = x[["coefficients"]], sd = sqrt(diag(x[["vcov"]])))
   print(tab, digits = digits)
   cat("\n", elbo_line(x), "\n", sep = "")
@@ -305,8 +305,8 @@ summary.vbfit <- function(object, level = 0.95, ...) {
 print.summary.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), ...) {
   cat("Variational Bayes fit (", x[["approx"]], " Gaussian q, ", x[["method"]], ")\n", sep = "")
   if (!is.null(x[["call"]])) cat("Call: ", paste(deparse(x[["call"]]), collapse = "\n"), "\n", sep = "")
-  cat("Family:", x[["family"]]$family, "(link =", x[["family"]]$link, ")  Observations:",
-      x[["nobs"]], "\n\n")
+  cat(sprintf("Family: %s (link = %s)  Observations: %s\n\n", x[["family"]]$family,
+              x[["family"]]$link, format(x[["nobs"]])))
   cat("Posterior (approximate):\n")
   printCoefmat(x[["coefficients"]], digits = digits, has.Pvalue = FALSE, P.values = FALSE,
                cs.ind = 1:2, tst.ind = integer(0))
