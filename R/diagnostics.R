@@ -20,6 +20,14 @@
 #'   estimate for model comparison.  The PSIS estimate of log p(y),
 #'   log of the mean smoothed weight, is reported as `logZ_psis`.
 #'
+#' Every approximate posterior (class `vb_posterior`) reaches this function
+#' the same way, through two internal generics: `q_sample(fit, S)` draws
+#' theta_1..S from q and returns them with log q(theta_s), and
+#' `log_joint(fit, theta)` evaluates log p(y, theta_s).  GLM fits sample
+#' (beta, log tau) from q(beta) q(tau) (SGVB: their joint Gaussian q) and
+#' evaluate the log joint in C; the parent's q_sample() draws from the
+#' Gaussian q over the coefficients.
+#'
 #' @param fit Any approximate posterior (`vb_posterior`): a fit from [vb()]
 #'   (CAVI or SGVB), [vb_density()] or [vb_lds()].  A `vb()` fit needs its
 #'   design matrix and response (the defaults `x = TRUE, y = TRUE`).
