@@ -195,7 +195,7 @@ fitted.vbfit <- function(object, ...) stats::napredict(object[["na.action"]], ob
 
 #' Residuals of a variational GLM fit
 #'
-#' Response residuals y - E_q[mu], where E_q[mu] is the posterior mean of the
+#' Response residuals y - E_q(mu), where E_q(mu) is the posterior mean of the
 #' mean response (the fitted values; binomial: proportions).  With
 #' `na.action = na.exclude` the dropped rows come back as `NA`, as in [glm()].
 #' @param object A fit from [vb()] or [vb_fit()].

@@ -132,4 +132,8 @@ test_that("vb_diagnose rejects bad input", {
   nolj <- structure(list(coefficients = c(a = 0), vcov = matrix(1), elbo = 0),
                     class = c("test_no_lj", "vb_posterior"))
   expect_error(vb_diagnose(nolj, S = 100, K = 10), "no log_joint\\(\\) method")
+  # and one without a Gaussian q over coefficients, that it cannot be sampled
+  noq <- structure(list(elbo = 0), class = c("test_no_q", "vb_posterior"))
+  expect_error(vb_diagnose(noq, S = 100, K = 10), "no q_sample\\(\\) method")
+  expect_error(draws(noq, 10), "no q_sample\\(\\) method")
 })
