@@ -119,7 +119,7 @@ bms <- function(lme, alpha0 = 1, families = NULL, tol = 1e-10, maxit = 10000L, .
   if (!conv)
     warning(sprintf("bms(): not converged after %d iterations; increase 'maxit'.", maxit), call. = FALSE)
 
-  F1 <- bms_free_energy(L, a, G, a0)
+  F1 <- bms_free_energy(L, G, a0)
   lse <- row_logsumexp(L)
   F0 <- sum(lse) - N * log(K)
   bor <- plogis(F0 - F1)  # 1 / (1 + exp(F1 - F0)), without overflow
@@ -161,7 +161,7 @@ bms_lme <- function(lme) {
     if (length(lme) == 0L) stop("bms(): 'lme' is an empty list.", call. = FALSE)
     rows <- lapply(seq_along(lme), function(i) {
       s <- lme[[i]]
-      if (!is.list(s) || inherits(s, "vbfit"))
+      if (!is.list(s) || inherits(s, "vb_posterior"))
         stop(sprintf("bms(): element %d of 'lme' must be a list of fits, one per model.", i), call. = FALSE)
       vapply(s, function(f) {
         e <- tryCatch(elbo(f), error = function(e) NA_real_)
@@ -187,6 +187,8 @@ bms_lme <- function(lme) {
   if (nrow(lme) < 1L) stop("bms(): 'lme' has no subjects (rows).", call. = FALSE)
   if (any(!is.finite(lme)))
     stop("bms(): 'lme' contains NA, NaN or infinite log evidences (or fits without an ELBO); every subject needs a finite log evidence for every model.", call. = FALSE)
+  if (any(!is.finite(colSums(lme))) || any(!is.finite(rowSums(lme))))
+    stop("bms(): the log evidences in 'lme' are too large in magnitude: their sums overflow.", call. = FALSE)
   storage.mode(lme) <- "double"
   if (is.null(colnames(lme))) colnames(lme) <- paste0("m", seq_len(ncol(lme)))
   if (anyDuplicated(colnames(lme))) stop("bms(): the model (column) names must be unique.", call. = FALSE)
@@ -234,8 +236,10 @@ bms_alpha0 <- function(alpha0, K, fam) {
       stop("bms(): 'alpha0' must be positive numbers or \"vba\".", call. = FALSE)
     alpha0 <- if (is.null(fam)) 1 / K else 1 / length(fam$names)
   }
-  if (!is.numeric(alpha0) || any(!is.finite(alpha0)) || any(alpha0 <= 0))
+  if (!is.numeric(alpha0) || length(alpha0) < 1L || any(!is.finite(alpha0)) || any(alpha0 <= 0))
     stop("bms(): 'alpha0' must be finite and positive (prior counts of the Dirichlet over model frequencies).", call. = FALSE)
+  if (!is.finite(sum(alpha0) * K))
+    stop("bms(): 'alpha0' is too large: the total prior count overflows double precision. Counts beyond about 1e15 already hold the model frequencies at their prior means; give a smaller alpha0.", call. = FALSE)
   if (length(alpha0) == 1L) {
     if (is.null(fam)) return(rep(alpha0, K))
     return(alpha0 / tabulate(fam$index)[fam$index])
@@ -253,13 +257,48 @@ bms_assign <- function(L, a) {
   U / rowSums(U)
 }
 
-# Free energy of q(r) = Dir(a), q(m_n) = g_n: E_q log p(L, m, r) + entropies.
-bms_free_energy <- function(L, a, G, a0) {
-  E <- digamma(a) - digamma(sum(a))
-  elj <- lgamma(sum(a0)) - sum(lgamma(a0)) + sum((a0 - 1) * E) + sum(G * sweep(L, 2, E, "+"))
-  hr <- sum(lgamma(a)) - lgamma(sum(a)) - sum((a - 1) * E)
+# Free energy of q(r) = Dir(a), q(m_n) = g_n with a = a0 + n, n_k = sum_n g_nk:
+#   F1 = E_q log p(L, m, r) - E_q log q(m, r).
+# Written out, the terms in E_q log r_k = psi(a_k) - psi(A) carry the factor
+# (a0_k - 1) + n_k - (a_k - 1) = 0 and cancel, leaving the log
+# Dirichlet-multinomial normaliser plus the assignment terms:
+#   F1 = sum_nk g_nk L_nk + H(g) + sum_k D(a0_k, n_k) - D(A0, N),
+#   D(x, n) = lgamma(x + n) - lgamma(x),  A0 = sum a0,  N = sum n.
+# Each D is ~ n log x while F1 - F0 stays O(1), so D is split as
+# n log x + lgamma_excess(x, n) and the n log x parts are combined first:
+#   sum_k n_k log(a0_k / A0) + sum_k lgamma_excess(a0_k, n_k) - lgamma_excess(A0, N).
+# No term then grows with alpha0 (the lgamma differences of the textbook
+# form are ~ 1e102 for alpha0 = 1e100, and their rounding error swamped
+# F1 - F0), and as alpha0 -> infinity F1 -> F0 and the omnibus risk -> 1/2.
+# n is taken from G, not as a - a0 (which rounds to 0 when a0 is huge).
+bms_free_energy <- function(L, G, a0) {
+  n <- colSums(G)
   hm <- -sum(G[G > 0] * log(G[G > 0]))
-  elj + hr + hm
+  A0 <- sum(a0)
+  sum(G * L) + hm + sum(n * log(a0 / A0)) + sum(lgamma_excess(a0, n)) - lgamma_excess(A0, sum(n))
+}
+
+# lgamma(x + n) - lgamma(x) - n log(x) for x > 0, n >= 0, without the
+# cancellation of the direct form when x is large.  For x >= 30 Stirling's
+# series lgamma(z) = (z - 1/2) log z - z + log(2 pi)/2 + s(z) gives
+#   (x + n - 1/2) log1p(n / x) - n + s(x + n) - s(x),
+# s(z) = 1/(12 z) - 1/(360 z^3) + 1/(1260 z^5) - 1/(1680 z^7), whose first
+# omitted term 1/(1188 z^9) is below 5e-17 for z >= 30; the result is
+# ~ n^2 / (2 x) with an absolute error of a few n eps.
+lgamma_excess <- function(x, n) {
+  x <- rep_len(as.numeric(x), max(length(x), length(n)))
+  n <- rep_len(as.numeric(n), length(x))
+  out <- numeric(length(x))
+  big <- x >= 30
+  s <- function(z) {
+    z2 <- 1 / (z * z)
+    (1 / 12 - z2 * (1 / 360 - z2 * (1 / 1260 - z2 / 1680))) / z
+  }
+  xb <- x[big]; nb <- n[big]
+  out[big] <- (xb + nb - 0.5) * log1p(nb / xb) - nb + (s(xb + nb) - s(xb))
+  xs <- x[!big]; ns <- n[!big]
+  out[!big] <- lgamma(xs + ns) - lgamma(xs) - ns * log(xs)
+  out
 }
 
 row_logsumexp <- function(L) {
@@ -272,6 +311,23 @@ dirichlet_exceedance <- function(a) {
   K <- length(a)
   if (K == 2L)
     return(c(stats::pbeta(0.5, a[2], a[1]), stats::pbeta(0.5, a[1], a[2])))
+  if (min(a) >= 1e16) {
+    # Gamma(a_k) quantiles are no longer resolved in double precision (their
+    # sd sqrt(a_k) falls below the spacing of doubles near a_k when a_k is
+    # beyond ~1e30).  Here G_k = a_k + sqrt(a_k) z_k with z_k ~ N(0, 1) up to
+    # a skewness term of relative size 1 / sqrt(a_k) <= 1e-8, and
+    # xp_k = int phi(z) prod_{i != k} Phi((a_k - a_i + sqrt(a_k) z) / sqrt(a_i)) dz.
+    return(vapply(seq_len(K), function(k) {
+      f <- function(z) {
+        lv <- stats::dnorm(z, log = TRUE)
+        for (i in seq_len(K)[-k])
+          lv <- lv + stats::pnorm((a[k] - a[i] + sqrt(a[k]) * z) / sqrt(a[i]), log.p = TRUE)
+        exp(lv)
+      }
+      stats::integrate(f, -40, 40, rel.tol = 1e-10, abs.tol = 1e-15, subdivisions = 2000L,
+                       stop.on.error = FALSE)$value
+    }, numeric(1)))
+  }
   # r = G / sum(G) with G_k ~ Gamma(a_k, 1) independent: r_k is largest iff
   # G_k is, so xp_k = int Ga(q; a_k) prod_{i != k} P(a_i, q) dq.  In the
   # variable t = P(a_k, q) the integral runs over [0, 1] with a bounded

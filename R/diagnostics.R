@@ -20,7 +20,17 @@
 #'   estimate for model comparison.  The PSIS estimate of log p(y),
 #'   log of the mean smoothed weight, is reported as `logZ_psis`.
 #'
-#' @param fit A fit from [vb()] (CAVI or SGVB) or [vb_density()].
+#' Every approximate posterior (class `vb_posterior`) reaches this function
+#' the same way, through two internal generics: `q_sample(fit, S)` draws
+#' theta_1..S from q and returns them with log q(theta_s), and
+#' `log_joint(fit, theta)` evaluates log p(y, theta_s).  GLM fits sample
+#' (beta, log tau) from q(beta) q(tau) (SGVB: their joint Gaussian q) and
+#' evaluate the log joint in C; the parent's q_sample() draws from the
+#' Gaussian q over the coefficients.
+#'
+#' @param fit Any approximate posterior (`vb_posterior`): a fit from [vb()]
+#'   (CAVI or SGVB), [vb_density()] or [vb_lds()].  A `vb()` fit needs its
+#'   design matrix and response (the defaults `x = TRUE, y = TRUE`).
 #' @param S Number of draws from q.
 #' @param K Group size(s) of the IWAE bound, each at most `S`.
 #' @param ... Unused.
@@ -40,8 +50,8 @@
 #' vb_diagnose(fit, S = 1000, K = c(1, 10, 100))
 #' @export
 vb_diagnose <- function(fit, S = 4000, K = c(1, 10, 100), ...) {
-  if (!inherits(fit, "vbfit"))
-    stop("vb_diagnose(): 'fit' must be a fit from vb() or vb_density().", call. = FALSE)
+  if (!inherits(fit, "vb_posterior"))
+    stop("vb_diagnose(): 'fit' must be a fit from vb(), vb_density() or vb_lds().", call. = FALSE)
   S <- check_count(S, "S")
   if (S < 10L) stop("vb_diagnose(): 'S' must be at least 10 draws.", call. = FALSE)
   if (!is.numeric(K) || length(K) < 1L || any(!is.finite(K)) || any(K < 1) || any(K != round(K)) ||
@@ -49,14 +59,18 @@ vb_diagnose <- function(fit, S = 4000, K = c(1, 10, 100), ...) {
     stop("vb_diagnose(): 'K' must be whole numbers between 1 and S.", call. = FALSE)
   K <- as.integer(K)
   qs <- q_sample(fit, S)
-  lr <- log_joint(fit, qs$theta) - qs$logq
+  lj <- log_joint(fit, qs[["theta"]])
+  if (!is.numeric(lj) || length(lj) != S || length(qs[["logq"]]) != S)
+    stop(sprintf("vb_diagnose(): internal error: the '%s' methods of q_sample() and log_joint() must give one value per draw.",
+                 class(fit)[1L]), call. = FALSE)
+  lr <- lj - qs[["logq"]]
   if (any(is.nan(lr)) || any(lr == Inf))
     stop("vb_diagnose(): the log joint density was NaN or infinite at draws from q.", call. = FALSE)
   ps <- psis(lr)
   iw <- vapply(K, function(k) iwae(lr, k), numeric(2))
   fin <- is.finite(lr)
   out <- list(khat = ps$khat, khat_label = khat_label(ps$khat), iwae = iw[1, ], iwae_se = iw[2, ],
-              K = K, elbo = fit$elbo, elbo_mc = mean(lr),
+              K = K, elbo = fit[["elbo"]], elbo_mc = mean(lr),
               elbo_mc_se = if (all(fin)) stats::sd(lr) / sqrt(S) else NA_real_,
               logZ_psis = ps$logZ, S = S, log_ratios = lr)
   class(out) <- "vb_diagnosis"

@@ -1,9 +1,9 @@
 #' Plot a variational fit
 #'
-#' `which = "elbo"` draws the ELBO trace over iterations; `which = "coef"`
-#' draws posterior means with credible intervals.  Base graphics; the plotted
-#' data are returned invisibly.
-#' @param x A `vbfit`.
+#' `which = "elbo"` draws the ELBO trace over iterations (every posterior has
+#' one); `which = "coef"` draws posterior means with credible intervals.
+#' Base graphics; the plotted data are returned invisibly.
+#' @param x A fit from [vb()], [vb_fit()] or [vb_density()].
 #' @param which `"elbo"` or `"coef"`.
 #' @param level Credible level for `which = "coef"`.
 #' @param ... Passed to [graphics::plot()].
@@ -12,17 +12,18 @@
 #' fit <- vb(mpg ~ wt + hp, data = mtcars)
 #' plot(fit, which = "coef")
 #' @export
-plot.vbfit <- function(x, which = c("elbo", "coef"), level = 0.95, ...) {
+plot.vb_posterior <- function(x, which = c("elbo", "coef"), level = 0.95, ...) {
   which <- match.arg(which)
   if (which == "elbo") {
-    tr <- x$elbo_trace
+    tr <- x[["elbo_trace"]]
+    if (!length(tr)) stop("plot(): this fit has no ELBO trace.", call. = FALSE)
     it <- seq_along(tr) - 1L
     plot(it, tr, type = "b", pch = 20, xlab = "iteration", ylab = "ELBO",
          main = "ELBO trace", ...)
     return(invisible(data.frame(iteration = it, elbo = tr)))
   }
   ci <- confint(x, level = level)
-  cf <- x$coefficients
+  cf <- coef(x)
   k <- length(cf)
   op <- par(mar = c(4, max(4, max(nchar(names(cf))) * 0.6), 2, 1))
   on.exit(par(op))

@@ -31,21 +31,22 @@ predict.vbfit <- function(object, newdata, type = c("link", "response"),
   type <- match.arg(type)
   interval <- match.arg(interval)
   check_level(level)
-  d <- new_design(object, if (missing(newdata)) NULL else newdata)
-  mu <- object$coefficients
+  d <- new_design(object, if (missing(newdata)) NULL else newdata, "predict")
+  mu <- object[["coefficients"]]
   m <- drop(d$X %*% mu) + d$offset
-  v <- rowSums((d$X %*% object$vcov) * d$X)
-  fam <- object$family
+  v <- rowSums((d$X %*% object[["vcov"]]) * d$X)
+  fam <- object[["family"]]
+  gh <- object[["control"]][["gh_nodes"]]
   a <- (1 - level) / 2
   if (interval == "prediction") {
     ysim <- predictive_draws(object, d, check_count(nsim, "nsim"))
-    out <- cbind(fit = response_mean(fam, m, v, object$control$gh_nodes),
+    out <- cbind(fit = response_mean(fam, m, v, gh),
                  lwr = apply(ysim, 1, quantile, a, names = FALSE),
                  upr = apply(ysim, 1, quantile, 1 - a, names = FALSE))
     if (fam$family == "binomial") out[, 2:3] <- out[, 2:3] / d$trials
     return(out)
   }
-  fit <- if (type == "link") m else response_mean(fam, m, v, object$control$gh_nodes)
+  fit <- if (type == "link") m else response_mean(fam, m, v, gh)
   if (interval == "none") return(setNames(fit, rownames(d$X)))
   lo <- m + qnorm(a) * sqrt(v); hi <- m + qnorm(1 - a) * sqrt(v)
   if (type == "response") { lo <- fam$linkinv(lo); hi <- fam$linkinv(hi) }
@@ -54,24 +55,29 @@ predict.vbfit <- function(object, newdata, type = c("link", "response"),
 
 # Design, offset (with log exposure) and prior weights (binomial: trials);
 # new data get weight 1.
-new_design <- function(object, newdata) {
+# (Exact [[ ]] matching throughout: with x = FALSE, object$x would partially
+# match object$xlevels.)
+new_design <- function(object, newdata, what = "predict") {
   if (is.null(newdata)) {
-    if (is.null(object$x)) stop("this fit was made with x = FALSE; give 'newdata'.", call. = FALSE)
-    return(list(X = object$x, offset = object$offset,
-                trials = object$prior.weights))
+    if (is.null(object[["x"]]))
+      stop(sprintf("%s(): this fit was made with x = FALSE, so its design matrix is gone; %s.", what,
+                   if (what == "predict") "give 'newdata' or refit with x = TRUE" else "refit with x = TRUE"),
+           call. = FALSE)
+    return(list(X = object[["x"]], offset = object[["offset"]],
+                trials = object[["prior.weights"]]))
   }
-  if (is.null(object$terms)) stop("'newdata' needs a fit made from a formula by vb().", call. = FALSE)
-  tt <- delete.response(object$terms)
-  mf <- model.frame(tt, newdata, na.action = stats::na.pass, xlev = object$xlevels)
-  X <- model.matrix(tt, mf, contrasts.arg = object$contrasts)
+  if (is.null(object[["terms"]])) stop("predict(): 'newdata' needs a fit made from a formula by vb().", call. = FALSE)
+  tt <- delete.response(object[["terms"]])
+  mf <- model.frame(tt, newdata, na.action = stats::na.pass, xlev = object[["xlevels"]])
+  X <- model.matrix(tt, mf, contrasts.arg = object[["contrasts"]])
   n <- nrow(X)
   off <- rep(0, n)
   if (!is.null(fo <- model.offset(mf))) off <- off + fo
-  cl <- object$call
-  env <- environment(object$terms)
-  if (!is.null(cl$offset)) off <- off + rep_len(eval(cl$offset, newdata, env), n)
-  if (!is.null(cl$exposure)) {
-    ex <- rep_len(eval(cl$exposure, newdata, env), n)
+  cl <- object[["call"]]
+  env <- environment(object[["terms"]])
+  if (!is.null(cl[["offset"]])) off <- off + rep_len(eval(cl[["offset"]], newdata, env), n)
+  if (!is.null(cl[["exposure"]])) {
+    ex <- rep_len(eval(cl[["exposure"]], newdata, env), n)
     if (any(!is.finite(ex) | ex <= 0)) stop("'exposure' in newdata must be finite and positive.", call. = FALSE)
     off <- off + log(ex)
   }
@@ -80,11 +86,11 @@ new_design <- function(object, newdata) {
 
 # n x nsim matrix of posterior predictive draws at design d.
 predictive_draws <- function(object, d, nsim) {
-  th <- q_sample(object, nsim)$theta
+  th <- q_sample(object, nsim)[["theta"]]
   p <- ncol(d$X)
   eta <- d$X %*% th[seq_len(p), , drop = FALSE] + d$offset
   n <- nrow(eta)
-  switch(object$family$family,
+  switch(object[["family"]]$family,
     gaussian = {
       sig <- exp(-th[p + 1L, ] / 2)   # prior weights scale the noise precision
       eta + matrix(rnorm(n * nsim), n, nsim) * outer(1 / sqrt(rep_len(d$trials, n)), sig)
@@ -108,7 +114,7 @@ predictive_draws <- function(object, d, nsim) {
 #' @export
 simulate.vbfit <- function(object, nsim = 1, seed = NULL, ...) {
   if (!is.null(seed)) set.seed(seed)
-  d <- new_design(object, NULL)
+  d <- new_design(object, NULL, "simulate")
   ysim <- predictive_draws(object, d, check_count(nsim, "nsim"))
   out <- as.data.frame(ysim)
   names(out) <- paste0("sim_", seq_len(nsim))

@@ -58,3 +58,56 @@ softmax <- function(x) {
   e <- exp(x - max(x))
   e / sum(e)
 }
+
+# A credible or interval level strictly between 0 and 1.
+check_level <- function(level) {
+  if (!is.numeric(level) || length(level) != 1L || !(level > 0 && level < 1))
+    stop("'level' must be a single number between 0 and 1.", call. = FALSE)
+}
+
+# ---- Gaussian q ---------------------------------------------------------------
+
+# Upper Cholesky factor of a covariance, or a clear error.
+chol_psd <- function(S) {
+  R <- tryCatch(chol(S), error = function(e) NULL)
+  if (is.null(R)) stop("the posterior covariance is not positive definite.", call. = FALSE)
+  R
+}
+
+# S draws from N(mu, Sigma), one per column, and their log densities:
+# theta = mu + R'z with R'R = Sigma, log q = log N(z; 0, I) - log|R|.
+gaussian_q_sample <- function(mu, Sigma, S) {
+  p <- length(mu)
+  R <- if (p > 0) chol_psd(Sigma) else matrix(0, 0, 0)
+  Z <- matrix(stats::rnorm(p * S), p, S)
+  theta <- mu + crossprod(R, Z)
+  rownames(theta) <- names(mu)
+  logq <- -0.5 * colSums(Z^2) - 0.5 * p * log(2 * pi) - sum(log(diag(R)))
+  list(theta = theta, logq = logq)
+}
+
+# ---- printing helpers -------------------------------------------------------
+
+# Why an engine stopped, as a short phrase for print methods (the warnings
+# use vb_status_message()).
+vb_status_short <- function(status) {
+  switch(names(vb_status_codes)[match(as.integer(status), vb_status_codes)],
+    ok = "converged",
+    maxit = "the iteration limit was reached",
+    stalled = "the step search found no improving step",
+    not_pd = "a posterior precision was not positive definite",
+    nonfinite = "the ELBO became non-finite",
+    decreased = "the ELBO decreased",
+    interrupted = "interrupted",
+    "the engine reported an internal error")
+}
+
+# "Converged in 12 iterations" or "NOT converged after 12 iterations (why)".
+convergence_line <- function(x) {
+  it <- x[["iterations"]]
+  if (isTRUE(x[["converged"]])) return(sprintf("Converged in %s iterations", format(it)))
+  st <- x[["status"]]
+  why <- if (!is.null(st) && length(st) == 1L && !is.na(st) && st != 0L)
+    sprintf(" (%s)", vb_status_short(st)) else ""
+  sprintf("NOT converged after %s iterations%s", format(it), why)
+}

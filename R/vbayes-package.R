@@ -9,10 +9,8 @@
 #' @useDynLib vbayes, .registration = TRUE, .fixes = "C_"
 #' @importFrom stats gaussian poisson binomial model.frame model.response model.offset
 #'   model.weights model.matrix model.extract terms delete.response .getXlevels qnorm
-#'   pnorm dnorm rnorm rpois rbinom qlogis plogis rgamma dgamma qgamma qlnorm coef vcov confint predict fitted
-#'   residuals nobs formula simulate na.omit quantile median sd setNames
+#'   pnorm rnorm rpois rbinom qlogis plogis coef vcov confint predict fitted
+#'   residuals nobs formula simulate na.omit quantile sd setNames
 #'   printCoefmat is.empty.model
-#' @importFrom graphics plot lines points segments abline axis par legend mtext polygon
-#' @importFrom grDevices dev.off png
-#' @importFrom utils head
+#' @importFrom graphics plot lines segments abline axis par legend
 "_PACKAGE"

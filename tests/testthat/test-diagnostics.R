@@ -2,12 +2,17 @@
 # importance ratios, the GPD fit against simulated data, IWAE against exact
 # log evidence.
 
-# A vb_density-like fit with a given Gaussian q and log density.
+# A posterior class of the tests' own, with a given Gaussian q and log
+# density: it reaches vb_diagnose() the way any posterior class does, through
+# methods of the two generics q_sample() and log_joint(), here registered
+# for it (no namespace unlocking).
 fake_fit <- function(mu, Sigma, target, elbo = NA_real_) {
   structure(list(coefficients = setNames(mu, paste0("t", seq_along(mu))), vcov = as.matrix(Sigma),
                  elbo = elbo, target = target),
-            class = c("vbdensity", "vbfit"))
+            class = c("test_gauss_q", "vb_posterior"))
 }
+registerS3method("log_joint", "test_gauss_q", function(fit, theta) apply(theta, 2L, fit$target),
+                 envir = asNamespace("vbayes"))
 
 test_that("the Zhang-Stephens fit recovers the shape of simulated generalised Pareto data", {
   set.seed(1)
@@ -56,7 +61,7 @@ test_that("IWAE bounds increase with K towards the exact evidence of a conjugate
   expect_lt(abs(d$logZ_psis - logZ), 0.05)
 })
 
-test_that("vb_diagnose works on CAVI, SGVB and vb_density fits; IS evidence matches quadrature", {
+test_that("vb_diagnose works on CAVI and SGVB fits; IS evidence matches quadrature", {
   set.seed(4)
   fit <- vb(mpg ~ wt, data = mtcars)
   d <- vb_diagnose(fit, S = 4000, K = c(1, 100))
@@ -83,11 +88,38 @@ test_that("vb_diagnose works on CAVI, SGVB and vb_density fits; IS evidence matc
   d3 <- vb_diagnose(f3, S = 2000, K = 10)
   expect_lt(abs(d3$elbo_mc - elbo(f3)), 4 * d3$elbo_mc_se)
   expect_gt(d3$iwae, elbo(f3) - 4 * d3$elbo_mc_se)
+})
+
+has_method <- function(generic, cls)
+  !is.null(utils::getS3method(generic, cls, optional = TRUE, envir = asNamespace("vbayes")))
+
+test_that("vb_diagnose works on vb_density fits", {
+  skip_if_not(has_method("log_joint", "vbdensity"),
+              "log_joint() for vbdensity comes with the vb_density() object model (sgvb branch)")
+  set.seed(4)
   f4 <- vb_density(function(th) sum(dnorm(th, c(1, 2), log = TRUE)), c(0, 0),
                    control = vb_control(quiet = TRUE, sgvb_maxit = 3000))
   d4 <- vb_diagnose(f4, S = 1000, K = 10)
   # a normalised Gaussian target: log Z = 0
   expect_lt(abs(d4$logZ_psis), 0.02)
+})
+
+test_that("vb_diagnose works on vb_lds fits: the structured q is exact at the fitted parameters", {
+  skip_if_not(has_method("log_joint", "vblds"),
+              "log_joint() for vblds comes with the vb_lds() object model (lds branch)")
+  p <- lds_test_params(k = 1, N = 3, seed = 2)
+  set.seed(2)
+  T <- 40
+  z <- numeric(T); z[1] <- p$m0
+  for (t in 2:T) z[t] <- p$A * z[t - 1] + rnorm(1, sd = sqrt(p$Q))
+  y <- outer(z, drop(p$C)) + rep(p$d, each = T) + matrix(rnorm(3 * T, sd = sqrt(p$R)), T, byrow = TRUE)
+  fit <- vb_lds(y, 1, params = p, learn = FALSE, control = vb_control(tol = 1e-12, quiet = TRUE))
+  d <- vb_diagnose(fit, S = 200, K = c(1, 10))
+  ll <- lds_dense_loglik(p, y)
+  # log p(y, z) - log q(z) = log p(y) for every draw when q(z) = p(z | y)
+  expect_lt(max(abs(d$log_ratios - ll)), 1e-6)
+  expect_equal(d$iwae, c(ll, ll), tolerance = 1e-8)
+  expect_equal(d$logZ_psis, ll, tolerance = 1e-8)
 })
 
 test_that("vb_diagnose rejects bad input", {
@@ -96,4 +128,12 @@ test_that("vb_diagnose rejects bad input", {
   expect_error(vb_diagnose(fit, S = 5), "at least 10")
   expect_error(vb_diagnose(fit, S = 100, K = 200), "between 1 and S")
   expect_error(vb_diagnose(fit, K = 0.5), "whole numbers")
+  # a posterior class without a log joint says which generic is missing
+  nolj <- structure(list(coefficients = c(a = 0), vcov = matrix(1), elbo = 0),
+                    class = c("test_no_lj", "vb_posterior"))
+  expect_error(vb_diagnose(nolj, S = 100, K = 10), "no log_joint\\(\\) method")
+  # and one without a Gaussian q over coefficients, that it cannot be sampled
+  noq <- structure(list(elbo = 0), class = c("test_no_q", "vb_posterior"))
+  expect_error(vb_diagnose(noq, S = 100, K = 10), "no q_sample\\(\\) method")
+  expect_error(draws(noq, 10), "no q_sample\\(\\) method")
 })
