@@ -8,11 +8,13 @@
 #                  must pass `check` (by default: every number finite);
 #   "error_or_ok"  the input is legal but degenerate: a clear error, or a
 #                  result that passes `check`, both count; a silent nonsense
-#                  result does not.
+#                  result does not;
+#   "no_crash"     garbage straight into a registered .Call entry point (not
+#                  user-facing): any R error or value counts, a crash does not.
 # Every case runs in a forked child (parallel::mcparallel), so a segfault,
 # a sanitizer abort or a hang fails that one case and the suite goes on.
 
-fuzz_case <- function(expr, expect = c("error", "ok", "error_or_ok"), check = NULL,
+fuzz_case <- function(expr, expect = c("error", "ok", "error_or_ok", "no_crash"), check = NULL,
                       pattern = NULL, label = NULL, allow = NULL) {
   expect <- match.arg(expect)
   expr <- substitute(expr)
@@ -161,6 +163,7 @@ fz_run_all <- function(cases, env, cores = 2L, timeout = 120) {
 # NULL when the outcome is what the case demands, else a sentence saying why not.
 fz_verdict <- function(case, o) {
   if (o$kind == "crash") return(o$message)
+  if (case$expect == "no_crash") return(NULL)
   if (o$kind == "error") {
     if (case$expect == "ok")
       return(sprintf("valid input was refused: %s", o$message))
@@ -176,4 +179,91 @@ fz_verdict <- function(case, o) {
   }
   if (!is.null(o$check) && !isTRUE(o$check)) return(paste("the result is not sensible:", o$check))
   NULL
+}
+
+# ---- .Call mutation fuzzing ---------------------------------------------------
+# Records the arguments of every .Call that vbayes makes while the calls in
+# `workload` (a list of unevaluated calls) run in `env`, in a forked child: each vbayes function that calls .Call is replaced
+# (in the child only) by a copy whose .Call records its arguments and then
+# calls the real one.  Returns list(list(name = routine, args = list(...))).
+fz_record_calls <- function(workload, env) {
+  job <- parallel::mcparallel(silent = TRUE, {
+    ns <- asNamespace("vbayes")
+    rec <- new.env()
+    rec$calls <- list()
+    recorder <- new.env(parent = ns)
+    recorder$.Call <- function(.NAME, ...) {
+      rec$calls[[length(rec$calls) + 1L]] <- list(name = .NAME$name, args = list(...))
+      base::.Call(.NAME, ...)
+    }
+    # copies of the functions live on the search path and, under testthat, in
+    # a clone of the namespace on env's parent chain: replace those as well
+    chain <- if ("package:vbayes" %in% search()) list(as.environment("package:vbayes")) else list()
+    x <- env
+    while (!identical(x, emptyenv()) && !identical(x, globalenv())) {
+      chain[[length(chain) + 1L]] <- x
+      x <- parent.env(x)
+    }
+    for (nm in ls(ns, all.names = TRUE)) {
+      orig <- get(nm, envir = ns)
+      if (is.function(orig) && !is.primitive(orig) && ".Call" %in% all.names(body(orig))) {
+        f <- orig
+        environment(f) <- recorder
+        suppressMessages(suppressWarnings(utils::assignInNamespace(nm, f, "vbayes")))
+        for (x in chain) if (exists(nm, envir = x, inherits = FALSE) && identical(get(nm, envir = x), orig)) {
+          if (bindingIsLocked(nm, x)) unlockBinding(nm, x)
+          assign(nm, f, envir = x)
+        }
+      }
+    }
+    for (w in workload) try(suppressWarnings(eval(w, env)), silent = TRUE)
+    rec$calls
+  })
+  r <- suppressWarnings(parallel::mccollect(job)[[1L]])
+  if (is.list(r)) r else list()
+}
+
+# A value of the wrong length (or shape) for the same slot.
+fz_shorter <- function(v) {
+  if (is.matrix(v) && nrow(v) > 1L) return(v[-nrow(v), , drop = FALSE])
+  if (is.matrix(v) && ncol(v) > 1L) return(v[, -ncol(v), drop = FALSE])
+  if (length(v) > 1L) return(v[-length(v)])
+  if (length(v) == 1L) return(v[0L])
+  NULL
+}
+fz_wider <- function(v) if (is.matrix(v) && is.numeric(v)) cbind(v, 0) else c(v, v)
+
+# Mutants of one recorded call: each argument, and each element of each
+# list argument, replaced by NULL, a string, NA, a zero-length value, a
+# shorter and a longer value, and (numeric slots) -1 and 1e10.
+fz_mutants <- function(rc) {
+  bad <- function(v) {
+    out <- list("NULL" = NULL, string = "a", "NA" = NA_real_, empty = numeric(0),
+                shorter = fz_shorter(v), longer = fz_wider(v))
+    if (is.numeric(v)) out <- c(out, list(neg = -abs(v) - 1, huge = v * 0 + 1e10, int_na = NA_integer_))
+    out
+  }
+  muts <- list()
+  for (i in seq_along(rc$args)) {
+    a <- rc$args[[i]]
+    for (b in names(bad(a))) {
+      args <- rc$args
+      args[i] <- list(bad(a)[[b]])
+      muts[[length(muts) + 1L]] <- list(label = sprintf("%s: arg %d -> %s", rc$name, i, b), args = args)
+    }
+    if (is.list(a) && !is.null(names(a))) {
+      for (el in names(a)) {
+        if (is.function(a[[el]])) next
+        bv <- bad(a[[el]])
+        for (b in names(bv)) {
+          args <- rc$args
+          args[[i]][el] <- list(bv[[b]])
+          muts[[length(muts) + 1L]] <- list(label = sprintf("%s: arg %d $%s -> %s", rc$name, i, el, b), args = args)
+        }
+      }
+    }
+  }
+  lapply(muts, function(m)
+    list(expr = as.call(c(list(quote(.Call), call("[[", quote(routines), rc$name)), m$args)),
+         expect = "no_crash", check = NULL, pattern = NULL, allow = NULL, label = m$label))
 }

@@ -391,17 +391,73 @@ cases <- list(
   )
 )
 
+# Garbage into every registered .Call entry point (whatever the engines are
+# called): each argument NULL, a string, an empty or poisoned named list, NA,
+# a zero-length vector, a 0 x 0 matrix.  Only a crash fails.
+poisoned <- list(A = "a", C = NULL, D = list(), L = NA, Q = -1L, R = matrix(0, 0, 0), S = NaN,
+                 V0 = Inf, X = "x", b = NA_integer_, d = TRUE, family = 99L, fn = 1, gh_w = NULL,
+                 gh_x = numeric(0), glm = list(), gr = "f", joint_means = -5, m = NA, m0 = list(1),
+                 maxit = 1e10, offset = Inf, prior_location = NA, prior_scale = -1, prior_type = 7L,
+                 quiet = NA, tau_prior = "g", tol = -1, type = "zz", weights = -1, y = c(NA, 1))
+garbage <- list("NULL" = NULL, string = "a", empty_list = list(), poisoned_list = poisoned,
+                na = NA_real_, zero_length = integer(0), empty_matrix = matrix(0, 0, 0))
+fx$routines <- tryCatch(getDLLRegisteredRoutines("vbayes")$.Call, error = function(e) list())
+cases$dotcall <- unlist(lapply(names(fx$routines), function(nm) {
+  k <- fx$routines[[nm]]$numParameters
+  lapply(names(garbage), function(g) {
+    args <- rep(list(garbage[[g]]), k)
+    list(expr = as.call(c(list(quote(.Call), call("[[", quote(routines), nm)), args)),
+         expect = "no_crash", check = NULL, pattern = NULL, allow = NULL,
+         label = sprintf(".Call(%s, <%d x %s>)", nm, k, g))
+  })
+}), recursive = FALSE)
+
+# Mutants of real .Call argument lists (recorded from valid fits): one slot
+# at a time made NULL, a string, NA, empty, shorter, longer, negative, huge.
+recorded <- fz_record_calls(env = fx, workload = alist(
+  vb(y ~ x, data = d, control = quiet),
+  vb(y ~ x + x2, data = d, approx = "meanfield", prior = laplace(0, 1), control = quiet),
+  vb(cnt ~ x, data = d, family = poisson(), exposure = ex, approx = "block", control = quiet),
+  vb(bin ~ x, data = d, family = binomial(), control = quiet),
+  vb(bin ~ x, data = d, family = binomial(), control = vb_control(binomial_method = "jj", quiet = TRUE)),
+  vb(y ~ x, data = d, method = "sgvb", control = vb_control(quiet = TRUE, sgvb_maxit = 500)),
+  vb_diagnose(fit_g, S = 50, K = 1),
+  vb_density(ld, init = c(a = 1, b = -1), gradient = gr, control = vb_control(quiet = TRUE, sgvb_maxit = 500)),
+  vb_lds(Y[1:30, ], 1, control = vb_control(maxit = 3, quiet = TRUE)),
+  vb_lds(Ycnt[1:30, ], 1, family = poisson(), control = vb_control(maxit = 3, quiet = TRUE)),
+  history(nd$spikes[1:200], B, nd$trial[1:200]),
+  simulate_spikes(fit_hist, nd[1:200, ], seed = 1)
+))
+keep <- unlist(lapply(split(seq_along(recorded), vapply(recorded, `[[`, "", "name")), head, 2L))
+mutants <- unlist(lapply(recorded[sort(keep)], fz_mutants), recursive = FALSE)
+
 # ---- run every case in a child, then judge ----------------------------------
 all_cases <- unlist(cases, recursive = FALSE)
 group_of <- rep(names(cases), lengths(cases))
 t0 <- proc.time()[["elapsed"]]
 outcomes <- fz_run_all(all_cases, fx, cores = 2L, timeout = 120)
+mut_outcomes <- fz_run_all(mutants, fx, cores = 2L, timeout = 120)
 fuzz_seconds <- proc.time()[["elapsed"]] - t0
+
+test_that("no .Call entry point crashes on mutated arguments", {
+  expect_gt(length(unique(vapply(recorded, `[[`, "", "name"))), 5L)
+  routine <- sub(":.*", "", vapply(mutants, `[[`, "", "label"))
+  for (r in unique(routine)) {
+    idx <- which(routine == r)
+    bad <- Filter(Negate(is.null), lapply(idx, function(i) {
+      v <- fz_verdict(mutants[[i]], mut_outcomes[[i]])
+      if (!is.null(v)) sprintf("%s: %s", mutants[[i]]$label, v)
+    }))
+    expect(length(bad) == 0L, sprintf("[dotcall] %d of %d mutants of %s crashed:\n  %s", length(bad), length(idx), r,
+                                      paste(unlist(bad), collapse = "\n  ")))
+  }
+})
 
 test_that("the fuzz suite has at least 150 cases over every exported function", {
   expect_gte(length(all_cases), 150L)
   exported <- getNamespaceExports("vbayes")
   called <- unique(unlist(lapply(all_cases, function(k) all.names(k$expr))))
+  expect_gt(length(cases$dotcall), 0L)
   expect_equal(setdiff(exported, called), character(0))
 })
 
@@ -426,6 +482,13 @@ if (nzchar(Sys.getenv("VBAYES_FUZZ_REPORT"))) {
                     }, ""),
                     outcome = vapply(outcomes, function(o) paste(o$kind, if (is.null(o$message)) "" else o$message,
                                                                 if (length(o$origin) && nzchar(o$origin)) paste("| raised in:", o$origin) else ""), ""))
-  utils::write.csv(rep, Sys.getenv("VBAYES_FUZZ_REPORT"), row.names = FALSE)
-  message(sprintf("fuzz: %d cases in %.1f s", length(all_cases), fuzz_seconds))
+  mrep <- data.frame(group = "dotcall-mutant", case = vapply(mutants, `[[`, "", "label"), expect = "no_crash",
+                     verdict = vapply(seq_along(mutants), function(i) {
+                       v <- fz_verdict(mutants[[i]], mut_outcomes[[i]])
+                       if (is.null(v)) "pass" else v
+                     }, ""),
+                     outcome = vapply(mut_outcomes, function(o) paste(o$kind, if (is.null(o$message)) "" else o$message), ""))
+  utils::write.csv(rbind(rep, mrep), Sys.getenv("VBAYES_FUZZ_REPORT"), row.names = FALSE)
+  message(sprintf("fuzz: %d cases and %d .Call mutants (%d recorded calls) in %.1f s",
+                  length(all_cases), length(mutants), length(recorded), fuzz_seconds))
 }
