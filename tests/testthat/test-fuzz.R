@@ -2,6 +2,9 @@
 # says what must happen (helper-fuzz.R): a clear error for invalid input, a
 # sensible result (finite numbers; non-convergence only with a warning) for
 # valid input.  Each runs in a forked child so a crash fails one case only.
+# Then every registered .Call entry point gets garbage and mutants of real
+# argument lists (only a crash fails those; under `make sanitize` a sanitizer
+# report is a crash).  VBAYES_FUZZ_REPORT=cases.csv writes every verdict.
 
 skip_on_os("windows") # forks (parallel::mcparallel)
 
