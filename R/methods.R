@@ -78,6 +78,12 @@ confint.vb_posterior <- function(object, parm, level = 0.95, ...) {
     stop(sprintf("confint(): this %s fit has no coefficients.", class(object)[1L]), call. = FALSE)
   sd <- sqrt(diag(vcov(object)))
   if (missing(parm)) parm <- names(cf)
+  bad <- if (is.character(parm)) setdiff(parm, names(cf)) else
+    if (is.numeric(parm)) parm[!parm %in% seq_along(cf)] else parm
+  if (length(bad) || !(is.character(parm) || is.numeric(parm)))
+    stop(sprintf("confint(): 'parm' must name coefficients (%s) or index them (1 to %d); not %s.",
+                 paste(names(cf), collapse = ", "), length(cf), paste(format(bad), collapse = ", ")),
+         call. = FALSE)
   a <- (1 - level) / 2
   z <- qnorm(c(a, 1 - a))
   ci <- cbind(cf + z[1] * sd, cf + z[2] * sd)

@@ -67,6 +67,8 @@ bin_spikes <- function(times, binwidth, start = 0, end = NULL, by = c("trial", "
     stop("bin_spikes(): 'end' must be one finite number.", call. = FALSE)
   if (end <= start) stop("bin_spikes(): 'end' must be greater than 'start'.", call. = FALSE)
   nb <- (end - start) / binwidth
+  if (!is.finite(nb) || nb > .Machine$integer.max - 1)
+    stop(sprintf("bin_spikes(): (end - start) / binwidth = %g bins is more than a vector of counts can hold; use a wider 'binwidth' or a shorter interval.", nb), call. = FALSE)
   if (abs(nb - round(nb)) > 1e-8 * max(1, nb))
     stop(sprintf("bin_spikes(): 'end' - 'start' (%g) is not a whole number of bins of width %g; adjust 'end'.",
                  end - start, binwidth), call. = FALSE)
@@ -129,8 +131,8 @@ bin_spikes <- function(times, binwidth, start = 0, end = NULL, by = c("trial", "
 #' matplot(attr(B, "time"), B, type = "l", lty = 1, xlab = "lag (s)", ylab = "")
 #' @export
 raised_cosine_basis <- function(n, peaks, offset, binwidth) {
-  if (!is.numeric(n) || length(n) != 1L || !is.finite(n) || n < 1 || n != round(n))
-    stop("raised_cosine_basis(): 'n' must be a whole number >= 1 (the number of basis functions).", call. = FALSE)
+  if (!is.numeric(n) || length(n) != 1L || !is.finite(n) || n < 1 || n != round(n) || n > 1e4)
+    stop("raised_cosine_basis(): 'n' must be a whole number between 1 and 10000 (the number of basis functions).", call. = FALSE)
   if (!is.numeric(offset) || length(offset) != 1L || !is.finite(offset) || offset <= 0)
     stop("raised_cosine_basis(): 'offset' must be one finite positive number.", call. = FALSE)
   if (!is.numeric(peaks) || length(peaks) != 2L || any(!is.finite(peaks)))
@@ -207,8 +209,8 @@ history <- function(x, basis, trial = NULL, first_lag = 1L) {
     stop("history(): 'basis' must be a numeric matrix with one row per lag, e.g. raised_cosine_basis().", call. = FALSE)
   if (any(!is.finite(basis))) stop("history(): 'basis' must be finite.", call. = FALSE)
   if (!is.numeric(first_lag) || length(first_lag) != 1L || !is.finite(first_lag) ||
-      first_lag < 0 || first_lag != round(first_lag))
-    stop("history(): 'first_lag' must be a whole number >= 0 (1 for a causal history term).", call. = FALSE)
+      first_lag < 0 || first_lag != round(first_lag) || first_lag > .Machine$integer.max - nrow(basis))
+    stop("history(): 'first_lag' must be a whole number >= 0 (1 for a causal history term) that fits an integer.", call. = FALSE)
   seg <- segment_starts(trial, length(x), "history()")
   B <- matrix(as.double(basis), nrow(basis), ncol(basis))
   H <- .Call(C_spikes_history, x, B, seg, as.integer(first_lag))
@@ -407,12 +409,12 @@ bits_per_spike <- function(fit, newdata, null = c("train", "test")) {
     stop("bits_per_spike(): needs a poisson() (or 0/1 binomial()) fit of spike counts.", call. = FALSE)
   if (fam == "binomial" && any(fit$prior.weights != 1))
     stop("bits_per_spike(): a binomial fit must be of 0/1 spikes (one trial per bin).", call. = FALSE)
-  ytr <- fit$y
+  ytr <- fit[["y"]]
   etr <- if (is.null(fit$exposure)) rep(1, length(ytr)) else fit$exposure
   if (missing(newdata) || is.null(newdata)) {
-    if (is.null(fit$x)) stop("bits_per_spike(): this fit was made with x = FALSE; give 'newdata'.", call. = FALSE)
+    if (is.null(fit[["x"]])) stop("bits_per_spike(): this fit was made with x = FALSE; give 'newdata' (or refit with x = TRUE).", call. = FALSE)
     y <- ytr
-    eta <- drop(fit$x %*% fit$coefficients) + fit$offset
+    eta <- drop(fit[["x"]] %*% fit$coefficients) + fit$offset
     expo <- etr
   } else {
     if (is.null(fit$terms)) stop("bits_per_spike(): 'newdata' needs a fit made from a formula by vb().", call. = FALSE)

@@ -86,10 +86,12 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
   n <- nrow(X); p <- ncol(X)
   if (n == 0L) stop("vb_fit(): there are no observations.", call. = FALSE)
   if (is.null(colnames(X)) && p > 0L) colnames(X) <- paste0("x", seq_len(p))
-  if (anyDuplicated(colnames(X))) stop("vb_fit(): the columns of 'X' need distinct names.", call. = FALSE)
   if (!is.double(X)) storage.mode(X) <- "double"
   if (p > 0L && (anyNA(X) || any(is.infinite(range(X)))))
     stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
+  # the engines form X'WX and x_t' Sigma x_t: their entries must not overflow
+  if (p > 0L && !is.finite(max(abs(range(X)))^2 * n * p))
+    stop("vb_fit(): the design matrix has entries too large to compute with (X'X overflows double precision); rescale the predictors.", call. = FALSE)
   num <- function(v, nm) {
     if (is.null(v)) return(NULL)
     if (!is.numeric(v) || is.factor(v) || is.complex(v) || !is.null(dim(v)) && length(dim(v)) > 1L && ncol(as.matrix(v)) != 1L)
@@ -112,6 +114,8 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
     stop("vb_fit(): every weight is zero, so there is no data to fit; give positive weights (binomial: numbers of trials).", call. = FALSE)
   if (is.null(offset)) offset <- rep(0, n)
   fam <- family$family
+  if (fam == "gaussian" && !is.finite(sum(weights * (y - mean(y))^2)))
+    stop("vb_fit(): the response is too large to compute with (its squares overflow double precision); rescale 'y'.", call. = FALSE)
   if (fam == "poisson" && (any(y < 0) || any(y != round(y))))
     stop("vb_fit(): a poisson response must be non-negative whole counts.", call. = FALSE)
   if (fam == "binomial") {

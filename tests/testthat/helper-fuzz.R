@@ -209,7 +209,9 @@ fz_record_calls <- function(workload, env) {
       if (is.function(orig) && !is.primitive(orig) && ".Call" %in% all.names(body(orig))) {
         f <- orig
         environment(f) <- recorder
-        suppressMessages(suppressWarnings(utils::assignInNamespace(nm, f, "vbayes")))
+        # some bindings (S3 generics registered elsewhere) cannot be replaced: skip them
+        if (inherits(try(suppressMessages(suppressWarnings(utils::assignInNamespace(nm, f, "vbayes"))),
+                         silent = TRUE), "try-error")) next
         for (x in chain) if (exists(nm, envir = x, inherits = FALSE) && identical(get(nm, envir = x), orig)) {
           if (bindingIsLocked(nm, x)) unlockBinding(nm, x)
           assign(nm, f, envir = x)
