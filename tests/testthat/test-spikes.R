@@ -261,7 +261,7 @@ test_that("bad input gets clear errors", {
   expect_error(bin_spikes(0.1, 0.3, 0, 1), "whole number of bins")
   expect_error(bin_spikes("a", 0.1), "numeric spike times")
   expect_error(raised_cosine_basis(0, c(0.1, 2), 0.5, 0.01), "'n' must be a whole number between 1 and 10000")
-  expect_error(raised_cosine_basis(2.5, c(0.1, 2), 0.5, 0.01), "'n' must be a whole number >= 1")
+  expect_error(raised_cosine_basis(2.5, c(0.1, 2), 0.5, 0.01), "'n' must be a whole number between 1 and 10000")
   expect_error(raised_cosine_basis(5, c(2, 0.1), 0.5, 0.01), "'peaks' must be increasing")
   expect_error(raised_cosine_basis(5, c(0.1, 0.1), 0.5, 0.01), "'peaks' must be increasing")
   expect_error(raised_cosine_basis(5, 0.1, 0.5, 0.01), "'peaks' must be two")
