@@ -290,10 +290,6 @@ lds_var_floor <- 1e-8
 # src/lds.h).
 lds_elbo_slack <- 1e-10
 
-# The R twin of vb_tol_met() (src/util.c): the one convergence predicate.
-lds_tol_met <- function(old, new, tol)
-  is.finite(old) && is.finite(new) && abs(new - old) <= tol * (abs(new) + tol)
-
 lds_floor <- function(Y, learn, pois) {
   N <- ncol(Y[[1L]])
   if (pois || !"R" %in% learn) return(rep(0, N))
@@ -371,7 +367,7 @@ lds_em <- function(Y, Off, params, pois, approx, learn, control, floor) {
       status <- if (all(st == codes[["ok"]])) codes[["ok"]] else codes[["maxit"]]
       break
     }
-    if (it > 1L && lds_tol_met(trace[it - 1L], el, control$tol) && all(st == codes[["ok"]])) {
+    if (it > 1L && tol_met(trace[it - 1L], el, control$tol) && all(st == codes[["ok"]])) {
       status <- codes[["ok"]]
       break
     }

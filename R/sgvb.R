@@ -93,7 +93,7 @@ vb_density <- function(log_density, init, gradient = NULL, approx = c("fullrank"
              sgvb_opts(control, approx, estimator))
   # the engine has saved the RNG state; now the user's error may surface
   if (r$status == vb_status_codes[["interrupted"]])
-    check_status(r$status, "vb_density()", r$iterations, control$sgvb_tol)
+    check_status(r$status, "vb_density()", r$iterations, control$sgvb_tol, "sgvb_maxit")
   if (!is.null(r$error)) stop(r$error)
   Sigma <- tcrossprod(r$L)
   dimnames(Sigma) <- list(nm, nm)
@@ -107,7 +107,7 @@ vb_density <- function(log_density, init, gradient = NULL, approx = c("fullrank"
                           n_nonfinite = r$n_nonfinite, estimator = estimator))
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- c("vbdensity", "vb_posterior")
-  check_status(r$status, "vb_density()", r$iterations, control$sgvb_tol)
+  check_status(r$status, "vb_density()", r$iterations, control$sgvb_tol, "sgvb_maxit")
   fit
 }
 

@@ -6,12 +6,12 @@
 vb_status_codes <- c(ok = 0L, maxit = 1L, stalled = 2L, not_pd = 3L, nonfinite = 4L,
                      decreased = 5L, interrupted = 6L, lapack_arg = 7L, bad_input = 8L)
 
-vb_status_message <- function(status, what = "vb()", iterations = NA, tol = NA) {
+vb_status_message <- function(status, what = "vb()", iterations = NA, tol = NA, knob = "maxit") {
   status <- as.integer(status)
   switch(names(vb_status_codes)[match(status, vb_status_codes)],
     ok = sprintf("%s: converged.", what),
-    maxit = sprintf("%s: not converged after %s iterations (relative ELBO change > %g); increase vb_control(maxit).",
-                    what, format(iterations), tol),
+    maxit = sprintf("%s: not converged after %s iterations (the criterion at tol = %g was not met); increase vb_control(%s).",
+                    what, format(iterations), tol, knob),
     stalled = sprintf("%s: not converged: the step search found no step that increases the ELBO after %s iterations; the optimum was not reached (try another approx or starting values).",
                       what, format(iterations)),
     not_pd = sprintf("%s: not converged: a posterior precision was not positive definite after %s iterations; check for an improper or extreme prior, or a rank-deficient design.",
@@ -29,13 +29,18 @@ vb_status_message <- function(status, what = "vb()", iterations = NA, tol = NA) 
 # Act on an engine result: errors for an interruption or an internal failure,
 # a warning (never silenced by `quiet`) when the fit did not converge.
 # Returns TRUE when converged.
-check_status <- function(status, what = "vb()", iterations = NA, tol = NA) {
+check_status <- function(status, what = "vb()", iterations = NA, tol = NA, knob = "maxit") {
   status <- as.integer(status)
   if (status %in% vb_status_codes[c("interrupted", "lapack_arg", "bad_input")])
-    stop(vb_status_message(status, what, iterations, tol), call. = FALSE)
-  if (status != 0L) warning(vb_status_message(status, what, iterations, tol), call. = FALSE)
+    stop(vb_status_message(status, what, iterations, tol, knob), call. = FALSE)
+  if (status != 0L) warning(vb_status_message(status, what, iterations, tol, knob), call. = FALSE)
   status == 0L
 }
+
+# The R twin of vb_tol_met() (src/util.c): the one convergence predicate, for
+# loops that run in R (the vb_lds() EM).
+tol_met <- function(old, new, tol)
+  is.finite(old) && is.finite(new) && abs(new - old) <= tol * (abs(new) + tol)
 
 # A vb_control() object from a vb_control() object or a plain list of knobs.
 as_vb_control <- function(control, what = "control") {

@@ -51,7 +51,8 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
     core$blocks <- blocks
   }
   converged <- check_status(core$status, if (method == "sgvb") "vb() (SGVB)" else "vb()",
-                            core$iterations, if (method == "sgvb") control$sgvb_tol else control$tol)
+                            core$iterations, if (method == "sgvb") control$sgvb_tol else control$tol,
+                            if (method == "sgvb") "sgvb_maxit" else "maxit")
   cn <- colnames(X)
   mu <- setNames(core$mu, cn)
   Sigma <- core$Sigma
