@@ -15,22 +15,6 @@
 #include <string.h>
 #ifndef FCONE
 #define FCONE
-/* ---- sgvb_targets.c: the log joints SGVB fits, behind the vb_log_joint contract ---- */
-/*
- * A target: f(theta, grad, model) and the dimension d.  A target that can fail
- * (the R closure of vb_density()) points `status` at its own code, VB_OK while
- * it works; the engine stops with that code when it is set.  The R closure's
- * error or interrupt condition is kept in `holder` (element 0) for the entry
- * point to return.  vb_target_setup is called by entry points only (R errors).
- */
-typedef struct {
-    vb_log_joint f;
-    void *model;
-    int d;
-    const int *status; /* NULL: the target cannot fail */
-} vb_target;
-void vb_target_setup(SEXP model, SEXP holder, vb_target *T);
-
 #endif
 
 #define VB_LOG2PI 1.837877066409345483560659472811 /* log(2 pi) */
