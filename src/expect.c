@@ -96,8 +96,8 @@ static void xs_setup(void) {
     xs_ready = 1;
 }
 
-double vb_ebinom(double y, double w, double m, double v, int k, const double *x,
-                 const double *wt, double *dm, double *dv) {
+double vb_ebinom(double y, double w, double m, double v, int k, const double *x, const double *wt,
+                 double *dm, double *dv) {
     double sp = 0, s1 = 0, s2 = 0, sd = sqrt(v);
     if (sd <= 1.0) {
         for (int i = 0; i < k; i++) {

@@ -184,11 +184,10 @@ double vb_glm_log_joint(const double *theta, double *grad, void *model) {
 }
 
 SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, double elbo,
-                   const vb_trace *tr, int it, double ll, double kl, int status,
-                   const double *tau, const double *m, const double *v) {
-    const char *nms[] = {"mu",         "Sigma",  "elbo",      "trace", "loglik",   "kl",
-                         "iterations", "status", "converged", "tau",   "eta_mean", "eta_var",
-                         ""};
+                   const vb_trace *tr, int it, double ll, double kl, int status, const double *tau,
+                   const double *m, const double *v) {
+    const char *nms[] = {"mu",     "Sigma",     "elbo", "trace",    "loglik",  "kl", "iterations",
+                         "status", "converged", "tau",  "eta_mean", "eta_var", ""};
     int np = 0, n = M->n, p = M->p;
     SEXP out = vb_named_list(nms, &np);
     SET_VECTOR_ELT(out, 0, vb_real_vec(p, mu));
@@ -252,8 +251,10 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau) {
     double A = REAL(tau)[0], B = REAL(tau)[1];
     M.Etau = A / B;
     M.Elogtau = digamma(A) - log(B);
-    double *dm = (double *)R_alloc(n + 1, sizeof(double)), *dv = (double *)R_alloc(n + 1, sizeof(double));
-    double *m = (double *)R_alloc(n + 1, sizeof(double)), *v = (double *)R_alloc(n + 1, sizeof(double));
+    double *dm = (double *)R_alloc(n + 1, sizeof(double)),
+           *dv = (double *)R_alloc(n + 1, sizeof(double));
+    double *m = (double *)R_alloc(n + 1, sizeof(double)),
+           *v = (double *)R_alloc(n + 1, sizeof(double));
     double *Z = (double *)R_alloc((size_t)n * p + 1, sizeof(double));
     double *R = (double *)R_alloc((size_t)p * p + 1, sizeof(double));
     double done = 1.0, dzero = 0.0;

@@ -67,7 +67,8 @@ int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *wor
             for (int t = 0; t < nc; t++)
                 zj[t] = sqrt(w[t0 + t]) * xj[t];
         }
-        F77_CALL(dsyrk)("U", "T", &k, &nc, &one, work, &nc, t0 == 0 ? &zero : &one, out, &k FCONE FCONE);
+        F77_CALL(dsyrk)
+        ("U", "T", &k, &nc, &one, work, &nc, t0 == 0 ? &zero : &one, out, &k FCONE FCONE);
         if (n > VB_CHUNK && vb_interrupted()) return VB_INTERRUPTED;
     }
     vb_symmetrize(k, out);
@@ -87,7 +88,8 @@ int vb_rowvar(int n, int k, const double *X, int ldx, const double *R, double *w
         for (int j = 0; j < k; j++)
             memcpy(work + (size_t)j * nc, X + (size_t)j * ldx + t0, sizeof(double) * nc);
         if (k > 0)
-            F77_CALL(dtrsm)("R", "U", "N", "N", &nc, &k, &one, R, &k, work, &nc FCONE FCONE FCONE FCONE);
+            F77_CALL(dtrsm)
+            ("R", "U", "N", "N", &nc, &k, &one, R, &k, work, &nc FCONE FCONE FCONE FCONE);
         for (int t = 0; t < nc; t++)
             out[t0 + t] = 0;
         for (int j = 0; j < k; j++)

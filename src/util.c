@@ -57,7 +57,7 @@ double vb_num_elt(SEXP list, const char *name, double lo, double hi, const char 
     SEXP x = vb_elt_req(list, name, what);
     if (Rf_length(x) != 1 || (TYPEOF(x) != REALSXP && TYPEOF(x) != INTSXP))
         Rf_error("'%s$%s' must be a single number", what, name);
-    double v = TYPEOF(x) == REALSXP ? REAL(x)[0]
+    double v = TYPEOF(x) == REALSXP          ? REAL(x)[0]
                : INTEGER(x)[0] == NA_INTEGER ? NA_REAL
                                              : (double)INTEGER(x)[0];
     if (!R_FINITE(v) || v < lo || v > hi)

@@ -44,14 +44,14 @@ enum {
 };
 
 /* ---- util.c: the R <-> C boundary ---- */
-SEXP vb_elt(SEXP list, const char *name);                 /* element by exact name, or R_NilValue */
+SEXP vb_elt(SEXP list, const char *name); /* element by exact name, or R_NilValue */
 SEXP vb_elt_req(SEXP list, const char *name, const char *what); /* ... or an R error       */
 const double *vb_real_elt(SEXP list, const char *name, R_xlen_t len, const char *what);
 int vb_int_elt(SEXP list, const char *name, int lo, int hi, const char *what);
 double vb_num_elt(SEXP list, const char *name, double lo, double hi, const char *what);
 int vb_flag_elt(SEXP list, const char *name, const char *what);
-SEXP vb_named_list(const char **names, int *nprot);       /* protected; names end with "" */
-SEXP vb_real_vec(R_xlen_t n, const double *src);          /* unprotected copy          */
+SEXP vb_named_list(const char **names, int *nprot); /* protected; names end with "" */
+SEXP vb_real_vec(R_xlen_t n, const double *src);    /* unprotected copy          */
 SEXP vb_real_mat(int nr, int nc, const double *src);
 
 /*
@@ -59,10 +59,10 @@ SEXP vb_real_mat(int nr, int nc, const double *src);
  * Engines read the fields they use; no positional control vectors.
  */
 typedef struct {
-    int maxit;      /* sweeps (CAVI) / EM iterations                            */
-    double tol;     /* relative ELBO change that counts as converged            */
-    int quiet;      /* progress lines off (never silences a warning)            */
-    int joint_max;  /* joint mean steps for factorised q with p <= joint_max    */
+    int maxit;     /* sweeps (CAVI) / EM iterations                            */
+    double tol;    /* relative ELBO change that counts as converged            */
+    int quiet;     /* progress lines off (never silences a warning)            */
+    int joint_max; /* joint mean steps for factorised q with p <= joint_max    */
 } vb_settings;
 void vb_settings_read(SEXP control, vb_settings *s);
 
@@ -114,8 +114,8 @@ double vb_egauss(double y, double w, double Etau, double Elogtau, double m, doub
 /* poisson with log link, weight w: w (y m - exp(m + v/2)), lgamma(y+1) left out */
 double vb_epois(double y, double w, double m, double v, double *dm, double *dv);
 /* binomial, y successes of w trials, logit link, Gauss-Hermite rule (x, wt) of k nodes */
-double vb_ebinom(double y, double w, double m, double v, int k, const double *x,
-                 const double *wt, double *dm, double *dv);
+double vb_ebinom(double y, double w, double m, double v, int k, const double *x, const double *wt,
+                 double *dm, double *dv);
 double vb_softplus(double x);
 
 /* ---- linalg.c: checked BLAS/LAPACK wrappers (status codes, no R errors) ---- */
@@ -125,7 +125,7 @@ int vb_chol_inv(int p, double *R, int ldr);                     /* R -> A^{-1}  
 void vb_chol_solve(int p, const double *R, int ldr, double *b); /* A x = b       */
 #define VB_CHUNK 4096 /* rows per chunk of the O(n k^2) BLAS passes (interrupt checks) */
 int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work,
-            double *out);                         /* X'diag(w)X, w>=0; VB_INTERRUPTED */
+            double *out); /* X'diag(w)X, w>=0; VB_INTERRUPTED */
 int vb_rowvar(int n, int k, const double *X, int ldx, const double *R, double *work,
               double *out);                       /* x_t'(R'R)^{-1}x_t per row */
 void vb_symmetrize(int p, double *A);             /* upper -> full  */
@@ -175,8 +175,8 @@ double vb_glm_prior(const vb_glm *M, int j, double mu, double s2, double *dmu, d
 double vb_glm_tau_terms(const vb_glm *M, double A, double B); /* E log p(tau) + H[q(tau)] */
 /* The result list shared by the GLM engines (protected on return; caller unprotects 1). */
 SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, double elbo,
-                   const vb_trace *tr, int it, double ll, double kl, int status,
-                   const double *tau, const double *m, const double *v);
+                   const vb_trace *tr, int it, double ll, double kl, int status, const double *tau,
+                   const double *m, const double *v);
 
 /* ---- sgvb_targets.c: the log joints SGVB fits, behind the vb_log_joint contract ---- */
 /*
