@@ -64,11 +64,12 @@ cavi_inputs <- function(X, y, offset, family, approx, assign) {
   model <- vbayes:::glm_model(X, y, rep(1, length(y)), offset, family, pa, gamma_prior(1, 1), ctl)
   list(model = model, init = vbayes:::glm_init(model, colnames(X)),
        blocks = vbayes:::make_blocks(approx, colnames(X), assign, NULL),
-       control = c(ctl$maxit, ctl$tol, 1, 0))  # 4th: joint mean step off (pure coordinate sweeps)
+       control = vb_control(maxit = ctl$maxit, tol = ctl$tol, quiet = TRUE,
+                            joint_means = 0L))  # joint mean step off (pure coordinate sweeps)
 }
 cavi_call <- function(inp, maxit = NULL) {
   cc <- inp$control
-  if (!is.null(maxit)) cc[1] <- maxit
+  if (!is.null(maxit)) cc$maxit <- as.integer(maxit)
   .Call(vbayes:::C_glm_cavi, inp$model, inp$init, inp$blocks, cc)
 }
 
