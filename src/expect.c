@@ -16,10 +16,6 @@
  */
 #include "vbayes.h"
 
-double vb_softplus(double x) {
-    return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));
-}
-
 double vb_egauss(double y, double w, double Etau, double Elogtau, double m, double v, double *dm,
                  double *dv) {
     double r = y - m;
@@ -96,29 +92,45 @@ static void xs_setup(void) {
     xs_ready = 1;
 }
 
-double vb_ebinom(double y, double w, double m, double v, int k, const double *x, const double *wt,
-                 double *dm, double *dv) {
-    double sp = 0, s1 = 0, s2 = 0, sd = sqrt(v);
+/* E softplus (when sp != NULL), E sigmoid and E sigmoid' under N(m, v). */
+static void binom_moments(double m, double v, int k, const double *x, const double *wt, double *sp,
+                          double *s1, double *s2) {
+    double a = 0, b = 0, c = 0, sd = sqrt(v);
     if (sd <= 1.0) {
         for (int i = 0; i < k; i++) {
             double e = m + M_SQRT2 * sd * x[i], s = 1.0 / (1.0 + exp(-e));
-            sp += wt[i] * vb_softplus(e);
-            s1 += wt[i] * s;
-            s2 += wt[i] * s * (1.0 - s);
+            if (sp) a += wt[i] * vb_softplus(e);
+            b += wt[i] * s;
+            c += wt[i] * s * (1.0 - s);
         }
     } else {
         if (!xs_ready) xs_setup();
         double z = m / sd, Phi = pnorm(z, 0, 1, 1, 0);
-        sp = m * Phi + sd * dnorm(z, 0, 1, 0);
-        s1 = Phi;
+        a = m * Phi + sd * dnorm(z, 0, 1, 0);
+        b = Phi;
         for (int i = 0; i < XS_N; i++) {
             double u = (xs_x[i] - m) / sd, dens = xs_w[i] * exp(-0.5 * u * u) * M_1_SQRT_2PI / sd;
-            sp += xs_r[i] * dens;
-            s1 += xs_rho[i] * dens;
-            s2 += xs_b[i] * dens;
+            a += xs_r[i] * dens;
+            b += xs_rho[i] * dens;
+            c += xs_b[i] * dens;
         }
     }
+    if (sp) *sp = a;
+    *s1 = b;
+    *s2 = c;
+}
+
+double vb_ebinom(double y, double w, double m, double v, int k, const double *x, const double *wt,
+                 double *dm, double *dv) {
+    double sp, s1, s2;
+    binom_moments(m, v, k, x, wt, &sp, &s1, &s2);
     *dm = y - w * s1;
     *dv = -0.5 * w * s2;
     return y * m - w * sp;
+}
+
+double vb_esigmoid(double m, double v, int k, const double *x, const double *wt) {
+    double s1, s2;
+    binom_moments(m, v, k, x, wt, NULL, &s1, &s2);
+    return s1;
 }

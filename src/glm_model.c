@@ -322,13 +322,9 @@ SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh) {
     R_xlen_t n = Rf_xlength(m);
     SEXP out = PROTECT(Rf_allocVector(REALSXP, n));
     for (R_xlen_t t = 0; t < n; t++) {
-        double mt = REAL(m)[t], vt = REAL(v)[t], dm, dv;
-        if (!R_FINITE(mt) || !R_FINITE(vt) || vt < 0) {
-            REAL(out)[t] = NA_REAL;
-            continue;
-        }
-        vb_ebinom(0, 1, mt, vt, k, x, w, &dm, &dv);
-        REAL(out)[t] = -dm; /* dm = y - w E sigmoid with y = 0, w = 1 */
+        double mt = REAL(m)[t], vt = REAL(v)[t];
+        REAL(out)
+        [t] = R_FINITE(mt) && R_FINITE(vt) && vt >= 0 ? vb_esigmoid(mt, vt, k, x, w) : NA_REAL;
     }
     UNPROTECT(1);
     return out;

@@ -116,7 +116,11 @@ double vb_epois(double y, double w, double m, double v, double *dm, double *dv);
 /* binomial, y successes of w trials, logit link, Gauss-Hermite rule (x, wt) of k nodes */
 double vb_ebinom(double y, double w, double m, double v, int k, const double *x, const double *wt,
                  double *dm, double *dv);
-double vb_softplus(double x);
+/* E sigmoid(eta): the binomial mean response */
+double vb_esigmoid(double m, double v, int k, const double *x, const double *wt);
+static inline double vb_softplus(double x) { /* log(1 + e^x) without overflow */
+    return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));
+}
 
 /* ---- linalg.c: checked BLAS/LAPACK wrappers (status codes, no R errors) ---- */
 int vb_chol(int p, double *A, int lda);                         /* upper R'R = A */
