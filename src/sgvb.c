@@ -798,25 +798,33 @@ static void start_lambda(sgvb *Q, SEXP mu0, SEXP L0, double *lam) {
     pack(d, Q->fullrank, REAL(mu0), Lt0, lam);
 }
 
+/* The checks and allocation both entry points share: the target, q's shape,
+ * the estimator options, and the baseline/stl flags (read from `flags`). */
+static void engine_setup(SEXP model, SEXP holder, SEXP mu, SEXP L, const char *Lname, SEXP opts,
+                         SEXP flags, const char *fname, vb_target *T, sgvb *Q) {
+    int fullrank, score, S;
+    target_setup(model, holder, T);
+    check_q(mu, L, T->d, Lname);
+    read_opts(opts, &fullrank, &score, &S);
+    int baseline = vb_flag_elt(flags, "baseline", fname);
+    int stl = vb_flag_elt(flags, "stl", fname);
+    sgvb_alloc(Q, T, fullrank, score, S, baseline, stl);
+}
+
 SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts) {
     int nprot = 0;
     SEXP holder = PROTECT(Rf_allocVector(VECSXP, 2));
     nprot++;
     vb_target T;
-    target_setup(model, holder, &T);
-    int d = T.d, fullrank, score, S;
-    check_q(mu0, L0, d, "L0");
+    sgvb Q;
+    engine_setup(model, holder, mu0, L0, "L0", opts, control, "control", &T, &Q);
+    int d = T.d;
     if (pre != R_NilValue) check_q(mu0, pre, d, "pre");
     sgvb_settings C;
     read_settings(control, &C);
-    read_opts(opts, &fullrank, &score, &S);
-    int baseline = vb_flag_elt(control, "baseline", "control");
-    int stl = vb_flag_elt(control, "stl", "control");
-    sgvb Q;
-    sgvb_alloc(&Q, &T, fullrank, score, S, baseline, stl);
     if (pre != R_NilValue) {
         Q.pre = REAL(pre);
-        Q.tw = fullrank;
+        Q.tw = Q.fullrank;
     }
     double *lam = (double *)R_alloc(Q.P, sizeof(double));
     start_lambda(&Q, mu0, L0, lam);
@@ -859,15 +867,10 @@ SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP opts) {
     SEXP holder = PROTECT(Rf_allocVector(VECSXP, 2));
     nprot++;
     vb_target T;
-    target_setup(model, holder, &T);
-    int d = T.d, fullrank, score, S;
-    check_q(mu, L, d, "L");
-    read_opts(opts, &fullrank, &score, &S);
-    int nrep = vb_int_elt(opts, "nrep", 1, 100000000, "opts");
-    int baseline = vb_flag_elt(opts, "baseline", "opts");
-    int stl = vb_flag_elt(opts, "stl", "opts");
     sgvb Q;
-    sgvb_alloc(&Q, &T, fullrank, score, S, baseline, stl);
+    engine_setup(model, holder, mu, L, "L", opts, opts, "opts", &T, &Q);
+    int d = T.d, fullrank = Q.fullrank;
+    int nrep = vb_int_elt(opts, "nrep", 1, 100000000, "opts");
     double *lam = (double *)R_alloc(Q.P, sizeof(double));
     pack(d, fullrank, REAL(mu), REAL(L), lam);
     unpack(&Q, lam);
