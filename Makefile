@@ -9,28 +9,26 @@ TARBALL := vbayes_$(VERSION).tar.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # R packages needed to build, document, test, check and build vignettes,
-# taken prebuilt from Debian; CRAN is the fallback when apt is unavailable.
+# taken prebuilt from Debian; whatever is still missing afterwards (packages
+# Debian does not carry, such as reformulas and KFAS) comes from CRAN through
+# the repository R is configured with.
 DEB_PKGS  := r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-generics \
-             r-cran-testthat pandoc qpdf
-R_NEEDED  := c("roxygen2","knitr","rmarkdown","generics","testthat","MASS","boot")
+             r-cran-testthat r-cran-lme4 r-cran-loo r-cran-posterior r-cran-rstantools \
+             r-cran-bayesplot r-cran-broom r-cran-emmeans r-cran-future.apply \
+             r-cran-progressr r-cran-dbi r-cran-rsqlite r-cran-rstan r-cran-bh pandoc qpdf
+R_NEEDED  := c("roxygen2","knitr","rmarkdown","generics","testthat","MASS","boot","lme4", \
+               "loo","posterior","rstantools","bayesplot","broom","emmeans","future.apply", \
+               "progressr","DBI","RSQLite","rstan","BH","reformulas","KFAS")
+HAVE_DEPS := ok <- vapply($(R_NEEDED), requireNamespace, TRUE, quietly = TRUE)
 
 .PHONY: deps install document test check sanitize demo bench bench-deps clean
 
 deps:
-	@$(RSCRIPT) -e 'ok <- vapply($(R_NEEDED), requireNamespace, TRUE, quietly = TRUE); q(status = !all(ok) || !nzchar(Sys.which("pandoc")))' 2>/dev/null || { \
-	  echo "make deps: installing $(DEB_PKGS)"; \
-	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEB_PKGS) ) >/dev/null 2>&1 || \
-	  $(RSCRIPT) -e 'p <- $(R_NEEDED); p <- p[!vapply(p, requireNamespace, TRUE, quietly = TRUE)]; if (length(p)) install.packages(p)'; \
-	  $(RSCRIPT) -e 'ok <- vapply($(R_NEEDED), requireNamespace, TRUE, quietly = TRUE); if (!all(ok)) stop("missing: ", paste(names(ok)[!ok], collapse = ", "))'; }
-	@# KFAS: the independent Kalman filter the LDS tests check against.  Debian
-	@# has no r-cran-kfas today; take it from there if it appears, else CRAN.
-	@$(RSCRIPT) -e 'q(status = !requireNamespace("KFAS", quietly = TRUE))' 2>/dev/null || { \
-	  echo "make deps: installing KFAS"; mkdir -p $(LIB); \
-	  ( $(SUDO) apt-get update -qq && apt-cache show r-cran-kfas && \
-	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq r-cran-kfas ) >/dev/null 2>&1 || \
-	  $(RSCRIPT) -e 'install.packages("KFAS", quiet = TRUE)' >$(LIB)/kfas-install.log 2>&1; \
-	  $(RSCRIPT) -e 'q(status = !requireNamespace("KFAS", quietly = TRUE))' 2>/dev/null || { \
-	    cat $(LIB)/kfas-install.log 2>/dev/null; echo "make deps: KFAS could not be installed"; exit 1; }; }
+	@$(RSCRIPT) -e '$(HAVE_DEPS); q(status = !all(ok) || !nzchar(Sys.which("pandoc")))' 2>/dev/null || { \
+	  echo "make deps: installing $(DEB_PKGS)"; mkdir -p $(LIB); \
+	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEB_PKGS) ) >$(LIB)/apt.log 2>&1; \
+	  $(RSCRIPT) -e '$(HAVE_DEPS); p <- names(ok)[!ok]; if (length(p)) { message("make deps: from CRAN: ", toString(p)); install.packages(p, quiet = TRUE) }' >$(LIB)/cran.log 2>&1; \
+	  $(RSCRIPT) -e '$(HAVE_DEPS); if (!all(ok)) stop("make deps: missing ", toString(names(ok)[!ok]), " (see .lib/apt.log, .lib/cran.log)")'; }
 
 document: deps
 	$(RSCRIPT) -e 'roxygen2::roxygenise()'
@@ -40,7 +38,7 @@ install: deps
 	$(R) CMD INSTALL --no-multiarch --preclean -l $(LIB) . >$(LIB)/install.log 2>&1 || { cat $(LIB)/install.log; exit 1; }
 	@rm -f src/*.o src/*.so
 
-test: install
+test: install  # make test TEST_FILTER=glmm runs tests/testthat/test-*glmm*.R only
 	R_LIBS=$(LIB) NOT_CRAN=true $(RSCRIPT) tools/run-tests.R
 
 # The test suite (fuzz suite included) against a build instrumented with
@@ -72,13 +70,14 @@ check: deps
 demo: install
 	VBAYES_DEMO_DIR=$(CURDIR)/demo-output R_LIBS=$(LIB) $(RSCRIPT) -e 'demo("spikes", package = "vbayes", ask = FALSE, echo = TRUE)'
 
-# Peers for the benchmarks only (never needed by the tests): rstan from Debian,
-# BH (Boost headers for stan_model) and KFAS from CRAN.
-bench-deps:
-	@$(RSCRIPT) -e 'q(status = !requireNamespace("rstan", quietly = TRUE))' 2>/dev/null || \
-	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq r-cran-rstan ) >/dev/null 2>&1 || \
-	  echo "make bench-deps: rstan not installed; the Stan peers will be skipped"
-	@$(RSCRIPT) -e 'p <- c("BH", "KFAS"); p <- p[!vapply(p, requireNamespace, TRUE, quietly = TRUE)]; if (length(p)) install.packages(p, quiet = TRUE)'
+# Peers for the benchmarks only (never needed by the tests): rstanarm and
+# glmnet from Debian, vglmer and biglm from CRAN.
+BENCH_DEB := r-cran-rstanarm r-cran-glmnet
+BENCH_R   := c("rstanarm","glmnet","vglmer","biglm")
+bench-deps: deps
+	@$(RSCRIPT) -e 'q(status = !all(vapply($(BENCH_R), requireNamespace, TRUE, quietly = TRUE)))' 2>/dev/null || { \
+	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_DEB) ) >/dev/null 2>&1; \
+	  $(RSCRIPT) -e 'p <- $(BENCH_R); p <- p[!vapply(p, requireNamespace, TRUE, quietly = TRUE)]; if (length(p)) install.packages(p, quiet = TRUE)'; }
 
 bench: install bench-deps
 	R_LIBS=$(LIB) $(RSCRIPT) bench/run.R
