@@ -58,6 +58,16 @@ fixture("lds1", vb_lds(Y, 1, control = vb_control(maxit = 40, quiet = TRUE)))
 fixture("lds2", vb_lds(Y, 2, control = vb_control(maxit = 40, quiet = TRUE)))
 fixture("dens", vb_density(ld, init = c(a = 1, b = -1), gradient = gr, control = dctl))
 
+# Engines with their own topic file: tests/testthat/helper-fuzz-<topic>.R defines
+#   fuzz_topic_<topic> <- list(
+#     setup    = function(fx, fixture) ...,  # data into fx, fixture("name", expr) for fits
+#     cases    = function() list(<group> = list(fz_err(...), fz_ok(...), ...)),
+#     workload = alist(...))                 # valid calls whose .Call arguments get mutated
+# so each engine adds its cases without editing this file.
+fuzz_topics <- mget(ls(environment(fz_err), pattern = "^fuzz_topic_"), envir = environment(fz_err))
+for (tp in fuzz_topics) if (is.function(tp$setup)) tp$setup(fx, fixture)
+fuzz_topic_workload <- unlist(lapply(fuzz_topics, `[[`, "workload"), recursive = FALSE)
+
 test_that("the fuzz fixtures (valid fits) build", {
   expect(length(fx$fixture_errors) == 0L,
          paste("fixtures failed:", paste(names(fx$fixture_errors), fx$fixture_errors, sep = ": ", collapse = "; ")))
@@ -393,6 +403,7 @@ cases <- list(
     fz_ok(filters(fit_hist)), fz_err(filters(fit_hist, level = 2)), fz_err(filters(fit_p)), fz_err(filters(1))
   )
 )
+for (tp in fuzz_topics) if (is.function(tp$cases)) cases <- c(cases, tp$cases())
 
 # Garbage into every registered .Call entry point (whatever the engines are
 # called): each argument NULL, a string, an empty or poisoned named list, NA,
@@ -417,7 +428,7 @@ cases$dotcall <- unlist(lapply(names(fx$routines), function(nm) {
 
 # Mutants of real .Call argument lists (recorded from valid fits): one slot
 # at a time made NULL, a string, NA, empty, shorter, longer, negative, huge.
-recorded <- fz_record_calls(env = fx, workload = alist(
+recorded <- fz_record_calls(env = fx, workload = c(alist(
   vb(y ~ x, data = d, control = quiet),
   vb(y ~ x + x2, data = d, approx = "meanfield", prior = laplace(0, 1), control = quiet),
   vb(cnt ~ x, data = d, family = poisson(), exposure = ex, approx = "block", control = quiet),
@@ -430,7 +441,7 @@ recorded <- fz_record_calls(env = fx, workload = alist(
   vb_lds(Ycnt[1:30, ], 1, family = poisson(), control = vb_control(maxit = 3, quiet = TRUE)),
   history(nd$spikes[1:200], B, nd$trial[1:200]),
   simulate_spikes(fit_hist, nd[1:200, ], seed = 1)
-))
+), fuzz_topic_workload))
 keep <- unlist(lapply(split(seq_along(recorded), vapply(recorded, `[[`, "", "name")), head, 2L))
 mutants <- unlist(lapply(recorded[sort(keep)], fz_mutants), recursive = FALSE)
 
