@@ -27,6 +27,8 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
 /* sgvb.c (targets in sgvb_targets.c) */
 SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts);
 SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
+/* predictive.c */
+SEXP C_pc_fit(SEXP y, SEXP model, SEXP control, SEXP holder);
 
 /* clang-format off */
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
@@ -44,6 +46,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(lds_poisson_mstep, 7),
     CALLDEF(sgvb_fit, 6),
     CALLDEF(sgvb_grad, 4),
+    CALLDEF(pc_fit, 4),
     {NULL, NULL, 0}};
 /* clang-format on */
 
