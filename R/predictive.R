@@ -385,6 +385,23 @@ confint.vbpc <- function(object, parm, level = 0.95, ...) {
   out
 }
 
+# one row per trial, layer and unit: the posterior mode, sd and interval
+#' @method tidy vbpc
+#' @export
+tidy.vbpc <- function(x, conf.level = 0.95, ...) {
+  check_level(conf.level)
+  z <- stats::qnorm(1 - (1 - conf.level) / 2)
+  do.call(rbind, lapply(names(x$mean), function(l) {
+    m <- x$mean[[l]]
+    sd <- matrix(sqrt(apply(x$cov[[l]], 3L, diag)), nrow(m), byrow = ncol(m) > 1L)
+    data.frame(trial = rep(seq_len(nrow(m)), ncol(m)),
+               term = rep(paste0(l, "[", seq_len(ncol(m)), "]"), each = nrow(m)),
+               estimate = as.numeric(m), std.error = as.numeric(sd),
+               conf.low = as.numeric(m - z * sd), conf.high = as.numeric(m + z * sd),
+               stringsAsFactors = FALSE)
+  }))
+}
+
 #' @export
 nobs.vbpc <- function(object, ...) nrow(object[["y"]])
 
@@ -450,8 +467,16 @@ print.vbpc <- function(x, digits = max(3L, getOption("digits") - 3L), ...) {
               else ""))
   cat(sprintf("Free energy (Laplace ELBO) %.4f  (accuracy %.4f - complexity %.4f)\n",
               x$elbo, x$elbo_terms[["loglik"]], x$elbo_terms[["kl"]]))
-  cat(convergence_line(x), "\n", sep = "")
+  cat(pc_convergence_line(x), "\n", sep = "")
   invisible(x)
+}
+
+# learning's convergence, or inference's when nothing was learned
+pc_convergence_line <- function(x) {
+  if (length(x$learn)) return(convergence_line(x))
+  bad <- sum(x$trial_status != 0L)
+  if (bad == 0L) "Inference reached the mode in every trial"
+  else sprintf("Inference did NOT reach the mode in %d of %d trials", bad, length(x$trial_status))
 }
 
 #' @export
@@ -465,7 +490,8 @@ summary.vbpc <- function(object, ...) {
                                      units = c(ncol(object$y), object$layers),
                                      mean_var = sig, mean_sq_error = err_ms, row.names = NULL),
                  converged = object$converged, iterations = object$iterations,
-                 status = object$status), class = "summary.vbpc")
+                 status = object$status, trial_status = object$trial_status),
+            class = "summary.vbpc")
 }
 
 #' @export
@@ -478,7 +504,7 @@ print.summary.vbpc <- function(x, digits = max(3L, getOption("digits") - 3L), ..
   cat(sprintf("\nFree energy = accuracy - complexity = %.4f - %.4f = %.4f\n", e[["loglik"]], e[["kl"]],
               e[["elbo"]]))
   cat("(the Laplace approximation of log p(y); exact for a linear activation)\n")
-  cat(convergence_line(x), ".\n", sep = "")
+  cat(pc_convergence_line(x), ".\n", sep = "")
   invisible(x)
 }
 

@@ -338,6 +338,12 @@ test_that("compare_models(), bms(), predict() and plot() accept fits", {
   expect_output(print(summary(f2)), "accuracy - complexity")
   expect_length(confint(f2)$x1, 2L)
   expect_equal(dim(draws(f1, 5)), c(5L, 80L))
+  td <- tidy(f2)
+  expect_equal(nrow(td), 160L)
+  expect_equal(td$estimate[td$term == "x1[2]"], unname(f2$mean$x1[, 2]))
+  expect_equal(td$std.error[td$term == "x1[2]"], sqrt(f2$cov$x1[2, 2, ]))
+  expect_equal(glance(f2)$elbo, elbo(f2))
+  expect_output(print(e), "reached the mode in every trial")
 })
 
 test_that("bad input gets a clear error", {
