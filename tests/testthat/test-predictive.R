@@ -376,3 +376,21 @@ test_that("bad input gets a clear error", {
   expect_error(predict(f, matrix(1, 2, 3)), "2 columns")
   expect_error(plot(f, "trajectory"), "kept no trajectory")
 })
+
+test_that("online learning applies Bogacz's weight rule after every trial", {
+  set.seed(21)
+  y <- rnorm(50, sd = 1.5)
+  for (qq in c("delta", "laplace")) {
+    fit <- with_warning(
+      vb_predictive_coding(matrix(y), layers = 1, weights = list(matrix(0.3)), learn = "weights",
+                           q = qq, control = qctl(lr = 0.05, maxit = 1)), "not converged")
+    # x ~ N(0, 1), y | x ~ N(W x, 1): the mode x* = W y / (W^2 + 1), variance 1 / (W^2 + 1);
+    # Delta W = lr (eps_0 x* [- W Var(x)]) with eps_0 = y - W x*
+    W <- 0.3
+    for (t in seq_along(y)) {
+      xs <- W * y[t] / (W^2 + 1)
+      W <- W + 0.05 * ((y[t] - W * xs) * xs - if (qq == "laplace") W / (W^2 + 1) else 0)
+    }
+    expect_equal(fit$weights$W1[1, 1], W, tolerance = 1e-10)
+  }
+})
