@@ -28,6 +28,11 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
 SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts);
 SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
 
+/* amortized.c (network in mlp.c) */
+SEXP C_amortized_fit(SEXP model, SEXP theta, SEXP control);
+SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP want_grad);
+SEXP C_amortized_refine(SEXP model, SEXP theta, SEXP m, SEXP v, SEXP control);
+
 /* clang-format off */
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
@@ -44,6 +49,9 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(lds_poisson_mstep, 7),
     CALLDEF(sgvb_fit, 6),
     CALLDEF(sgvb_grad, 4),
+    CALLDEF(amortized_fit, 3),
+    CALLDEF(amortized_eval, 3),
+    CALLDEF(amortized_refine, 5),
     {NULL, NULL, 0}};
 /* clang-format on */
 
