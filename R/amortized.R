@@ -213,7 +213,7 @@ vb_amortized <- function(y, latent_dim, decoder = c("poisson", "gaussian"), enco
   ctl <- c(unclass(control)[c("epochs", "batch_size", "step_size", "patience", "decays", "tol", "quiet")],
            list(train = split$train, validation = split$validation))
   core <- .Call(C_amortized_fit, model, theta0, ctl)
-  converged <- check_status(core$status, "vb_amortized()", core$epochs, control$tol, "epochs")
+  converged <- check_status(core$status, "vb_amortized()", core$epochs, control$tol, "amortized_control(epochs)")
 
   encoder$transform <- tr
   fit <- list(theta = core$theta, model_info = list(sizes = sizes, activation = encoder$activation,

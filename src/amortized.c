@@ -27,9 +27,11 @@
  * (VB_OK).  The best parameters are returned.  Cost per epoch
  * O(n (encoder flops + 4 N d)), memory O(batch x widths) beyond the data.
  *
- * Refinement (C_amortized_refine): per trial, Newton steps on the concave
+ * Refinement (C_amortized_refine): per trial, steps on the concave
  * ELBO_i(m, v) (jointly concave: log-normal mean is convex in (mu, s), the
- * entropy concave) with step halving, from the encoder output:
+ * entropy concave) from the encoder output, each a fixed-point update of v,
+ * v_k = 1 / (1 + sum_j C_jk^2 w_j), then a joint Newton step in (m, v), both
+ * with step halving (so the ELBO never decreases):
  *   -H = A'diag(w)A + diag(1_d, 1/(2 v^2)),  A = [C, C o C / 2], w_j = e^(mu_j + s_j/2)
  * (gaussian: A = [C, 0], w = 1/psi), a 2d x 2d Cholesky solve per step,
  * O(N d^2 + d^3).  Converges to the per-trial optimum q*_i.
@@ -503,11 +505,11 @@ static int refine_try(double a, void *ctx, double *value) {
 }
 
 /*
- * Up to `steps` Newton steps for one trial from (m, v) (updated in place);
- * stops early when the ELBO change meets tol.  A is N x 2d scratch, H 2d x 2d,
- * g 2d, xw work for vb_xtwx (N x 2d).  Returns VB_OK (tol met), VB_MAXIT,
- * VB_STALLED (no improving step: at the optimum to rounding), VB_NOT_PD,
- * VB_NONFINITE.  *e0, *e1: ELBO before and after; *used: steps taken.
+ * Up to `steps` refinement steps (fixed point in v, then Newton) for one trial from (m, v) (updated
+ * in place); stops early when the ELBO change meets tol.  A is N x 2d scratch, H 2d x 2d, g 2d, xw
+ * work for vb_xtwx (N x 2d).  Returns VB_OK (tol met), VB_MAXIT, VB_STALLED (no improving step: at
+ * the optimum to rounding), VB_NOT_PD, VB_NONFINITE.  *e0, *e1: ELBO before and after; *used: steps
+ * taken.
  */
 static int refine_one(refine_ctx *R, int steps, double tol, double *A, double *H, double *g,
                       double *xw, double *e0, double *e1, int *used) {
@@ -522,7 +524,26 @@ static int refine_one(refine_ctx *R, int steps, double tol, double *A, double *H
     }
     int status = steps > 0 ? VB_MAXIT : VB_OK;
     for (int it = 0; it < steps; it++) {
-        /* gradient and -Hessian at the current point (trial_elbo left fm, fs, w) */
+        /* the variances' fixed point v_k = 1 / (1 - 2 sum_j C_jk^2 F_s,j) first (exact for
+           the gaussian decoder, whose F_s does not depend on v), with step halving */
+        for (int k = 0; k < d; k++) {
+            double a = 1;
+            for (int j = 0; j < N; j++) {
+                double c = R->C[j + (size_t)k * N];
+                a -= 2 * c * c * R->fs[j];
+            }
+            R->dm[k] = 0;
+            R->dvv[k] = 1 / a - R->v[k];
+        }
+        {
+            double a, val;
+            if (vb_step_search(refine_try, R, e, &a, &val) == VB_OK) {
+                memcpy(R->v, R->vt, sizeof(double) * d);
+                e = trial_elbo(R, R->m, R->v);
+            } else
+                trial_elbo(R, R->m, R->v); /* restore fm, fs, w at the current point */
+        }
+        /* then a joint Newton step: gradient and -Hessian at the current point */
         for (int k = 0; k < d; k++) {
             double gm = -R->m[k], gv = -0.5 + 0.5 / R->v[k];
             for (int j = 0; j < N; j++) {
