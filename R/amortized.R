@@ -520,7 +520,7 @@ print.vbamortized <- function(x, digits = max(3L, getOption("digits") - 3L), ...
   cat("\n")
   cat(if (isTRUE(x$converged)) sprintf("Converged (early stopping) after %d epochs", x$iterations)
       else sprintf("NOT converged after %d epochs (%s)", x$iterations, vb_status_short(x$status)),
-      sprintf(", %.3g s\n", x$time))
+      sprintf(", %.3g s\n", x$time), sep = "")
   invisible(x)
 }
 
