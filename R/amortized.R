@@ -167,7 +167,7 @@ as_amortized_control <- function(control) {
 #' C <- matrix(rnorm(10 * 2, sd = 0.4), 10)
 #' y <- matrix(rpois(3000, exp(z %*% t(C) + 1)), 300)
 #' fit <- vb_amortized(y, 2, encoder = mlp(hidden = 16),
-#'                     control = amortized_control(epochs = 30, quiet = TRUE))
+#'                     control = amortized_control(patience = 3, decays = 1, quiet = TRUE))
 #' fit
 #' head(predict(fit, y[1:3, ], refine = 2)$mean)
 #' @export
@@ -472,7 +472,7 @@ amz_refine <- function(fit, Y, off, m, v, steps, tol = 1e-12) {
 #' set.seed(1)
 #' y <- matrix(rpois(200 * 6, 3), 200)
 #' fit <- vb_amortized(y, 1, encoder = mlp(hidden = 8),
-#'                     control = amortized_control(epochs = 10, quiet = TRUE))
+#'                     control = amortized_control(patience = 3, decays = 1, quiet = TRUE))
 #' p <- predict(fit, y[1:5, ], refine = 2)
 #' p$elbo - p$elbo_encoder # the gain from refinement (>= 0)
 #' @export
@@ -612,7 +612,7 @@ amz_iwae <- function(fit, Y, off, m, v, K) {
 #' z <- rnorm(200)
 #' y <- matrix(rpois(200 * 5, exp(outer(z, rep(0.5, 5)))), 200)
 #' fit <- vb_amortized(y, 1, encoder = mlp(hidden = 8),
-#'                     control = amortized_control(epochs = 15, quiet = TRUE))
+#'                     control = amortized_control(patience = 3, decays = 1, quiet = TRUE))
 #' summary(fit, trials = 20, K = 10)
 #' @export
 summary.vbamortized <- function(object, newdata = NULL, exposure = NULL, trials = 200, refine = 2,
@@ -696,7 +696,7 @@ print.summary.vbamortized <- function(x, digits = max(3L, getOption("digits") - 
 #' set.seed(1)
 #' y <- matrix(rpois(200 * 6, 3), 200)
 #' fit <- vb_amortized(y, 1, encoder = mlp(hidden = 8),
-#'                     control = amortized_control(epochs = 10, quiet = TRUE))
+#'                     control = amortized_control(patience = 3, decays = 1, quiet = TRUE))
 #' plot(fit)
 #' @export
 plot.vbamortized <- function(x, which = c("elbo", "latent"), ...) {
@@ -716,6 +716,8 @@ plot.vbamortized <- function(x, which = c("elbo", "latent"), ...) {
   if (ncol(m) >= 2L) {
     plot(m[, 1], m[, 2], pch = 20, col = ifelse(seq_len(nrow(m)) %in% x$validation, 2, 1),
          xlab = "z1 (posterior mean)", ylab = "z2 (posterior mean)", main = "Latent factors per trial", ...)
+    if (length(x$validation))
+      legend("topright", c("training", "validation"), pch = 20, col = 1:2, bg = "white")
     return(invisible(data.frame(trial = seq_len(nrow(m)), z1 = m[, 1], z2 = m[, 2])))
   }
   sd <- sqrt(x$posterior$var[, 1])
