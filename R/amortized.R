@@ -62,12 +62,19 @@ print.vb_mlp <- function(x, ...) {
 #'   converged when the stopping ELBO then still does not improve.
 #' @param tol Relative improvement that counts (see `patience`).
 #' @param quiet If `FALSE`, runs longer than a second print their progress.
+#' @param estimator Gradient of the ELBO: `"closed_form"` (default; exact
+#'   expectations, only minibatch noise) or `"reparam"`, the reparameterised
+#'   Monte Carlo estimator with `draws` samples per trial and step (as in a
+#'   variational autoencoder; for checking, it is noisier and slower).
+#' @param draws Samples per trial for `estimator = "reparam"`.
 #' @return A list of class `amortized_control`.
 #' @examples
 #' amortized_control(epochs = 200, batch_size = 64)
 #' @export
 amortized_control <- function(epochs = 1000L, batch_size = 128L, step_size = 0.005, patience = 10L,
-                              decays = 4L, tol = 1e-7, quiet = FALSE) {
+                              decays = 4L, tol = 1e-7, quiet = FALSE,
+                              estimator = c("closed_form", "reparam"), draws = 1L) {
+  estimator <- match.arg(estimator)
   whole <- function(x, nm, lo, hi) {
     if (!is.numeric(x) || length(x) != 1L || !is.finite(x) || x != round(x) || x < lo || x > hi)
       stop(sprintf("amortized_control(): '%s' must be a whole number between %s and %s.", nm,
@@ -83,7 +90,9 @@ amortized_control <- function(epochs = 1000L, batch_size = 128L, step_size = 0.0
     stop("amortized_control(): 'quiet' must be TRUE or FALSE.", call. = FALSE)
   structure(list(epochs = whole(epochs, "epochs", 1, 1e7), batch_size = whole(batch_size, "batch_size", 1, 1e6),
                  step_size = pos(step_size, "step_size", 1e6), patience = whole(patience, "patience", 1, 1e6),
-                 decays = whole(decays, "decays", 0, 1000), tol = pos(tol, "tol", 1), quiet = quiet),
+                 decays = whole(decays, "decays", 0, 1000), tol = pos(tol, "tol", 1), quiet = quiet,
+                 estimator = estimator,
+                 draws = if (estimator == "reparam") whole(draws, "draws", 1, 1e5) else 0L),
             class = "amortized_control")
 }
 
@@ -210,7 +219,7 @@ vb_amortized <- function(y, latent_dim, decoder = c("poisson", "gaussian"), enco
   sizes <- c(N, encoder$hidden, 2L * latent_dim)
   theta0 <- c(amz_init_encoder(sizes), amz_pack_decoder(params, decoder))
   model <- amz_model(Y, X, off, inp, decoder, noise, latent_dim, sizes, encoder$activation, learn_decoder)
-  ctl <- c(unclass(control)[c("epochs", "batch_size", "step_size", "patience", "decays", "tol", "quiet")],
+  ctl <- c(unclass(control)[c("epochs", "batch_size", "step_size", "patience", "decays", "tol", "quiet", "draws")],
            list(train = split$train, validation = split$validation))
   core <- .Call(C_amortized_fit, model, theta0, ctl)
   converged <- check_status(core$status, "vb_amortized()", core$epochs, control$tol, "amortized_control(epochs)")
@@ -420,7 +429,7 @@ fit_model_amz <- function(fit, Y, off) {
 }
 
 amz_eval <- function(fit, Y, off, grad = FALSE) {
-  r <- .Call(C_amortized_eval, fit_model_amz(fit, Y, off), fit$theta, grad)
+  r <- .Call(C_amortized_eval, fit_model_amz(fit, Y, off), fit$theta, list(grad = grad, draws = 0L))
   if (r$status != 0L) check_status(r$status, "vb_amortized(): evaluating the encoder")
   r
 }

@@ -37,13 +37,17 @@
  * O(N d^2 + d^3).  Converges to the per-trial optimum q*_i.
  *
  * C_amortized_eval: (m, v, ELBO_i) for every trial, and optionally the
- * gradient of sum_i ELBO_i in theta (for finite-difference tests).
+ * gradient of sum_i ELBO_i in theta (for finite-difference tests); with
+ * opts$draws = S > 0 the reparameterised S-draw Monte Carlo estimates of both
+ * instead (the single-sample estimator of Kingma & Welling, to check the closed
+ * forms; also available for training, control$draws).
  */
 #include "mlp.h"
 #include "vbayes.h"
 
 typedef struct {
     int n, N, d, family, npsi, learn_dec;
+    int draws; /* 0: closed-form expectations; S > 0: reparameterised S-draw estimates */
     const double *y, *x, *off; /* N x n, N x n, n */
     double *cst;               /* per-trial constant of the log-likelihood */
     vb_mlp net;
@@ -71,6 +75,7 @@ static void amz_unpack(SEXP model, amz_model *M) {
     if (M->family == VB_POISSON ? M->npsi != 0 : (M->npsi != 1 && M->npsi != M->N))
         Rf_error("'model$npsi' must be 0 (poisson), 1 or N (gaussian)");
     M->learn_dec = vb_flag_elt(model, "learn_decoder", w);
+    M->draws = 0;
     M->net.act = vb_int_elt(model, "activation", VB_ACT_TANH, VB_ACT_SOFTPLUS, w);
     SEXP sz = vb_elt_req(model, "sizes", w);
     if (TYPEOF(sz) != INTSXP || Rf_length(sz) < 2 || Rf_length(sz) > VB_MLP_MAXL + 1)
@@ -137,7 +142,84 @@ static void work_alloc(const amz_model *M, int B, amz_work *W) {
     W->Fs = (double *)R_alloc(NB, sizeof(double));
     W->scr = (double *)R_alloc((size_t)2 * vb_mlp_maxwidth(M->L, M->size) * B, sizeof(double));
     W->C2 = (double *)R_alloc((size_t)N * d, sizeof(double));
-    W->tmp = (double *)R_alloc((size_t)N * d, sizeof(double));
+    W->tmp = (double *)R_alloc((size_t)N * d > (size_t)3 * d ? (size_t)N * d : (size_t)3 * d,
+                               sizeof(double));
+}
+
+/*
+ * The reparameterised Monte Carlo estimator (for checking the closed forms):
+ * z = m + sqrt(v) e, e ~ N(0, I), S draws per trial; log p(y | z) is averaged
+ * and its gradient taken along the path (d/dm = C'F, d/dlog v = C'F e sqrt(v)/2,
+ * F = d log p / d eta), the KL term stays closed form.  Uses the encoder output
+ * in W->out / W->V from batch_elbo and R's generator (callers hold GetRNGstate).
+ */
+static int mc_elbo(const amz_model *M, const double *theta, const int *idx, int B, amz_work *W,
+                   double *elbo, double *grad, int all_grad) {
+    int N = M->N, d = M->d, d2 = 2 * d, S = M->draws;
+    const double *C = theta + M->nenc, *dv = C + (size_t)N * d, *lpsi = dv + N;
+    double *gC = grad ? grad + M->nenc : NULL, *gd = gC ? gC + (size_t)N * d : NULL,
+           *gp = gd ? gd + N : NULL;
+    int dec = grad && (M->learn_dec || all_grad), bad = 0;
+    double *z = W->tmp, *e = W->tmp + d, *gz = W->tmp + 2 * d; /* tmp holds N d >= 3 d doubles */
+    double *F = W->Fm;
+    for (int b = 0; b < B; b++) {
+        int i = idx[b];
+        const double *yi = M->y + (size_t)i * N;
+        const double *mb = W->out + (size_t)b * d2, *vb = W->V + (size_t)b * d;
+        double *g = W->dout + (size_t)b * d2, ll = 0, kl = 0;
+        if (grad)
+            for (int k = 0; k < d2; k++)
+                g[k] = 0;
+        for (int s = 0; s < S; s++) {
+            for (int k = 0; k < d; k++) {
+                e[k] = norm_rand();
+                z[k] = mb[k] + sqrt(vb[k]) * e[k];
+                gz[k] = 0;
+            }
+            double l = M->cst[i];
+            for (int j = 0; j < N; j++) {
+                double eta = dv[j] + M->off[i];
+                for (int k = 0; k < d; k++)
+                    eta += C[j + (size_t)k * N] * z[k];
+                if (M->family == VB_POISSON) {
+                    double w = exp(eta);
+                    l += yi[j] * eta - w;
+                    F[j] = yi[j] - w;
+                } else {
+                    double lp = lpsi[M->npsi == 1 ? 0 : j], ip = exp(-lp), r = yi[j] - eta;
+                    l += -0.5 * lp - 0.5 * ip * r * r;
+                    F[j] = ip * r;
+                    if (dec) gp[M->npsi == 1 ? 0 : j] += (-0.5 + 0.5 * ip * r * r) / S;
+                }
+                for (int k = 0; k < d; k++)
+                    gz[k] += C[j + (size_t)k * N] * F[j];
+                if (dec) {
+                    gd[j] += F[j] / S;
+                    for (int k = 0; k < d; k++)
+                        gC[j + (size_t)k * N] += F[j] * z[k] / S;
+                }
+            }
+            ll += l / S;
+            if (grad)
+                for (int k = 0; k < d; k++) {
+                    g[k] += gz[k] / S;
+                    g[d + k] += 0.5 * gz[k] * e[k] * sqrt(vb[k]) / S;
+                }
+        }
+        for (int k = 0; k < d; k++) {
+            double mk = mb[k], vk = vb[k], lv = mb[d + k];
+            kl += 0.5 * (mk * mk + vk - lv - 1);
+            if (grad) {
+                g[k] -= mk;
+                g[d + k] += 0.5 - 0.5 * vk;
+            }
+        }
+        elbo[b] = ll - kl;
+        if (!R_FINITE(elbo[b])) bad = 1;
+    }
+    if (bad) return VB_NONFINITE;
+    if (grad) vb_mlp_backward(&M->net, theta, B, W->X, W->acts, W->dout, d2, grad, W->scr);
+    return VB_OK;
 }
 
 /*
@@ -196,6 +278,7 @@ static int batch_elbo(const amz_model *M, const double *theta, const int *idx, i
         if (!R_FINITE(elbo[b])) bad = 1;
     }
     if (bad) return VB_NONFINITE;
+    if (M->draws > 0) return mc_elbo(M, theta, idx, B, W, elbo, grad, all_grad);
     if (!grad) return VB_OK;
     /* encoder outputs: dm = C'F_mu - m, dlogv = v ((C o C)'F_s - 1/2) + 1/2 */
     F77_CALL(dgemm)("T", "N", &d, &B, &N, &one, C, &N, W->Fm, &N, &zero, W->dout, &d2 FCONE FCONE);
@@ -376,6 +459,7 @@ SEXP C_amortized_fit(SEXP model, SEXP theta, SEXP control) {
     S.lr = vb_num_elt(control, "step_size", 0, 1e6, w);
     S.tol = vb_num_elt(control, "tol", 0, 1, w);
     S.quiet = vb_flag_elt(control, "quiet", w);
+    M.draws = vb_int_elt(control, "draws", 0, 100000, w);
     if (!(S.lr > 0) || !(S.tol > 0))
         Rf_error("'control$step_size' and 'control$tol' must be positive");
     int *tidx, *vidx;
@@ -408,14 +492,12 @@ SEXP C_amortized_fit(SEXP model, SEXP theta, SEXP control) {
 
 /* ------------------------------------------------ evaluation, gradient -- */
 
-SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP want_grad) {
+SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP opts) {
     amz_model M;
     amz_unpack(model, &M);
     const double *th = theta_elt(theta, &M, "theta");
-    if (TYPEOF(want_grad) != LGLSXP || Rf_length(want_grad) != 1 ||
-        LOGICAL(want_grad)[0] == NA_LOGICAL)
-        Rf_error("'want_grad' must be TRUE or FALSE");
-    int wg = LOGICAL(want_grad)[0], n = M.n, d = M.d;
+    int wg = vb_flag_elt(opts, "grad", "opts"), n = M.n, d = M.d;
+    M.draws = vb_int_elt(opts, "draws", 0, 100000, "opts");
     int B = n < 512 ? n : 512;
     amz_work W;
     work_alloc(&M, B, &W);
@@ -433,6 +515,7 @@ SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP want_grad) {
     SET_VECTOR_ELT(out, 3, g);
     if (wg) memset(REAL(g), 0, sizeof(double) * M.P);
     int status = VB_OK;
+    if (M.draws > 0) GetRNGstate();
     for (int i0 = 0; i0 < n && status == VB_OK; i0 += B) {
         int b = n - i0 < B ? n - i0 : B;
         for (int k = 0; k < b; k++)
@@ -444,6 +527,7 @@ SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP want_grad) {
         else if (vb_interrupted())
             status = VB_INTERRUPTED;
     }
+    if (M.draws > 0) PutRNGstate();
     SET_VECTOR_ELT(out, 4, Rf_ScalarInteger(status));
     UNPROTECT(np);
     return out;

@@ -30,7 +30,7 @@ SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
 
 /* amortized.c (network in mlp.c) */
 SEXP C_amortized_fit(SEXP model, SEXP theta, SEXP control);
-SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP want_grad);
+SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP opts);
 SEXP C_amortized_refine(SEXP model, SEXP theta, SEXP m, SEXP v, SEXP control);
 
 /* clang-format off */
