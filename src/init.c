@@ -30,6 +30,11 @@ SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
 /* predictive.c */
 SEXP C_pc_fit(SEXP y, SEXP model, SEXP control, SEXP holder);
 
+/* amortized.c (network in mlp.c) */
+SEXP C_amortized_fit(SEXP model, SEXP theta, SEXP control);
+SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP opts);
+SEXP C_amortized_refine(SEXP model, SEXP theta, SEXP m, SEXP v, SEXP control);
+
 /* clang-format off */
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
@@ -47,6 +52,9 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(sgvb_fit, 6),
     CALLDEF(sgvb_grad, 4),
     CALLDEF(pc_fit, 4),
+    CALLDEF(amortized_fit, 3),
+    CALLDEF(amortized_eval, 3),
+    CALLDEF(amortized_refine, 5),
     {NULL, NULL, 0}};
 /* clang-format on */
 
