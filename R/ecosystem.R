@@ -114,7 +114,7 @@ log_lik.default <- function(object, ...) {
   if (!requireNamespace("rstantools", quietly = TRUE))
     stop(sprintf("log_lik(): there is no method for class '%s' in vbayes; install rstantools for other models.",
                  class(object)[1L]), call. = FALSE)
-  rstantools::log_lik(object, ...)
+  eco_forward(rstantools::log_lik, object, ...)
 }
 
 #' @rdname log_lik
@@ -145,8 +145,9 @@ log_lik.vb_posterior <- function(object, newdata = NULL, draws = 4000, ...) {
 #' [loo::loo()], so it works whether or not \pkg{loo} is attached; \pkg{loo}
 #' must be installed.  `waic()` and `loo_compare()` are the generics of
 #' \pkg{loo}.  With more than 2.5e7 log-likelihood values (draws x
-#' observations) the log-likelihood is computed one observation at a time
-#' instead of held in memory.
+#' observations; `options(vbayes.loo_matrix_max =)` changes the limit) the
+#' log-likelihood is computed one observation at a time instead of held in
+#' memory.
 #' @param x A fit from [vb()] or [vb_fit()] (for `loo_compare()`, the first
 #'   of several).
 #' @param draws Number of draws from q.
@@ -174,7 +175,7 @@ loo <- function(x, ...) UseMethod("loo")
 #' @export
 loo.default <- function(x, ...) {
   need_pkg("loo", "loo()")
-  loo::loo(x, ...)
+  eco_forward(loo::loo, x, ...)
 }
 
 #' @rdname loo
@@ -184,7 +185,7 @@ loo.vb_posterior <- function(x, draws = 4000, cores = getOption("mc.cores", 1), 
   need_pkg("loo", "loo()")
   draws <- check_count(draws, "draws")
   n <- tryCatch(nobs(x), error = function(e) 0)
-  big <- inherits(x, "vbfit") && as.double(n) * draws > 2.5e7
+  big <- inherits(x, "vbfit") && as.double(n) * draws > getOption("vbayes.loo_matrix_max", 2.5e7)
   qs <- q_sample(x, draws)
   # the log-likelihood first: a fit without data stops here, saying why
   ll <- if (!big) t(loglik_pointwise(x, qs$theta))
@@ -237,6 +238,12 @@ loo_compare.vb_posterior <- function(x, ..., criterion = c("loo", "waic"), draws
   loo::loo_compare(res)
 }
 
+# Call another package's generic from a default method of ours.  Called from
+# here, UseMethod() would look for methods in this namespace first and find
+# our own default again; evaluated in the global environment it finds the
+# methods registered for the other package's generic.
+eco_forward <- function(generic, x, ...) do.call(generic, list(x, ...), envir = globalenv())
+
 need_pkg <- function(pkg, what) {
   if (!requireNamespace(pkg, quietly = TRUE))
     stop(sprintf("%s needs the %s package; install it with install.packages(\"%s\").", what, pkg, pkg),
@@ -271,7 +278,7 @@ as_draws <- function(x, ...) UseMethod("as_draws")
 #' @export
 as_draws.default <- function(x, ...) {
   need_pkg("posterior", "as_draws()")
-  posterior::as_draws(x, ...)
+  eco_forward(posterior::as_draws, x, ...)
 }
 
 #' @rdname as_draws
