@@ -63,6 +63,12 @@ eco_data <- function(fit, newdata, what) {
   } else {
     if (!is.data.frame(newdata))
       stop(sprintf("%s(): 'newdata' must be a data frame.", what), call. = FALSE)
+    tt <- fit[["terms"]]
+    rv <- if (attr(tt, "response") == 1L) all.vars(tt[[2L]]) else character(0)
+    miss <- setdiff(rv, names(newdata))
+    if (length(miss))
+      stop(sprintf("%s(): 'newdata' must hold the response; it lacks %s.", what,
+                   paste(sQuote(miss, FALSE), collapse = ", ")), call. = FALSE)
     d <- new_design(fit, newdata, what)
     mf <- tryCatch(model.frame(fit[["terms"]], newdata, na.action = stats::na.pass,
                                xlev = fit[["xlevels"]]),

@@ -197,3 +197,8 @@ eco_moments <- function(x, m, v, type) {
   e2 <- drop(s^2 %*% gh$w)
   list(mean = e1, sd = sqrt(pmax(e2 - e1^2, 0)))
 }
+
+#' @rdname vbfit_tidiers
+#' @method augment vb_posterior
+#' @export
+augment.vb_posterior <- function(x, ...) no_data(x, "augment")
