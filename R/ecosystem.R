@@ -275,7 +275,7 @@ need_pkg <- function(pkg, what) {
 #' @examples
 #' if (requireNamespace("posterior", quietly = TRUE)) {
 #'   fit <- vb(mpg ~ wt, data = mtcars)
-#'   posterior::summarise_draws(as_draws(fit, draws = 500))
+#'   posterior::summarise_draws(as_draws(fit, draws = 200))
 #' }
 #' @export
 as_draws <- function(x, ...) UseMethod("as_draws")

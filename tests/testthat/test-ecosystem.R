@@ -310,3 +310,15 @@ test_that("emmeans: marginal means are L mu with sd sqrt(L Sigma L'), and match 
   X <- model.matrix(~ wt, d)
   expect_error(suppressMessages(emmeans::emmeans(vb_fit(X, d$mpg), "wt")))
 })
+
+test_that("loo() works for SGVB and meanfield fits and agrees with the CAVI fullrank answer", {
+  skip_if_not_installed("loo")
+  set.seed(20)
+  d <- data.frame(x = rnorm(50)); d$y <- 0.5 + d$x + rnorm(50)
+  ref <- suppressWarnings(loo(vb(y ~ x, data = d), draws = 4000))$estimates["elpd_loo", 1]
+  fs <- vb(y ~ x, data = d, method = "sgvb", control = vb_control(quiet = TRUE))
+  fm <- vb(y ~ x, data = d, approx = "meanfield")
+  set.seed(21)
+  expect_equal(suppressWarnings(loo(fs, draws = 4000))$estimates["elpd_loo", 1], ref, tolerance = 0.01)
+  expect_equal(suppressWarnings(loo(fm, draws = 4000))$estimates["elpd_loo", 1], ref, tolerance = 0.01)
+})
