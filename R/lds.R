@@ -682,53 +682,88 @@ lds_sim <- function(p, T, family, exposure = 1) {
 
 #' Plot a latent dynamical system fit
 #'
+#' `"latents"` draws the posterior mean of each latent dimension with its
+#' credible band, one panel per dimension; `"rates"` draws the observations
+#' of each unit (dots: counts per bin for poisson) with the smoothed rate
+#' (the posterior mean of E y) and its credible band, one panel per unit;
+#' `"elbo"` draws the ELBO trace.  Every panel has a title; the plotted data
+#' are returned invisibly.
 #' @param x A `vblds` fit.
-#' @param which `"latents"` (posterior means with 95% credible bands),
-#'   `"elbo"` (the ELBO trace) or `"rates"` (smoothed rates against the data).
+#' @param which `"latents"`, `"elbo"` or `"rates"`.
 #' @param trial Which trial to show.
-#' @param units For `"rates"`: which units (columns) to show.
+#' @param units For `"rates"`: which units (columns) to show; the first four
+#'   by default.
+#' @param level Credible level of the bands.
 #' @param ... Passed to [graphics::plot()].
-#' @return The plotted data, invisibly.
+#' @return The plotted data, invisibly: for `"latents"` a list of `mean`,
+#'   `lower`, `upper` (T x d); for `"rates"` a list of `observed`, `fitted`,
+#'   `lower`, `upper` (T x units); for `"elbo"` a data frame.
 #' @examples
 #' set.seed(1)
 #' z <- as.numeric(arima.sim(list(ar = 0.95), 200))
 #' y <- outer(z, c(1, -0.5, 0.8)) + matrix(rnorm(600, sd = 0.5), 200)
 #' fit <- vb_lds(y, 1, control = vb_control(maxit = 30, quiet = TRUE))
 #' plot(fit)
+#' plot(fit, "rates", units = 1:2)
 #' @export
-plot.vblds <- function(x, which = c("latents", "elbo", "rates"), trial = 1L, units = NULL, ...) {
+plot.vblds <- function(x, which = c("latents", "elbo", "rates"), trial = 1L, units = NULL,
+                       level = 0.95, ...) {
   which <- match.arg(which)
+  check_level(level)
   if (!is.numeric(trial) || length(trial) != 1L || !trial %in% seq_along(x$posterior))
     stop(sprintf("plot.vblds(): 'trial' must be one of 1..%d.", length(x$posterior)), call. = FALSE)
   if (which == "elbo") {
-    plot(seq_along(x$elbo_trace), x$elbo_trace, type = "l", xlab = "iteration", ylab = "ELBO", ...)
-    return(invisible(data.frame(iteration = seq_along(x$elbo_trace), elbo = x$elbo_trace)))
+    it <- seq_along(x$elbo_trace)
+    plot(it, x$elbo_trace, type = "l", xlab = "iteration", ylab = "ELBO", main = "ELBO trace", ...)
+    return(invisible(data.frame(iteration = it, elbo = x$elbo_trace)))
   }
+  z <- qnorm(1 - (1 - level) / 2)
   po <- x$posterior[[trial]]
   T <- nrow(po$mean); tt <- seq_len(T)
+  band <- grDevices::adjustcolor("steelblue", 0.35)
+  ttl <- if (length(x$posterior) > 1L) sprintf(" (trial %d)", trial) else ""
   if (which == "latents") {
     sd <- lds_latent_sd(po$cov)
-    lo <- po$mean - 1.96 * sd; hi <- po$mean + 1.96 * sd
+    lo <- po$mean - z * sd; hi <- po$mean + z * sd
     k <- x$latent_dim
-    op <- par(mfrow = c(k, 1L), mar = c(3, 4, 1, 1)); on.exit(par(op))
+    op <- par(mfrow = c(k, 1L), mar = c(4.5, 4.5, 2.5, 1)); on.exit(par(op))
     for (j in seq_len(k)) {
       plot(tt, po$mean[, j], type = "n", ylim = range(lo[, j], hi[, j]), xlab = "time bin",
-           ylab = paste0("z", j), ...)
-      graphics::polygon(c(tt, rev(tt)), c(lo[, j], rev(hi[, j])), col = "grey85", border = NA)
-      lines(tt, po$mean[, j])
+           ylab = paste0("z", j),
+           main = sprintf("Latent z%d%s: posterior mean and %g%% band", j, ttl, 100 * level), ...)
+      graphics::polygon(c(tt, rev(tt)), c(lo[, j], rev(hi[, j])), col = band, border = NA)
+      lines(tt, po$mean[, j], lwd = 2, col = "steelblue4")
     }
     return(invisible(list(mean = po$mean, lower = lo, upper = hi)))
   }
   N <- ncol(x$y[[trial]])
   if (is.null(units)) units <- seq_len(min(4L, N))
+  if (!is.numeric(units) || !length(units) || anyNA(units) || any(!units %in% seq_len(N)))
+    stop(sprintf("plot.vblds(): 'units' must be unit numbers between 1 and %d.", N), call. = FALSE)
+  pois <- x$family$family == "poisson"
+  p <- x$params
+  eta <- tcrossprod(po$mean, p$C) + rep(p$d, each = T)
+  s <- sqrt(lds_eta_var(po$cov, p$C))
   rate <- lds_rates(x)[[trial]]
-  op <- par(mfrow = c(length(units), 1L), mar = c(3, 4, 1, 1)); on.exit(par(op))
-  for (i in units) {
-    plot(tt, x$y[[trial]][, i], col = "grey50", pch = 16, cex = 0.4, xlab = "time bin",
-         ylab = paste("unit", i), ...)
-    lines(tt, rate[, i], col = "red", lwd = 2)
+  if (pois) {
+    ex <- x$exposure[[trial]]
+    lo <- exp(eta - z * s) * ex; hi <- exp(eta + z * s) * ex
+  } else {
+    lo <- eta - z * s; hi <- eta + z * s
   }
-  invisible(list(observed = x$y[[trial]][, units, drop = FALSE], fitted = rate[, units, drop = FALSE]))
+  yk <- x$y[[trial]]
+  op <- par(mfrow = c(length(units), 1L), mar = c(4.5, 4.5, 2.5, 1)); on.exit(par(op))
+  for (i in units) {
+    plot(tt, yk[, i], type = "n", ylim = range(yk[, i], lo[, i], hi[, i], na.rm = TRUE),
+         xlab = "time bin", ylab = if (pois) "count per bin" else "observation",
+         main = sprintf("Unit %d%s: data (dots) and smoothed %s with %g%% band", i, ttl,
+                        if (pois) "rate" else "mean", 100 * level), ...)
+    graphics::polygon(c(tt, rev(tt)), c(lo[, i], rev(hi[, i])), col = band, border = NA)
+    graphics::points(tt, yk[, i], pch = 16, cex = 0.7, col = "grey25")
+    lines(tt, rate[, i], col = "firebrick", lwd = 2)
+  }
+  invisible(list(observed = yk[, units, drop = FALSE], fitted = rate[, units, drop = FALSE],
+                 lower = lo[, units, drop = FALSE], upper = hi[, units, drop = FALSE]))
 }
 
 # ---- the log joint and draws from q (vb_diagnose(), compare_models()) ------------

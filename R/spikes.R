@@ -356,15 +356,15 @@ plot.vb_filters <- function(x, which = seq_along(x), scale = c("log", "gain"), t
   tr <- if (scale == "gain") exp else identity
   for (i in seq_along(sel)) {
     f <- sel[[i]]
-    use_time <- !all(is.na(f$time))
-    xx <- if (use_time) f$time else f$lag
+    ax <- lag_axis(f$lag, f$time)
+    xx <- ax$x
     lo <- tr(f$lower); hi <- tr(f$upper); est <- tr(f$estimate)
     tv <- if (!is.null(truth) && length(truth) >= i && !is.null(truth[[i]])) truth[[i]] else NULL
     tl <- if (!is.null(tv)) seq_along(tv) else integer(0)
-    txx <- if (use_time) tl * (f$time[1] / f$lag[1]) else tl
+    txx <- tl * ax$per_bin
     yl <- range(lo, hi, if (scale == "gain") 1 else 0, if (!is.null(tv)) tr(tv))
     graphics::plot(xx, est, type = "n", ylim = yl, xlim = range(xx, txx),
-                   xlab = if (use_time) "lag (time)" else "lag (bins)",
+                   xlab = ax$lab,
                    ylab = if (scale == "gain") "gain exp(filter)" else "filter (log rate)",
                    main = names(sel)[i], ...)
     graphics::polygon(c(xx, rev(xx)), c(lo, rev(hi)), col = grDevices::adjustcolor("steelblue", 0.3), border = NA)

@@ -31,16 +31,27 @@ print(round(cbind(flt[, c("lag", "estimate", "lower", "upper")], truth = truth$h
 outdir <- Sys.getenv("VBAYES_DEMO_DIR", tempdir())
 dir.create(outdir, showWarnings = FALSE, recursive = TRUE)
 png_file <- file.path(outdir, "neuron-rate.png")
-grDevices::png(png_file, width = 900, height = 600)
-op <- par(mfrow = c(2, 1), mar = c(4, 4, 2, 1))
+grDevices::png(png_file, width = 900, height = 900)
+op <- par(mfrow = c(3, 1), mar = c(4.5, 4.5, 2.5, 1), cex = 0.9)
 idx <- neuron$trial == 1 & neuron$time < 4
+tt <- neuron$time[idx]
 rate <- predict(stim, neuron[idx, ], type = "response", interval = "credible") / 0.005
 smooth <- stats::filter(neuron$spikes[idx], rep(1 / 20, 20), sides = 2) / 0.005
-plot(neuron$time[idx], smooth, type = "l", col = "grey50", xlab = "time (s)",
-     ylab = "rate (Hz)", main = "Trial 1: smoothed counts (grey) and VB rate with 95% band")
-polygon(c(neuron$time[idx], rev(neuron$time[idx])), c(rate[, "lwr"], rev(rate[, "upr"])),
-        col = grDevices::adjustcolor("steelblue", 0.3), border = NA)
-lines(neuron$time[idx], rate[, "fit"], col = "steelblue", lwd = 2)
+band <- grDevices::adjustcolor("steelblue", 0.55)
+plot(tt, smooth, type = "l", col = "grey50", xlab = "time (s)", ylab = "rate (Hz)",
+     ylim = range(0, smooth, rate[, "upr"], na.rm = TRUE),
+     main = "Trial 1: smoothed counts (grey) and the VB rate (blue, 95% band shaded)")
+polygon(c(tt, rev(tt)), c(rate[, "lwr"], rev(rate[, "upr"])), col = band, border = NA)
+lines(tt, rate[, "fit"], col = "navy", lwd = 1)
+## one second, close up: the band is 10-30% of the rate wide
+z <- tt >= 1 & tt < 2
+plot(tt[z], rate[z, "fit"], type = "n", xlab = "time (s)", ylab = "rate (Hz)",
+     ylim = range(0, rate[z, c("lwr", "upr")]),
+     main = sprintf("1-2 s close up: mean rate and 95%% band (median width %.0f%% of the rate); ticks: spikes",
+                    100 * stats::median((rate[, "upr"] - rate[, "lwr"]) / rate[, "fit"])))
+polygon(c(tt[z], rev(tt[z])), c(rate[z, "lwr"], rev(rate[z, "upr"])), col = band, border = "steelblue4")
+lines(tt[z], rate[z, "fit"], col = "navy", lwd = 1.5)
+rug(tt[z][neuron$spikes[idx][z] > 0], ticksize = 0.04, col = "grey20")
 plot(stim, which = "elbo")
 par(op)
 grDevices::dev.off()
