@@ -188,7 +188,8 @@ log_joint.vbfit <- function(fit, theta) {
   if (is.null(fit[["y"]]))
     stop("this fit was made with y = FALSE, so its response is gone; refit with y = TRUE.",
          call. = FALSE)
-  .Call(C_glm_log_joint, fit_model(fit), theta)$value
+  m <- fit_model(fit)
+  .Call(C_glm_log_joint, m, centre_theta(theta, m$centre))$value
 }
 
 # ---- data-bound generics: only where there are data ------------------------

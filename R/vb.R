@@ -27,10 +27,21 @@
 #' @param family `gaussian()`, `poisson()` or `binomial()` (a family object,
 #'   function or name).
 #' @param prior Prior for the non-intercept coefficients: [normal()] or
-#'   [laplace()]; location and scale may be vectors, one per coefficient.
-#' @param prior_intercept Prior for the intercept.
+#'   [laplace()] (rstanarm's `normal()` and `laplace()` are accepted too);
+#'   location and scale may be vectors, one per coefficient.  `NULL` (the
+#'   default) gives `normal(0, 2.5, autoscale = TRUE)`: scale 2.5 sd(y) / sd(x)
+#'   for gaussian, 2.5 / sd(x) otherwise (see [priors]).  An explicit prior
+#'   applies to the model-matrix columns exactly as given.
+#' @param prior_intercept Prior for the coefficient of the `(Intercept)`
+#'   column, exactly as given.  `NULL` (the default) gives the autoscaled
+#'   default on the intercept *after centring the predictors*: normal with
+#'   location mean(y) and scale 2.5 sd(y) for gaussian, location 0 and scale
+#'   2.5 otherwise (see [priors]).
 #' @param prior_precision [gamma_prior()] on the noise precision 1/sigma^2
-#'   (gaussian only).
+#'   (gaussian only).  `NULL` (the default) gives
+#'   `gamma_prior(1, 0.01, autoscale = TRUE)`, a Gamma(1, 0.01 var(y)) prior.
+#'   Unlike in rstanarm, `NULL` never means a flat prior: the evidence, and so
+#'   the ELBO, needs proper priors.
 #' @param approx Variational family: `"fullrank"`, `"block"` or `"meanfield"`.
 #' @param method `"cavi"` (coordinate ascent; deterministic) or `"sgvb"`
 #'   (stochastic gradients).
@@ -56,7 +67,8 @@
 #'   limit, `2` no step increased the ELBO, `3` a precision matrix was not
 #'   positive definite, `4` the ELBO was not finite, `5` it decreased) and
 #'   `vb()` warns, whatever `quiet` is.
-#' @seealso [summary.vbfit()], [predict.vbfit()], [elbo()], [draws()].
+#' @seealso [priors], [prior_summary()], [summary.vbfit()], [predict.vbfit()],
+#'   [residuals.vbfit()], [elbo()], [draws()].
 #' @examples
 #' set.seed(1)
 #' d <- data.frame(x = rnorm(200))
@@ -65,8 +77,8 @@
 #' fit
 #' elbo(fit)
 #' @export
-vb <- function(formula, data, family = gaussian(), prior = normal(0, 1),
-               prior_intercept = normal(0, 10), prior_precision = gamma_prior(1, 1),
+vb <- function(formula, data, family = gaussian(), prior = NULL,
+               prior_intercept = NULL, prior_precision = NULL,
                approx = c("fullrank", "block", "meanfield"), method = c("cavi", "sgvb"),
                exposure = NULL, weights, subset, na.action, offset,
                control = vb_control(), x = TRUE, y = TRUE, contrasts = NULL) {
