@@ -337,7 +337,7 @@ prior_summary <- function(object, ...) UseMethod("prior_summary")
 
 #' @rdname prior_summary
 #' @export
-#' @exportS3Method rstantools::prior_summary
+#' @rawNamespace S3method(rstantools::prior_summary, vbfit)
 prior_summary.vbfit <- function(object, ...) {
   pr <- object[["prior"]]
   pa <- pr$coef
