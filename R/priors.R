@@ -29,7 +29,9 @@
 #' data, following the rule of rstanarm (version 2.19 and later).  With
 #' s_y = sd(y) for `gaussian()` and s_y = 1 for the other families, and
 #' s_k = sd(x_k) the standard deviation of design column k (1 for a constant
-#' column), all over the observations with positive weight:
+#' column), all over the observations with positive weight (for `binomial()`
+#' over the trials, each row counted `weights` times, so grouped and 0/1 data
+#' of the same trials get the same prior; rstanarm counts rows):
 #'
 #' * coefficients: `normal(0, 2.5, autoscale = TRUE)`, so beta_k ~
 #'   N(0, (2.5 s_y / s_k)^2) (the scale is floored at 1e-12, as in rstanarm);
@@ -247,12 +249,17 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   gauss <- family$family == "gaussian"
   cn <- colnames(X)
   pos <- weights > 0
-  sdy <- if (gauss) stats::sd(y[pos]) else 1
+  # binomial weights are trials: moments over the trials, so grouped and
+  # 0/1 data of the same trials get one prior; otherwise sd() and mean()
+  w <- if (family$family == "binomial") weights[pos] else rep(1, sum(pos))
+  wmean <- function(v) sum(w * v) / sum(w)
+  wsd <- function(v) if (sum(w) <= 1) NA_real_ else sqrt(sum(w * (v - wmean(v))^2) / (sum(w) - 1))
+  sdy <- if (gauss && any(pos)) wsd(y[pos]) else 1
   if (!is.finite(sdy) || sdy <= 0) sdy <- 1 # a constant response: as rstanarm without y
   default <- c(prior = is.null(pr), prior_intercept = is.null(pint), prior_precision = is.null(pp))
   if (is.null(pr)) pr <- normal(0, 2.5, autoscale = TRUE)
   if (is.null(pint)) {
-    loc <- if (gauss && any(pos)) mean(y[pos] - offset[pos]) else 0
+    loc <- if (gauss && any(pos)) wmean(y[pos] - offset[pos]) else 0
     pint <- normal(loc, 2.5, autoscale = TRUE)
   }
   if (is.null(pp)) pp <- gamma_prior(1, 0.01, autoscale = TRUE)
@@ -260,7 +267,7 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   sdx <- rep(1, length(cn))
   if (isTRUE(pr$autoscale) && length(cn)) {
     Xp <- X[pos, , drop = FALSE]
-    sdx <- apply(Xp, 2L, function(x) if (length(unique(x)) <= 1L) 1 else stats::sd(x))
+    sdx <- apply(Xp, 2L, function(x) if (length(unique(x)) <= 1L) 1 else wsd(x))
     sdx[!is.finite(sdx) | sdx <= 0] <- 1
   }
   coef_mult <- if (isTRUE(pr$autoscale)) sdy / sdx[!is_int] else 1
@@ -283,7 +290,7 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   centre <- NULL
   if (default[["prior_intercept"]] && length(int) == 1L && length(cn) > 1L &&
       all(X[, int] == 1) && any(pos)) {
-    centre <- colMeans(X[pos, , drop = FALSE])
+    centre <- colSums(w * X[pos, , drop = FALSE]) / sum(w)
     centre[int] <- 0
     if (all(centre == 0)) centre <- NULL
   }
