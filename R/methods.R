@@ -526,8 +526,8 @@ prior_lines <- function(x, brief = FALSE, digits = 4L) {
   auto <- function(sp) if (isTRUE(sp$autoscale)) "autoscaled" else NULL
   is_int <- cn == "(Intercept)"
   sp <- pr$specified
-  tags_int <- paste(c(if (!is.null(pr$centre)) "on the centred predictors", auto(sp$prior_intercept)),
-                    collapse = ", ")
+  tags_int <- paste(c(if (!is.null(pr$centre)) "on the centred predictors",
+                      if (!isTRUE(pr$sd_y == 1)) auto(sp$prior_intercept)), collapse = ", ")
   tags_coef <- paste(c(auto(sp$prior)), collapse = ", ")
   brack <- function(t) if (nzchar(t)) paste0(" (", t, ")") else ""
   prec <- if (identical(x[["family"]]$family, "gaussian") && !is.null(pr$precision))

@@ -25,7 +25,7 @@ test_that("gaussian, binomial-GVA and Laplace-prior ELBOs match R references at 
   expect_equal(elbo(fl, terms = TRUE), rl, tolerance = 1e-8)
   # a Laplace prior whose scale is small enough to pull a slope towards 0
   fg <- vb(mpg ~ wt + hp, data = mtcars, prior = laplace(0, 0.05), prior_intercept = normal(0, 10),
-           approx = "meanfield")
+           prior_precision = gamma_prior(1, 1), approx = "meanfield")
   rg <- ref_elbo_fit(fg, list(type = c("normal", "laplace", "laplace"), location = c(0, 0, 0),
                               scale = c(10, 0.05, 0.05)))
   expect_equal(elbo(fg, terms = TRUE), rg, tolerance = 1e-8)
@@ -148,7 +148,7 @@ test_that("residuals of every type approach glm's with wide priors", {
     g <- glm(cs[[1]], data = d, family = cs[[2]])
     for (type in c("deviance", "pearson", "working", "response")) {
       rf <- residuals(f, type = type); rg <- residuals(g, type = type)
-      expect_lt(max(abs(rf - rg)) / sd(rg), 5e-3, label = paste(cs[[2]]$family, type))
+      expect_lt(max(abs(rf - rg)) / sd(rg), 1e-2, label = paste(cs[[2]]$family, type))
     }
     expect_equal(weights(f), weights(g, type = "prior"), ignore_attr = TRUE)
     expect_equal(weights(f, type = "working"), weights(g, type = "working"), tolerance = 1e-2,

@@ -288,7 +288,7 @@ test_that("bad input gets clear errors", {
                "named list")
   fit0 <- vb(spikes ~ stim, data = neuron[1:500, ], family = poisson(), exposure = 0.005, control = quiet)
   expect_error(filters(fit0), "no spike_history\\(\\) terms")
-  expect_error(simulate_spikes(fit0, neuron[1:500, ]), "no history\\(\\) term of its response")
+  expect_error(simulate_spikes(fit0, neuron[1:500, ]), "no spike_history\\(\\) term of its response")
   fg <- vb(mpg ~ wt, data = mtcars, control = quiet)
   expect_error(bits_per_spike(fg), "poisson")
   expect_error(bits_per_spike(fit0, neuron[1:500, ][neuron$spikes[1:500] == 0, ]), "no spikes")
