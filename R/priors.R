@@ -24,8 +24,8 @@
 #' (the location never is); an explicit `prior_intercept` is never centred.
 #'
 #' @section Default priors (autoscaled, as in rstanarm):
-#' Leaving `prior`, `prior_intercept` or `prior_precision` of [vb()] or
-#' [vb_fit()] at `NULL` gives weakly informative priors on the scale of the
+#' Leaving `prior`, `prior_intercept` or `prior_precision` of [vb()] out (or
+#' at `NULL` in [vb_fit()]) gives weakly informative priors on the scale of the
 #' data, following the rule of rstanarm (version 2.19 and later).  With
 #' s_y = sd(y) for `gaussian()` and s_y = 1 for the other families, and
 #' s_k = sd(x_k) the standard deviation of design column k (1 for a constant
@@ -199,7 +199,7 @@ as_vb_prior <- function(pr, arg, kinds = c("normal", "laplace")) {
          call. = FALSE)
   }
   stop(sprintf("'%s' must be %s%s.", arg, what,
-               if (identical(kinds, "gamma")) "" else ", from vbayes or rstanarm; NULL gives the autoscaled default"),
+               if (identical(kinds, "gamma")) "" else ", from vbayes or rstanarm (leave it out for the autoscaled default)"),
        call. = FALSE)
 }
 
@@ -341,6 +341,13 @@ uncentre_matrix <- function(centre, d = length(centre)) {
 #' prior_summary(fit)$table
 #' @export
 prior_summary <- function(object, ...) UseMethod("prior_summary")
+
+#' @rdname prior_summary
+#' @export
+prior_summary.default <- function(object, ...) {
+  stop(sprintf("prior_summary(): expected a fit from vb() or vb_fit(), not an object of class '%s'.",
+               class(object)[1L]), call. = FALSE)
+}
 
 #' @rdname prior_summary
 #' @export

@@ -28,20 +28,20 @@
 #'   function or name).
 #' @param prior Prior for the non-intercept coefficients: [normal()] or
 #'   [laplace()] (rstanarm's `normal()` and `laplace()` are accepted too);
-#'   location and scale may be vectors, one per coefficient.  `NULL` (the
-#'   default) gives `normal(0, 2.5, autoscale = TRUE)`: scale 2.5 sd(y) / sd(x)
+#'   location and scale may be vectors, one per coefficient.  Left out, it
+#'   is `normal(0, 2.5, autoscale = TRUE)`: scale 2.5 sd(y) / sd(x)
 #'   for gaussian, 2.5 / sd(x) otherwise (see [priors]).  An explicit prior
 #'   applies to the model-matrix columns exactly as given.
 #' @param prior_intercept Prior for the coefficient of the `(Intercept)`
-#'   column, exactly as given.  `NULL` (the default) gives the autoscaled
+#'   column, exactly as given.  Left out, it is the autoscaled
 #'   default on the intercept *after centring the predictors*: normal with
 #'   location mean(y) and scale 2.5 sd(y) for gaussian, location 0 and scale
 #'   2.5 otherwise (see [priors]).
 #' @param prior_precision [gamma_prior()] on the noise precision 1/sigma^2
-#'   (gaussian only).  `NULL` (the default) gives
+#'   (gaussian only).  Left out, it is
 #'   `gamma_prior(1, 0.01, autoscale = TRUE)`, a Gamma(1, 0.01 var(y)) prior.
-#'   Unlike in rstanarm, `NULL` never means a flat prior: the evidence, and so
-#'   the ELBO, needs proper priors.
+#'   `NULL`, rstanarm's flat prior, is an error for each of the three: the
+#'   evidence, and so the ELBO, needs proper priors.
 #' @param approx Variational family: `"fullrank"`, `"block"` or `"meanfield"`.
 #' @param method `"cavi"` (coordinate ascent; deterministic) or `"sgvb"`
 #'   (stochastic gradients).
@@ -77,12 +77,18 @@
 #' fit
 #' elbo(fit)
 #' @export
-vb <- function(formula, data, family = gaussian(), prior = NULL,
-               prior_intercept = NULL, prior_precision = NULL,
+vb <- function(formula, data, family = gaussian(), prior, prior_intercept, prior_precision,
                approx = c("fullrank", "block", "meanfield"), method = c("cavi", "sgvb"),
                exposure = NULL, weights, subset, na.action, offset,
                control = vb_control(), x = TRUE, y = TRUE, contrasts = NULL) {
   cl <- match.call()
+  # left out: the autoscaled defaults (?priors); NULL is rstanarm's flat prior
+  for (nm in c("prior", "prior_intercept", "prior_precision")) {
+    if (eval(call("missing", as.name(nm)))) assign(nm, NULL)
+    else if (is.null(get(nm)))
+      stop(sprintf("vb(): '%s' is NULL. In rstanarm that is a flat prior, which leaves the evidence (and so the ELBO) undefined; give a proper prior, or leave '%s' out for the autoscaled default (see ?priors).",
+                   nm, nm), call. = FALSE)
+  }
   family <- check_family(family)
   approx <- match.arg(approx)
   method <- match.arg(method)

@@ -12,6 +12,8 @@
 #' @param exposure Poisson exposure (bin width); adds `log(exposure)` to the offset.
 #' @param assign Term index per column (as `attr(model.matrix(), "assign")`),
 #'   used for the default blocks of `approx = "block"`.
+#' @param prior,prior_intercept,prior_precision As for [vb()]; `NULL` (the
+#'   default here) gives the autoscaled defaults of [priors].
 #' @inheritParams vb
 #' @return A `vbfit` object without formula information.
 #' @examples

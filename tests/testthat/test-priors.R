@@ -224,3 +224,14 @@ test_that("prior_summary() is registered for rstantools' generic and prints the 
   expect_output(print(f), "coefficients ~ normal\\(0, \\[15.4, 0.2198\\]\\) \\(autoscaled\\)")
   expect_output(print(summary(f)), "wt +~ normal\\(0, 15.4\\) \\(autoscaled\\)")
 })
+
+test_that("an explicit NULL prior (rstanarm's flat prior) is refused; vb_fit() takes NULL as the default", {
+  expect_error(vb(mpg ~ wt, data = mtcars, prior = NULL), "flat prior.*leave 'prior' out")
+  expect_error(vb(mpg ~ wt, data = mtcars, prior_precision = NULL), "prior_precision")
+  X <- cbind("(Intercept)" = 1, wt = mtcars$wt)
+  expect_equal(coef(vb_fit(X, mtcars$mpg)), coef(vb(mpg ~ wt, data = mtcars)), ignore_attr = TRUE)
+  # a wrapper passing its own missing argument on gets the default
+  wrap <- function(p) vb(mpg ~ wt, data = mtcars, prior = p)
+  expect_equal(coef(wrap()), coef(vb(mpg ~ wt, data = mtcars)))
+  expect_error(prior_summary(1), "expected a fit from vb")
+})
