@@ -18,7 +18,7 @@
 #'   \item{stim}{the stimulus, a standardised smooth (AR(1), coefficient 0.95) signal}
 #'   \item{n1, n2, n3}{spike counts of the three neurons in the bin}
 #' }
-#' @seealso [neuron] for a single neuron; [history()] for coupling terms.
+#' @seealso [neuron] for a single neuron; [spike_history()] for coupling terms.
 #' @examples
 #' colSums(population[, c("n1", "n2", "n3")])
 #' attr(population, "truth")$filters[1:6, "n1", "n2"]   # excitation of n2 by n1

@@ -188,7 +188,8 @@ log_joint.vbfit <- function(fit, theta) {
   if (is.null(fit[["y"]]))
     stop("this fit was made with y = FALSE, so its response is gone; refit with y = TRUE.",
          call. = FALSE)
-  .Call(C_glm_log_joint, fit_model(fit), theta)$value
+  m <- fit_model(fit)
+  .Call(C_glm_log_joint, m, centre_theta(theta, m$centre))$value
 }
 
 # ---- data-bound generics: only where there are data ------------------------
@@ -201,19 +202,191 @@ fitted.vbfit <- function(object, ...) stats::napredict(object[["na.action"]], ob
 
 #' Residuals of a variational GLM fit
 #'
-#' Response residuals y - E_q(mu), where E_q(mu) is the posterior mean of the
-#' mean response (the fitted values; binomial: proportions).  With
-#' `na.action = na.exclude` the dropped rows come back as `NA`, as in [glm()].
+#' The residual types of [stats::residuals.glm()], evaluated at the fitted
+#' values mu-hat = E_q(mu), the posterior mean of the mean response (binomial:
+#' proportions), with prior weights w (binomial: trials) and the family's
+#' variance function V:
+#'
+#' * `"deviance"` (the default, as for `glm`): sign(y - mu-hat) sqrt(d_i), d_i
+#'   the family's deviance contribution at mu-hat;
+#' * `"pearson"`: (y - mu-hat) sqrt(w) / sqrt(V(mu-hat));
+#' * `"working"`: (y - mu-hat) / mu.eta(eta-hat), eta-hat = g(mu-hat);
+#' * `"response"`: y - mu-hat.
+#'
+#' With wide priors q concentrates at the maximum-likelihood estimate and each
+#' type approaches glm's.  With `na.action = na.exclude` the dropped rows come
+#' back as `NA`, as in [glm()].
 #' @param object A fit from [vb()] or [vb_fit()].
-#' @param type `"response"` (the only type so far).
+#' @param type `"deviance"`, `"pearson"`, `"working"` or `"response"`.
 #' @param ... Unused.
 #' @return A numeric vector, one value per observation.
 #' @examples
-#' head(residuals(vb(mpg ~ wt, data = mtcars)))
+#' fit <- vb(mpg ~ wt, data = mtcars)
+#' head(residuals(fit))
+#' fp <- vb(count ~ spray, data = InsectSprays, family = poisson())
+#' head(residuals(fp, type = "pearson"))
 #' @export
-residuals.vbfit <- function(object, type = "response", ...) {
+residuals.vbfit <- function(object, type = c("deviance", "pearson", "working", "response"), ...) {
   type <- match.arg(type)
-  stats::naresid(object[["na.action"]], object[["residuals"]])
+  fam <- object[["family"]]
+  mu <- object[["fitted.values"]]
+  r <- object[["residuals"]]
+  y <- r + mu
+  w <- object[["prior.weights"]]
+  res <- switch(type,
+    response = r,
+    pearson = r * sqrt(w) / sqrt(fam$variance(mu)),
+    working = r / fam$mu.eta(fam$linkfun(mu)),
+    deviance = sign(r) * sqrt(pmax(fam$dev.resids(y, mu, w), 0)))
+  stats::naresid(object[["na.action"]], res)
+}
+
+#' Generics of glm for variational fits
+#'
+#' The accessors a `glm` user expects, with their meaning under the
+#' approximate posterior q:
+#'
+#' * `sigma()`: the posterior mean of the noise sd sigma for `gaussian()`;
+#'   1 for poisson and binomial (their dispersion is fixed).
+#' * `family()`, `model.frame()`, `model.matrix()` (the design as built,
+#'   also for fits made with `x = FALSE` when they have a formula),
+#'   `weights()` (`"prior"` weights, binomial: trials; or `"working"` weights
+#'   w mu.eta(eta)^2 / V(mu) at the fitted values).
+#' * `deviance()`: the *expected* deviance under q,
+#'   E_q sum_i d_i(y_i, mu_i(beta)), with d_i the family's deviance
+#'   contribution (gaussian: w (y - eta)^2, so E_q gives the residual sum of
+#'   squares plus x' Sigma x).  It is at least the deviance at the fitted
+#'   values and tends to glm's deviance as q concentrates.
+#' * `df.residual()`, `logLik()`, `AIC()` and `BIC()` stop with an error: the
+#'   priors shrink the coefficients, so n - p residual degrees of freedom and a
+#'   maximised likelihood do not describe the fit.  Compare models by
+#'   [elbo()] (a lower bound on the log evidence), [compare_models()] or
+#'   `loo()` instead.
+#'
+#' @param object A fit from [vb()] or [vb_fit()].
+#' @param formula A fit (the argument name of [stats::model.frame()]).
+#' @param type For `weights()`: `"prior"` or `"working"`.
+#' @param ... Unused.
+#' @return `sigma()` and `deviance()`: a number; the others as their stats
+#'   counterparts.
+#' @name vbfit_generics
+#' @examples
+#' fit <- vb(mpg ~ wt + factor(cyl), data = mtcars)
+#' sigma(fit)
+#' deviance(fit)
+#' head(model.matrix(fit))
+#' family(fit)
+#' try(AIC(fit))
+NULL
+
+#' @rdname vbfit_generics
+#' @importFrom stats sigma
+#' @export
+sigma.vbfit <- function(object, ...) {
+  s <- sigma_posterior(object)
+  if (is.null(s)) 1 else s[["mean"]]
+}
+
+# Posterior mean and equal-tailed interval of sigma for gaussian fits (NULL
+# otherwise): CAVI q(tau) = Gamma(A, B), sigma = tau^-1/2; SGVB: log tau
+# Gaussian in the joint q.
+sigma_posterior <- function(object, level = 0.95) {
+  if (!identical(object[["family"]]$family, "gaussian")) return(NULL)
+  tau <- object[["tau"]]
+  sg <- object[["sgvb"]]
+  if (!is.null(tau)) {
+    A <- tau[["shape"]]; B <- tau[["rate"]]
+    q <- 1 / sqrt(stats::qgamma(c(1 - (1 - level) / 2, (1 - level) / 2), A, B))
+    return(c(mean = exp(lgamma(A - 0.5) - lgamma(A)) * sqrt(B), lower = q[1], upper = q[2]))
+  }
+  if (!is.null(sg)) {
+    d <- length(sg$mu); m <- sg$mu[[d]]; s2 <- sg$Sigma[d, d]
+    z <- stats::qnorm(c(1 - (1 - level) / 2, (1 - level) / 2))
+    q <- exp(-(m + z * sqrt(s2)) / 2)
+    return(c(mean = exp(-m / 2 + s2 / 8), lower = q[1], upper = q[2]))
+  }
+  NULL
+}
+
+#' @rdname vbfit_generics
+#' @importFrom stats family
+#' @export
+family.vbfit <- function(object, ...) object[["family"]]
+
+#' @rdname vbfit_generics
+#' @export
+model.frame.vbfit <- function(formula, ...) {
+  mf <- formula[["model"]]
+  if (is.null(mf))
+    stop("model.frame(): this fit has no model frame: it was made by vb_fit() from a matrix; use vb() with a formula.", call. = FALSE)
+  mf
+}
+
+#' @rdname vbfit_generics
+#' @export
+model.matrix.vbfit <- function(object, ...) {
+  X <- object[["x"]]
+  if (!is.null(X)) return(X)
+  if (is.null(object[["terms"]]) || is.null(object[["model"]]))
+    stop("model.matrix(): this fit was made with x = FALSE and has no formula to rebuild the design from; refit with x = TRUE.", call. = FALSE)
+  stats::model.matrix(object[["terms"]], object[["model"]], contrasts.arg = object[["contrasts"]])
+}
+
+#' @rdname vbfit_generics
+#' @importFrom stats weights
+#' @export
+weights.vbfit <- function(object, type = c("prior", "working"), ...) {
+  type <- match.arg(type)
+  w <- object[["prior.weights"]]
+  if (type == "working") {
+    fam <- object[["family"]]
+    mu <- object[["fitted.values"]]
+    w <- w * fam$mu.eta(fam$linkfun(mu))^2 / fam$variance(mu)
+  }
+  stats::naresid(object[["na.action"]], w)
+}
+
+#' @rdname vbfit_generics
+#' @importFrom stats deviance
+#' @export
+deviance.vbfit <- function(object, ...) {
+  fam <- object[["family"]]$family
+  m <- object[["linear.predictors"]]
+  v <- object[["linear.predictors.var"]]
+  w <- object[["prior.weights"]]
+  mu <- object[["fitted.values"]]
+  y <- object[["residuals"]] + mu
+  keep <- w > 0
+  m <- m[keep]; v <- v[keep]; w <- w[keep]; y <- y[keep]
+  switch(fam,
+    gaussian = sum(w * ((y - m)^2 + v)),
+    # 2 w (y log(y / mu) - (y - mu)), E_q mu = exp(m + v / 2), E_q log mu = m
+    poisson = 2 * sum(w * (ifelse(y > 0, y * log(y), 0) - y * m - y + exp(m + v / 2))),
+    binomial = {
+      # 2 w [y log(y / mu) + (1 - y) log((1 - y) / (1 - mu))] with y a
+      # proportion: E_q log mu = E log plogis(eta) by Gauss-Hermite
+      gh <- gauss_hermite(max(32L, object[["control"]][["gh_nodes"]]))
+      eta <- outer(sqrt(2 * v), gh$x) + m
+      El1p <- drop(log1p(exp(-abs(eta))) %*% gh$w) + drop(pmax(eta, 0) %*% gh$w) # E log(1 + e^eta)
+      xlx <- function(a) ifelse(a > 0, a * log(a), 0)
+      2 * sum(w * (xlx(y) + xlx(1 - y) - y * m + El1p))
+    })
+}
+
+#' @rdname vbfit_generics
+#' @importFrom stats df.residual
+#' @export
+df.residual.vbfit <- function(object, ...) {
+  stop("df.residual(): a variational Bayes fit has no residual degrees of freedom: the priors shrink the coefficients, so n - p does not describe it. Use the posterior of sigma (sigma(), summary()) and compare models by elbo(), compare_models() or loo().",
+       call. = FALSE)
+}
+
+#' @rdname vbfit_generics
+#' @importFrom stats logLik
+#' @export
+logLik.vb_posterior <- function(object, ...) {
+  stop("logLik(): a variational Bayes fit has no maximised log-likelihood, so logLik(), AIC() and BIC() are not defined for it. Compare models by elbo() (a lower bound on the log evidence log p(y)), compare_models(), or loo() (PSIS leave-one-out).",
+       call. = FALSE)
 }
 
 #' @export
@@ -261,9 +434,11 @@ print.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), ...) {
   if (!is.null(x[["call"]])) cat("Call: ", paste(deparse(x[["call"]]), collapse = "\n"), "\n", sep = "")
   cat(sprintf("Family: %s (link = %s)\n\n", x[["family"]]$family, x[["family"]]$link))
   tab <- cbind(mean = x[["coefficients"]], sd = sqrt(diag(x[["vcov"]])))
-  print(tab, digits = digits)
+  print(format_fixed(tab, digits), quote = FALSE, right = TRUE)
   cat("\n", elbo_line(x), "\n", sep = "")
   cat(convergence_line(x), sprintf(", %.3g s\n", x[["time"]]), sep = "")
+  pl <- prior_lines(x, brief = TRUE)
+  if (length(pl)) cat("Priors: ", paste(pl, collapse = ";\n        "), "\n", sep = "")
   rank_note(x[["rank"]], length(x[["coefficients"]]))
   separation_note(x[["separated"]])
   invisible(x)
@@ -272,7 +447,9 @@ print.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), ...) {
 #' Summarise a variational fit
 #'
 #' `summary()` computes the posterior table (mean, sd, credible interval), the
-#' ELBO and its terms; `print()` formats it.
+#' posterior of sigma (gaussian), the priors used (see [prior_summary()]),
+#' the ELBO and its terms; `print()` formats it, each column in fixed
+#' notation with as many decimals as its smallest entry needs.
 #' @param object A `vbfit`.
 #' @param level Credible level of the intervals.
 #' @param ... Unused.
@@ -283,27 +460,14 @@ print.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), ...) {
 summary.vbfit <- function(object, level = 0.95, ...) {
   ci <- confint(object, level = level)
   tab <- cbind(Mean = object[["coefficients"]], SD = sqrt(diag(object[["vcov"]])), ci)
-  sig <- NULL
-  tau <- object[["tau"]]
-  sg <- object[["sgvb"]]
-  if (!is.null(tau)) {
-    A <- tau[["shape"]]; B <- tau[["rate"]]
-    # sigma = tau^{-1/2} with tau ~ Gamma(A, B)
-    q <- 1 / sqrt(stats::qgamma(c(1 - (1 - level) / 2, (1 - level) / 2), A, B))
-    sig <- c(mean = exp(lgamma(A - 0.5) - lgamma(A)) * sqrt(B), q)
-  } else if (identical(object[["family"]]$family, "gaussian") && !is.null(sg)) {
-    # SGVB: log tau ~ N(m, s2) in the joint q, sigma = exp(-log tau / 2)
-    d <- length(sg$mu); m <- sg$mu[[d]]; s2 <- sg$Sigma[d, d]
-    z <- stats::qnorm(c(1 - (1 - level) / 2, (1 - level) / 2))
-    sig <- c(mean = exp(-m / 2 + s2 / 8), exp(-(m + z * sqrt(s2)) / 2))
-  }
+  sig <- sigma_posterior(object, level)
   structure(list(call = object[["call"]], family = object[["family"]], approx = object[["approx"]],
                  method = object[["method"]], coefficients = tab, sigma = sig,
                  elbo_terms = object[["elbo_terms"]], converged = object[["converged"]],
                  iterations = object[["iterations"]], status = object[["status"]],
                  nobs = nobs(object), rank = object[["rank"]],
                  ncoef = length(object[["coefficients"]]), level = level, mc_se = object[["mc_se"]],
-                 separated = object[["separated"]]),
+                 separated = object[["separated"]], priors = prior_lines(object)),
             class = "summary.vbfit")
 }
 
@@ -314,12 +478,14 @@ print.summary.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), .
   cat(sprintf("Family: %s (link = %s)  Observations: %s\n\n", x[["family"]]$family,
               x[["family"]]$link, format(x[["nobs"]])))
   cat("Posterior (approximate):\n")
-  printCoefmat(x[["coefficients"]], digits = digits, has.Pvalue = FALSE, P.values = FALSE,
-               cs.ind = 1:2, tst.ind = integer(0))
+  print(format_fixed(x[["coefficients"]], digits), quote = FALSE, right = TRUE)
   sig <- x[["sigma"]]
-  if (!is.null(sig))
-    cat(sprintf("\nNoise sd sigma: mean %.4g, %g%% interval [%.4g, %.4g]\n", sig[1],
-                100 * x[["level"]], sig[2], sig[3]))
+  if (!is.null(sig)) {
+    f <- format_fixed(matrix(sig, 1), digits)
+    cat(sprintf("\nNoise sd sigma: mean %s, %g%% interval [%s, %s]\n", trimws(f[1]),
+                100 * x[["level"]], trimws(f[2]), trimws(f[3])))
+  }
+  if (length(x[["priors"]])) cat("\nPriors:\n", paste0("  ", x[["priors"]], "\n"), sep = "")
   e <- x[["elbo_terms"]]
   cat(sprintf("\nELBO = E_q[log p(y|theta)] - KL(q || prior)\n     = %.4f - %.4f = %.4f",
               e[["loglik"]], e[["kl"]], e[["elbo"]]))
@@ -329,6 +495,67 @@ print.summary.vbfit <- function(x, digits = max(3L, getOption("digits") - 3L), .
   rank_note(x[["rank"]], x[["ncoef"]])
   separation_note(x[["separated"]])
   invisible(x)
+}
+
+# A numeric matrix as strings in fixed notation, column by column: each
+# column gets the decimals that show `digits` significant digits of its
+# smallest non-zero magnitude (at most 10), so no column mixes notations.
+format_fixed <- function(M, digits = 4L) {
+  M <- as.matrix(M)
+  out <- M
+  storage.mode(out) <- "character"
+  for (j in seq_len(ncol(M))) {
+    v <- M[, j]
+    a <- abs(v[is.finite(v) & v != 0])
+    d <- if (length(a)) digits - 1L - floor(log10(min(a))) else 0L
+    d <- as.integer(min(max(d, 0L), 10L))
+    out[, j] <- ifelse(is.finite(v), formatC(v, format = "f", digits = d), format(v))
+  }
+  out
+}
+
+# The priors of a fit as short lines: "(Intercept) ~ normal(20.09, 15.07)
+# [centred, autoscaled]".  brief: one line per group, long vectors elided.
+prior_lines <- function(x, brief = FALSE, digits = 4L) {
+  pr <- x[["prior"]]
+  pa <- pr$coef
+  cn <- names(x[["coefficients"]])
+  if (is.null(pa) || length(pa$type) != length(cn)) return(character(0))
+  dist <- c("normal", "laplace")[pa$type + 1L]
+  num <- function(v) trimws(formatC(signif(v, digits), digits = digits, format = "g", flag = "-"))
+  auto <- function(sp) if (isTRUE(sp$autoscale)) "autoscaled" else NULL
+  is_int <- cn == "(Intercept)"
+  sp <- pr$specified
+  tags_int <- paste(c(if (!is.null(pr$centre)) "on the centred predictors",
+                      if (!isTRUE(pr$sd_y == 1)) auto(sp$prior_intercept)), collapse = ", ")
+  tags_coef <- paste(c(auto(sp$prior)), collapse = ", ")
+  brack <- function(t) if (nzchar(t)) paste0(" (", t, ")") else ""
+  prec <- if (identical(x[["family"]]$family, "gaussian") && !is.null(pr$precision))
+    sprintf("1/sigma^2 ~ gamma(%s, %s)%s", num(pr$precision$shape), num(pr$precision$rate),
+            brack(paste(c(auto(sp$prior_precision)), collapse = ", ")))
+  if (brief) {
+    vec <- function(v) {
+      v <- num(v)
+      if (length(unique(v)) == 1L) return(v[1L])
+      if (length(v) > 4L) v <- c(v[1:3], "...")
+      paste0("[", paste(v, collapse = ", "), "]")
+    }
+    lines <- character(0)
+    if (any(is_int))
+      lines <- c(lines, sprintf("intercept ~ %s(%s, %s)%s", dist[is_int], num(pa$location[is_int]),
+                                num(pa$scale[is_int]), brack(tags_int)))
+    if (any(!is_int)) {
+      d <- unique(dist[!is_int])
+      lines <- c(lines, sprintf("coefficients ~ %s(%s, %s)%s", paste(d, collapse = "/"),
+                                vec(pa$location[!is_int]), vec(pa$scale[!is_int]), brack(tags_coef)))
+    }
+    return(c(lines, prec))
+  }
+  w <- max(nchar(cn), 9L)
+  lines <- sprintf("%-*s ~ %s(%s, %s)%s", w, cn, dist, num(pa$location), num(pa$scale),
+                   ifelse(is_int, brack(tags_int), brack(tags_coef)))
+  if (!is.null(prec)) lines <- c(lines, sprintf("%-*s ~ %s", w, "1/sigma^2", sub("^1/sigma\\^2 ~ ", "", prec)))
+  lines
 }
 
 # "ELBO e  (E[log-lik] l - KL k)" when the terms are there, with a Monte

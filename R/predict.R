@@ -18,8 +18,16 @@
 #'   (for a new observation; always on the response scale).
 #' @param level Interval level.
 #' @param nsim Posterior predictive draws for `interval = "prediction"`.
+#' @param se.fit If `TRUE`, also return the posterior standard deviation of
+#'   the prediction under q (as [stats::predict.glm()] returns standard
+#'   errors): sqrt(x' Sigma x) for the linear predictor; for the mean response
+#'   the exact sd of g^-1(eta) with eta ~ N(m, v) (poisson:
+#'   sqrt((e^v - 1) e^(2m + v)); binomial by Gauss-Hermite quadrature).  With
+#'   wide priors these tend to glm's `se.fit` (its delta method).
 #' @param ... Unused.
-#' @return A vector (no interval) or a matrix with columns `fit`, `lwr`, `upr`.
+#' @return A vector (no interval) or a matrix with columns `fit`, `lwr`, `upr`;
+#'   with `se.fit = TRUE` a list with `fit` (that vector or matrix), `se.fit`
+#'   and `residual.scale` ([sigma()] for gaussian, 1 otherwise).
 #' @examples
 #' fit <- vb(mpg ~ wt, data = mtcars)
 #' predict(fit, data.frame(wt = c(2.5, 3.5)), interval = "credible")
@@ -27,10 +35,22 @@
 #' @export
 predict.vbfit <- function(object, newdata, type = c("link", "response"),
                           interval = c("none", "credible", "prediction"), level = 0.95,
-                          nsim = 4000, ...) {
+                          nsim = 4000, se.fit = FALSE, ...) {
   type <- match.arg(type)
   interval <- match.arg(interval)
   check_level(level)
+  if (!is.logical(se.fit) || length(se.fit) != 1L || is.na(se.fit))
+    stop("predict(): 'se.fit' must be TRUE or FALSE.", call. = FALSE)
+  if (se.fit) {
+    out <- predict.vbfit(object, newdata, type = type, interval = interval, level = level,
+                         nsim = nsim, se.fit = FALSE)
+    d <- new_design(object, if (missing(newdata)) NULL else newdata, "predict")
+    m <- drop(d$X %*% object[["coefficients"]]) + d$offset
+    v <- pmax(rowSums((d$X %*% object[["vcov"]]) * d$X), 0)
+    se <- if (type == "link" && interval != "prediction") sqrt(v) else
+      response_sd(object[["family"]], m, v, object[["control"]][["gh_nodes"]])
+    return(list(fit = out, se.fit = setNames(se, rownames(d$X)), residual.scale = sigma(object)))
+  }
   d <- new_design(object, if (missing(newdata)) NULL else newdata, "predict")
   mu <- object[["coefficients"]]
   m <- drop(d$X %*% mu) + d$offset
@@ -51,6 +71,19 @@ predict.vbfit <- function(object, newdata, type = c("link", "response"),
   lo <- m + qnorm(a) * sqrt(v); hi <- m + qnorm(1 - a) * sqrt(v)
   if (type == "response") { lo <- fam$linkinv(lo); hi <- fam$linkinv(hi) }
   cbind(fit = fit, lwr = lo, upr = hi)
+}
+
+# Posterior sd of the mean response g^-1(eta), eta ~ N(m, v).
+response_sd <- function(family, m, v, gh_nodes = 32L) {
+  switch(family$family,
+    gaussian = sqrt(v),
+    poisson = sqrt(expm1(v)) * exp(m + v / 2),
+    binomial = {
+      gh <- gauss_hermite(max(32L, gh_nodes))
+      p <- stats::plogis(outer(sqrt(2 * v), gh$x) + m)
+      e1 <- drop(p %*% gh$w); e2 <- drop(p^2 %*% gh$w)
+      sqrt(pmax(e2 - e1^2, 0))
+    })
 }
 
 # Design, offset (with log exposure) and prior weights (binomial: trials);

@@ -2,7 +2,7 @@
 #
 #   bin_spikes()           spike times -> counts in half-open bins
 #   raised_cosine_basis()  log-time raised cosines (Pillow et al. 2008)
-#   history()              causal lag-basis convolution, a term of a vb() formula
+#   spike_history()        causal lag-basis convolution, a term of a vb() formula
 #   filters()              posterior filter shapes B beta with credible bands
 #   bits_per_spike()       log-likelihood gain over a homogeneous Poisson null
 #   simulate_spikes()      spikes generated bin by bin through the fitted filter
@@ -31,7 +31,7 @@
 #'   and `spikes` (the count) for a vector; `trial`, `time`, `spikes` for a list
 #'   of trials; `time` and one column per neuron (named after the list, or
 #'   `n1`, `n2`, ...) for a list of neurons.
-#' @seealso [history()] to build history terms from the counts.
+#' @seealso [spike_history()] to build history terms from the counts.
 #' @examples
 #' bin_spikes(c(0.001, 0.004, 0.0101, 0.03), binwidth = 0.01, start = 0, end = 0.04)
 #' # trials from boot::neuro (spike times in ms around a stimulus)
@@ -108,7 +108,7 @@ bin_spikes <- function(times, binwidth, start = 0, end = NULL, by = c("trial", "
 #' B\[t, j\] = (cos(clamp((y(t) - c_j) pi / (2 db), -pi, pi)) + 1) / 2.
 #' Rows are the time lags binwidth, 2 binwidth, ... up to where the last bump
 #' returns to zero, t = exp(c_n + 2 db) - offset; row l is the lag of l bins,
-#' as [history()] expects.  Each bump spans 4 db on the log axis, so four
+#' as [spike_history()] expects.  Each bump spans 4 db on the log axis, so four
 #' bumps overlap at any lag between the second and the next-to-last peak, where
 #' the columns sum to 2.  With `n = 1` the single
 #' bump peaks at `peaks[1]` and db = y(peaks\[2\]) - y(peaks\[1\]).
@@ -163,8 +163,9 @@ raised_cosine_basis <- function(n, peaks, offset, binwidth) {
 
 #' History and coupling terms for a point-process GLM
 #'
-#' `history(x, basis)` is used inside a [vb()] formula: `spikes ~ stim +
-#' history(spikes, B)` adds a post-spike filter, and `history(other, B)` a
+#' `spike_history(x, basis)` is used inside a [vb()] formula: `spikes ~ stim +
+#' spike_history(spikes, B)` adds a post-spike filter, and
+#' `spike_history(other, B)` a
 #' coupling filter from another neuron.  It returns the causal convolution of
 #' `x` with each column of `basis`: the row for bin t is
 #' H\[t, j\] = sum_l basis\[l, j\] x\[t - (first_lag - 1) - l\],
@@ -174,10 +175,21 @@ raised_cosine_basis <- function(n, peaks, offset, binwidth) {
 #'
 #' The result is one matrix, so [stats::model.matrix()] makes it one term
 #' (one block of the posterior under `approx = "block"`), with coefficients
-#' named like `history(spikes, B)h1`.  Because the term is re-evaluated on
+#' named like `spike_history(spikes, B)h1`.  Because the term is re-evaluated on
 #' new data, [predict.vbfit()], [bits_per_spike()] and [simulate_spikes()]
 #' work on held-out data that carry the same variables.  [filters()] maps the
 #' coefficients back to filter shapes `basis %*% beta`.
+#'
+#' A fitted term remembers its basis and first lag (a
+#' [stats::makepredictcall()] method stores them in the terms of the fit, as
+#' [stats::poly()] terms remember their coefficients): redefining or removing
+#' the basis matrix after fitting does not change [predict.vbfit()],
+#' [bits_per_spike()] or [simulate_spikes()] on new data.
+#'
+#' The function was called `history()` before vbayes 0.2.0; that name masked
+#' [utils::history()] when the package was attached, so it is no longer
+#' exported.  `vbayes:::history()` remains for one release as a deprecated
+#' alias.
 #'
 #' @param x Numeric series to filter, usually spike counts (finite).
 #' @param basis Lag basis: a numeric matrix with one row per lag (as from
@@ -192,26 +204,26 @@ raised_cosine_basis <- function(n, peaks, offset, binwidth) {
 #'   and attributes `basis`, `first_lag`, `binwidth` (from the basis, if any).
 #' @seealso [raised_cosine_basis()], [filters()], [simulate_spikes()].
 #' @examples
-#' history(c(0, 1, 0, 0, 2, 0), basis = diag(2))
+#' spike_history(c(0, 1, 0, 0, 2, 0), basis = diag(2))
 #' B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
-#' fit <- vb(spikes ~ stim + history(spikes, B, trial), data = neuron[1:4000, ],
+#' fit <- vb(spikes ~ stim + spike_spike_history(spikes, B, trial), data = neuron[1:4000, ],
 #'           family = poisson(), exposure = 0.005)
 #' coef(fit)
 #' @export
-history <- function(x, basis, trial = NULL, first_lag = 1L) {
-  if (!is.numeric(x) && !is.logical(x)) stop("history(): 'x' must be a numeric vector (spike counts).", call. = FALSE)
-  if (is.matrix(x) && ncol(x) != 1L) stop("history(): 'x' must be a vector, not a matrix.", call. = FALSE)
+spike_history <- function(x, basis, trial = NULL, first_lag = 1L) {
+  if (!is.numeric(x) && !is.logical(x)) stop("spike_history(): 'x' must be a numeric vector (spike counts).", call. = FALSE)
+  if (is.matrix(x) && ncol(x) != 1L) stop("spike_history(): 'x' must be a vector, not a matrix.", call. = FALSE)
   x <- as.double(x)
   if (any(!is.finite(x)))
-    stop("history(): 'x' contains NA, NaN or infinite values; history needs the complete series.", call. = FALSE)
+    stop("spike_history(): 'x' contains NA, NaN or infinite values; history needs the complete series.", call. = FALSE)
   if (is.numeric(basis) && is.null(dim(basis))) basis <- matrix(basis, ncol = 1L)
   if (!is.matrix(basis) || !is.numeric(basis) || nrow(basis) < 1L || ncol(basis) < 1L)
-    stop("history(): 'basis' must be a numeric matrix with one row per lag, e.g. raised_cosine_basis().", call. = FALSE)
-  if (any(!is.finite(basis))) stop("history(): 'basis' must be finite.", call. = FALSE)
+    stop("spike_history(): 'basis' must be a numeric matrix with one row per lag, e.g. raised_cosine_basis().", call. = FALSE)
+  if (any(!is.finite(basis))) stop("spike_history(): 'basis' must be finite.", call. = FALSE)
   if (!is.numeric(first_lag) || length(first_lag) != 1L || !is.finite(first_lag) ||
       first_lag < 0 || first_lag != round(first_lag) || first_lag > .Machine$integer.max - nrow(basis))
-    stop("history(): 'first_lag' must be a whole number >= 0 (1 for a causal history term) that fits an integer.", call. = FALSE)
-  seg <- segment_starts(trial, length(x), "history()")
+    stop("spike_history(): 'first_lag' must be a whole number >= 0 (1 for a causal history term) that fits an integer.", call. = FALSE)
+  seg <- segment_starts(trial, length(x), "spike_history()")
   B <- matrix(as.double(basis), nrow(basis), ncol(basis))
   H <- .Call(C_spikes_history, x, B, seg, as.integer(first_lag))
   cn <- colnames(basis)
@@ -219,7 +231,54 @@ history <- function(x, basis, trial = NULL, first_lag = 1L) {
   attr(H, "basis") <- basis
   attr(H, "first_lag") <- as.integer(first_lag)
   attr(H, "binwidth") <- attr(basis, "binwidth")
+  class(H) <- c("vb_history", "matrix", "array")
   H
+}
+
+# Deprecated alias (masked utils::history; not exported any more).
+history <- function(x, basis, trial = NULL, first_lag = 1L) {
+  .Deprecated("spike_history", package = "vbayes",
+              msg = "vbayes:::history() is deprecated (it masked utils::history()); use spike_history().")
+  spike_history(x, basis, trial, first_lag)
+}
+
+#' @importFrom stats makepredictcall
+#' @export
+makepredictcall.vb_history <- function(var, call) {
+  f <- call[[1L]]
+  fname <- if (is.call(f) && identical(f[[1L]], as.name("::"))) as.character(f[[3L]]) else
+    if (is.name(f)) as.character(f) else ""
+  if (!fname %in% c("spike_history", "history")) return(call)
+  call <- match.call(spike_history, call)
+  call$basis <- unclass_basis(attr(var, "basis"))
+  call$first_lag <- attr(var, "first_lag")
+  call
+}
+
+unclass_basis <- function(b) {
+  if (is.null(dim(b))) b <- matrix(b, ncol = 1L)
+  b
+}
+
+#' @export
+print.vb_history <- function(x, ...) {
+  y <- unclass(x)
+  attributes(y) <- attributes(x)[c("dim", "dimnames")]
+  print(y, ...)
+  invisible(x)
+}
+
+# The call that model.frame() evaluates for term `lab` on new data: the
+# predvars entry, with the basis stored at fitting (makepredictcall), or
+# NULL when the terms carry none.
+predvar_call <- function(tt, lab) {
+  vars <- as.list(attr(tt, "variables"))[-1L]
+  pv <- attr(tt, "predvars")
+  if (is.null(pv)) return(NULL)
+  pv <- as.list(pv)[-1L]
+  lv <- vapply(vars, function(v) paste(deparse(v, width.cutoff = 500L), collapse = " "), "")
+  i <- match(lab, lv)
+  if (is.na(i) || i > length(pv) || !is.call(pv[[i]])) NULL else pv[[i]]
 }
 
 # 1L where a new trial (segment) starts, else 0L.
@@ -236,7 +295,7 @@ segment_starts <- function(trial, n, fn) {
   seg
 }
 
-# The history() terms of a formula fit: label, coefficient indices, basis,
+# The spike_history() terms of a formula fit: label, coefficient indices, basis,
 # first lag, bin width, the call, and whether x is the response itself.
 history_terms <- function(fit) {
   if (!inherits(fit, "vbfit")) stop("expected a fit from vb().", call. = FALSE)
@@ -252,8 +311,10 @@ history_terms <- function(fit) {
     f <- e[[1L]]
     fname <- if (is.call(f) && identical(f[[1L]], as.name("::"))) as.character(f[[3L]]) else
       if (is.name(f)) as.character(f) else ""
-    if (fname != "history") next
-    mc <- match.call(history, e)
+    if (!fname %in% c("spike_history", "history")) next
+    mc <- match.call(spike_history, e)
+    pv <- predvar_call(fit$terms, lab)
+    if (!is.null(pv)) mc <- match.call(spike_history, pv)
     col <- fit$model[[lab]]
     basis <- attr(col, "basis")
     if (is.null(basis)) basis <- eval(mc$basis, fit$model, env)
@@ -272,21 +333,21 @@ history_terms <- function(fit) {
 
 #' Posterior filters of history and coupling terms
 #'
-#' For every [history()] term of a fit, the filter f = B beta (the basis times
+#' For every [spike_history()] term of a fit, the filter f = B beta (the basis times
 #' the term's coefficients) at each lag, with its posterior mean B mu and
 #' standard deviation sqrt(diag(B Sigma B')) under the Gaussian q, so the
 #' credible band at each lag is exact for q.  On the rate scale the filter is
 #' a gain exp(f): `plot(..., scale = "gain")`.
 #'
-#' @param fit A [vb()] fit with [history()] terms.
+#' @param fit A [vb()] fit with [spike_history()] terms.
 #' @param level Credible level of the bands.
 #' @return An object of class `vb_filters`: a named list (one element per
 #'   history term) of data frames with columns `lag` (bins), `time` (lag times
 #'   the basis' bin width, or `NA`), `estimate`, `sd`, `lower`, `upper`.
-#' @seealso [plot.vb_filters()], [history()].
+#' @seealso [plot.vb_filters()], [spike_history()].
 #' @examples
 #' B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
-#' fit <- vb(spikes ~ stim + history(spikes, B, trial), data = neuron[1:4000, ],
+#' fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = neuron[1:4000, ],
 #'           family = poisson(), exposure = 0.005)
 #' f <- filters(fit)
 #' head(f[[1]])
@@ -295,7 +356,7 @@ history_terms <- function(fit) {
 filters <- function(fit, level = 0.95) {
   check_level(level)
   ht <- history_terms(fit)
-  if (length(ht) == 0L) stop("filters(): the fit has no history() terms.", call. = FALSE)
+  if (length(ht) == 0L) stop("filters(): the fit has no spike_history() terms.", call. = FALSE)
   z <- qnorm(1 - (1 - level) / 2)
   out <- lapply(ht, function(h) {
     B <- h$basis
@@ -338,7 +399,7 @@ print.vb_filters <- function(x, ...) {
 #' @return `x`, invisibly.
 #' @examples
 #' B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
-#' fit <- vb(spikes ~ stim + history(spikes, B, trial), data = neuron[1:4000, ],
+#' fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = neuron[1:4000, ],
 #'           family = poisson(), exposure = 0.005)
 #' plot(filters(fit), scale = "gain")
 #' @export
@@ -397,7 +458,7 @@ plot.vb_filters <- function(x, which = seq_along(x), scale = c("log", "gain"), t
 #'   and `spikes`.
 #' @examples
 #' B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
-#' fit <- vb(spikes ~ stim + history(spikes, B, trial), data = neuron[1:4000, ],
+#' fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = neuron[1:4000, ],
 #'           family = poisson(), exposure = 0.005)
 #' bits_per_spike(fit, newdata = neuron[4001:8000, ])
 #' @export
@@ -449,7 +510,7 @@ bits_per_spike <- function(fit, newdata, null = c("train", "test")) {
 #'
 #' Generates spikes bin by bin: the rate of bin t is exp(x_t' beta + offset +
 #' sum_l h_l y_(t-l)), where h is the fitted post-spike filter (all
-#' [history()] terms of the response) applied to the spikes simulated so far,
+#' [spike_history()] terms of the response) applied to the spikes simulated so far,
 #' within each trial.  Everything else (stimulus, coupling terms from other
 #' neurons, exposure) is taken from `newdata` as observed.  Use it to check
 #' that fitted filters are stable (no runaway excitation) and reproduce the
@@ -459,7 +520,7 @@ bits_per_spike <- function(fit, newdata, null = c("train", "test")) {
 #' observed past, this feeds simulated spikes back through the filter.
 #'
 #' @param fit A `poisson()` (or 0/1 `binomial()`) fit from [vb()] whose
-#'   formula has a [history()] term of the response.
+#'   formula has a [spike_history()] term of the response.
 #' @param newdata Data supplying every other variable (and `trial`); the
 #'   fitted data (the `data` argument of the call) by default.  Its response
 #'   column, if any, is ignored.
@@ -474,7 +535,7 @@ bits_per_spike <- function(fit, newdata, null = c("train", "test")) {
 #' @examples
 #' B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
 #' d <- neuron[1:4000, ]
-#' fit <- vb(spikes ~ stim + history(spikes, B, trial), data = d,
+#' fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = d,
 #'           family = poisson(), exposure = 0.005)
 #' s <- simulate_spikes(fit, d, nsim = 2, seed = 1)
 #' colSums(s); sum(d$spikes)
@@ -492,7 +553,7 @@ simulate_spikes <- function(fit, newdata, nsim = 1, coef = c("mean", "draw"), se
   ht <- history_terms(fit)
   own <- Filter(function(h) h$is_response, ht)
   if (length(own) == 0L)
-    stop("simulate_spikes(): the formula has no history() term of its response; use simulate() for a model without spike history.", call. = FALSE)
+    stop("simulate_spikes(): the formula has no spike_history() term of its response; use simulate() for a model without spike history.", call. = FALSE)
   resp <- fit$terms[[2L]]
   if (!is.name(resp))
     stop("simulate_spikes(): the response must be a plain variable name (e.g. spikes ~ ...).", call. = FALSE)
@@ -510,14 +571,14 @@ simulate_spikes <- function(fit, newdata, nsim = 1, coef = c("mean", "draw"), se
   X <- d$X
   for (h in own) X[, h$index] <- 0
   if (any(h0 <- vapply(own, function(h) h$first_lag < 1L, logical(1))))
-    stop("simulate_spikes(): a history() term of the response has first_lag = 0, so a bin would see its own count.", call. = FALSE)
+    stop("simulate_spikes(): a spike_history() term of the response has first_lag = 0, so a bin would see its own count.", call. = FALSE)
   # trial structure from the response's history term(s)
   segs <- lapply(own, function(h) {
     tr <- if (is.null(h$call$trial)) NULL else eval(h$call$trial, newdata, env)
     segment_starts(tr, n, "simulate_spikes()")
   })
   if (length(segs) > 1L && !all(vapply(segs, identical, logical(1), segs[[1L]])))
-    stop("simulate_spikes(): the response's history() terms have different 'trial' arguments.", call. = FALSE)
+    stop("simulate_spikes(): the response's spike_history() terms have different 'trial' arguments.", call. = FALSE)
   p <- length(fit$coefficients)
   beta <- if (coef == "mean") matrix(fit$coefficients, p, nsim) else q_sample(fit, nsim)$theta[seq_len(p), , drop = FALSE]
   eta0 <- X %*% beta + d$offset

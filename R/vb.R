@@ -27,10 +27,21 @@
 #' @param family `gaussian()`, `poisson()` or `binomial()` (a family object,
 #'   function or name).
 #' @param prior Prior for the non-intercept coefficients: [normal()] or
-#'   [laplace()]; location and scale may be vectors, one per coefficient.
-#' @param prior_intercept Prior for the intercept.
+#'   [laplace()] (rstanarm's `normal()` and `laplace()` are accepted too);
+#'   location and scale may be vectors, one per coefficient.  Left out, it
+#'   is `normal(0, 2.5, autoscale = TRUE)`: scale 2.5 sd(y) / sd(x)
+#'   for gaussian, 2.5 / sd(x) otherwise (see [priors]).  An explicit prior
+#'   applies to the model-matrix columns exactly as given.
+#' @param prior_intercept Prior for the coefficient of the `(Intercept)`
+#'   column, exactly as given.  Left out, it is the autoscaled
+#'   default on the intercept *after centring the predictors*: normal with
+#'   location mean(y) and scale 2.5 sd(y) for gaussian, location 0 and scale
+#'   2.5 otherwise (see [priors]).
 #' @param prior_precision [gamma_prior()] on the noise precision 1/sigma^2
-#'   (gaussian only).
+#'   (gaussian only).  Left out, it is
+#'   `gamma_prior(1, 0.01, autoscale = TRUE)`, a Gamma(1, 0.01 var(y)) prior.
+#'   `NULL`, rstanarm's flat prior, is an error for each of the three: the
+#'   evidence, and so the ELBO, needs proper priors.
 #' @param approx Variational family: `"fullrank"`, `"block"` or `"meanfield"`.
 #' @param method `"cavi"` (coordinate ascent; deterministic) or `"sgvb"`
 #'   (stochastic gradients).
@@ -56,7 +67,8 @@
 #'   limit, `2` no step increased the ELBO, `3` a precision matrix was not
 #'   positive definite, `4` the ELBO was not finite, `5` it decreased) and
 #'   `vb()` warns, whatever `quiet` is.
-#' @seealso [summary.vbfit()], [predict.vbfit()], [elbo()], [draws()].
+#' @seealso [priors], [prior_summary()], [summary.vbfit()], [predict.vbfit()],
+#'   [residuals.vbfit()], [elbo()], [draws()].
 #' @examples
 #' set.seed(1)
 #' d <- data.frame(x = rnorm(200))
@@ -65,12 +77,18 @@
 #' fit
 #' elbo(fit)
 #' @export
-vb <- function(formula, data, family = gaussian(), prior = normal(0, 1),
-               prior_intercept = normal(0, 10), prior_precision = gamma_prior(1, 1),
+vb <- function(formula, data, family = gaussian(), prior, prior_intercept, prior_precision,
                approx = c("fullrank", "block", "meanfield"), method = c("cavi", "sgvb"),
                exposure = NULL, weights, subset, na.action, offset,
                control = vb_control(), x = TRUE, y = TRUE, contrasts = NULL) {
   cl <- match.call()
+  # left out: the autoscaled defaults (?priors); NULL is rstanarm's flat prior
+  for (nm in c("prior", "prior_intercept", "prior_precision")) {
+    if (eval(call("missing", as.name(nm)))) assign(nm, NULL)
+    else if (is.null(get(nm)))
+      stop(sprintf("vb(): '%s' is NULL. In rstanarm that is a flat prior, which leaves the evidence (and so the ELBO) undefined; give a proper prior, or leave '%s' out for the autoscaled default (see ?priors).",
+                   nm, nm), call. = FALSE)
+  }
   family <- check_family(family)
   approx <- match.arg(approx)
   method <- match.arg(method)

@@ -12,6 +12,8 @@
 #' @param exposure Poisson exposure (bin width); adds `log(exposure)` to the offset.
 #' @param assign Term index per column (as `attr(model.matrix(), "assign")`),
 #'   used for the default blocks of `approx = "block"`.
+#' @param prior,prior_intercept,prior_precision As for [vb()]; `NULL` (the
+#'   default here) gives the autoscaled defaults of [priors].
 #' @inheritParams vb
 #' @return A `vbfit` object without formula information.
 #' @examples
@@ -20,8 +22,7 @@
 #' vb_fit(X, y)$coefficients
 #' @export
 vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exposure = NULL,
-                   prior = normal(0, 1), prior_intercept = normal(0, 10),
-                   prior_precision = gamma_prior(1, 1),
+                   prior = NULL, prior_intercept = NULL, prior_precision = NULL,
                    approx = c("fullrank", "block", "meanfield"), method = c("cavi", "sgvb"),
                    control = vb_control(), assign = NULL) {
   t0 <- proc.time()[["elapsed"]]
@@ -32,10 +33,12 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   d <- check_glm_data(X, y, family, weights, offset, exposure)
   X <- d$X; n <- nrow(X); p <- ncol(X)
   weights <- d$weights; offset <- d$offset; exposure <- d$exposure
-  if (!inherits(prior_precision, "vb_prior") || !identical(prior_precision[["dist"]], "gamma"))
-    stop("vb_fit(): 'prior_precision' must be gamma_prior(shape, rate).", call. = FALSE)
-  pa <- prior_arrays(colnames(X), prior, prior_intercept)
-  model <- glm_model(X, y, weights, offset, family, pa, prior_precision, control)
+  pri <- resolve_priors(X, y, weights, offset, family, prior, prior_intercept, prior_precision)
+  pa <- pri$coef
+  # the engines work on the centred design when the default intercept prior
+  # applies to the centred predictors (?priors); results come back uncentred
+  model <- glm_model(centre_design(X, pri$centre), y, weights, offset, family, pa,
+                     pri$precision, control)
 
   if (method == "sgvb") {
     core <- sgvb_glm(model, approx, control)
@@ -50,6 +53,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
     core <- .Call(C_glm_cavi, model, init, blocks, control)
     core$blocks <- blocks
   }
+  if (!is.null(pri$centre)) core <- uncentre_core(core, pri$centre)
   converged <- check_status(core$status, if (method == "sgvb") "vb() (SGVB)" else "vb()",
                             core$iterations, if (method == "sgvb") control$sgvb_tol else control$tol,
                             if (method == "sgvb") "sgvb_maxit" else "maxit")
@@ -71,7 +75,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               fitted.values = fitted, residuals = yresp - fitted,
               family = family, prior.weights = weights, offset = offset, exposure = exposure,
               y = y, x = X, rank = rank, approx = approx, method = method,
-              blocks = core$blocks, prior = list(coef = pa, precision = prior_precision),
+              blocks = core$blocks, prior = pri,
               control = control, mc_se = core$mc_se, separated = separated)
   if (!is.null(core$sgvb)) fit$sgvb <- core$sgvb # joint q over (beta, log tau), SGVB run data
   fit$time <- proc.time()[["elapsed"]] - t0
@@ -201,10 +205,42 @@ glm_model <- function(X, y, weights, offset, family, pa, prior_precision, contro
 }
 
 # Rebuild the C model list of a fit (for the log joint, diagnostics, SGVB).
+# With the default intercept prior the model is that of the centred design
+# (theta_c = T theta, see centre_theta()); `centre` says so.
 fit_model <- function(fit) {
   if (is.null(fit[["x"]])) stop("this fit was made with x = FALSE; refit with x = TRUE.", call. = FALSE)
-  glm_model(fit[["x"]], fit[["y"]], fit$prior.weights, fit$offset, fit$family, fit$prior$coef,
-            fit$prior$precision, fit$control)
+  ce <- fit[["prior"]][["centre"]]
+  m <- glm_model(centre_design(fit[["x"]], ce), fit[["y"]], fit$prior.weights, fit$offset,
+                 fit$family, fit$prior$coef, fit$prior$precision, fit$control)
+  m$centre <- ce
+  m
+}
+
+# Centred coordinates of draws theta (columns; rows beyond the coefficients,
+# such as log tau, unchanged): alpha = beta_0 + centre' beta.
+centre_theta <- function(theta, centre) {
+  if (is.null(centre)) return(theta)
+  p <- length(centre)
+  int <- which(names(centre) == "(Intercept)")
+  theta[int, ] <- theta[int, ] + colSums(centre * theta[seq_len(p), , drop = FALSE])
+  theta
+}
+
+# An engine result on the centred design, mapped to the coefficients of the
+# design as built: mu = A mu_c, Sigma = A Sigma_c A' (A = T^-1; exact, the
+# linear predictor and the ELBO are unchanged).
+uncentre_core <- function(core, centre) {
+  A <- uncentre_matrix(centre)
+  core$mu <- drop(A %*% core$mu)
+  core$Sigma <- A %*% core$Sigma %*% t(A)
+  if (!is.null(core$sgvb)) {
+    d <- length(core$sgvb$mu)
+    Aj <- uncentre_matrix(centre, d)
+    core$sgvb$mu <- setNames(drop(Aj %*% core$sgvb$mu), names(core$sgvb$mu))
+    core$sgvb$Sigma <- structure(Aj %*% core$sgvb$Sigma %*% t(Aj), dimnames = dimnames(core$sgvb$Sigma))
+    if (!is.null(core$sgvb$L)) core$sgvb$L <- Aj %*% core$sgvb$L
+  }
+  core
 }
 
 # Gauss-Hermite rule for E g(Z), Z ~ N(0, 1/2) scaled: nodes x, weights summing

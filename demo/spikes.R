@@ -19,7 +19,7 @@ print(compare_models(baseline = base, stimulus = stim))
 
 ## The neuron is also refractory: add a post-spike filter over the last 10 bins
 ## (lag 1 onwards, reset at trial boundaries) and let the ELBO judge it
-hist <- vb(spikes ~ stim + history(spikes, diag(10), trial = trial), data = neuron,
+hist <- vb(spikes ~ stim + spike_history(spikes, diag(10), trial = trial), data = neuron,
            family = poisson(), exposure = 0.005)
 print(compare_models(stimulus = stim, history = hist))
 cat(sprintf("Stimulus gain with the history term: %.3f (truth %.1f)\n",

@@ -25,10 +25,12 @@ n <- 40
 d <- data.frame(x1 = rnorm(n), x2 = rnorm(n), x3 = rnorm(n))
 d$y <- 1 + 0.8 * d$x1 + 0.3 * d$x2 + rnorm(n, sd = 0.7)
 ctl <- vb_control(tol = 1e-12)
-fits <- list(const = vb(y ~ 1, data = d, control = ctl),
-             x1 = vb(y ~ x1, data = d, control = ctl),
-             x12 = vb(y ~ x1 + x2, data = d, control = ctl),
-             x123 = vb(y ~ x1 + x2 + x3, data = d, control = ctl))
+# explicit priors (the references below integrate over exactly these):
+# normal(0, 1) slopes, normal(0, 10) intercept, gamma(1, 1) precision
+vbc <- function(f) vb(f, data = d, control = ctl, prior = normal(0, 1),
+                      prior_intercept = normal(0, 10), prior_precision = gamma_prior(1, 1))
+fits <- list(const = vbc(y ~ 1), x1 = vbc(y ~ x1), x12 = vbc(y ~ x1 + x2),
+             x123 = vbc(y ~ x1 + x2 + x3))
 
 test_that("the quadrature evidence equals the multivariate t with no coefficients", {
   # X empty: y ~ t_{2 a0}(0, (b0 / a0) I) in closed form
@@ -42,7 +44,7 @@ test_that("the quadrature evidence equals the multivariate t with no coefficient
 test_that("on nested Gaussian models, ELBO differences rank the models as the exact evidences do", {
   ex <- vapply(fits, function(f) {
     X <- f$x
-    s <- ifelse(colnames(X) == "(Intercept)", 10, 1)  # vb()'s default priors
+    s <- ifelse(colnames(X) == "(Intercept)", 10, 1)  # the fits' priors
     exact_log_evidence(X, d$y, rep(0, ncol(X)), s, 1, 1)
   }, 0)
   cm <- compare_models(fits)

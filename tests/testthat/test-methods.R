@@ -25,7 +25,7 @@ test_that("gaussian, binomial-GVA and Laplace-prior ELBOs match R references at 
   expect_equal(elbo(fl, terms = TRUE), rl, tolerance = 1e-8)
   # a Laplace prior whose scale is small enough to pull a slope towards 0
   fg <- vb(mpg ~ wt + hp, data = mtcars, prior = laplace(0, 0.05), prior_intercept = normal(0, 10),
-           approx = "meanfield")
+           prior_precision = gamma_prior(1, 1), approx = "meanfield")
   rg <- ref_elbo_fit(fg, list(type = c("normal", "laplace", "laplace"), location = c(0, 0, 0),
                               scale = c(10, 0.05, 0.05)))
   expect_equal(elbo(fg, terms = TRUE), rg, tolerance = 1e-8)
@@ -125,4 +125,91 @@ test_that("plot methods draw and return their data", {
   expect_equal(cf$estimate, unname(coef(fit)))
   expect_equal(cf$upper, unname(confint(fit)[, 2]))
   expect_true(file.exists(f))
+})
+
+# ---- issue 12: the generics a glm user expects -------------------------------
+
+wide <- list(prior = normal(0, 1e3), prior_intercept = normal(0, 1e3))
+
+test_that("residuals of every type approach glm's with wide priors", {
+  set.seed(121)
+  n <- 4000
+  d <- data.frame(x = rnorm(n), z = rnorm(n))
+  d$cnt <- rpois(n, exp(0.3 + 0.4 * d$x - 0.2 * d$z))
+  d$tr <- rpois(n, 3) + 1
+  d$s <- rbinom(n, d$tr, plogis(-0.2 + 0.7 * d$x))
+  d$y <- 1 + d$x - 0.5 * d$z + rnorm(n)
+  cases <- list(
+    gaussian = list(y ~ x + z, gaussian()),
+    poisson = list(cnt ~ x + z, poisson()),
+    binomial = list(cbind(s, tr - s) ~ x, binomial()))
+  for (cs in cases) {
+    f <- do.call(vb, c(list(cs[[1]], data = d, family = cs[[2]]), wide))
+    g <- glm(cs[[1]], data = d, family = cs[[2]])
+    for (type in c("deviance", "pearson", "working", "response")) {
+      rf <- residuals(f, type = type); rg <- residuals(g, type = type)
+      expect_lt(max(abs(rf - rg)) / sd(rg), 1e-2, label = paste(cs[[2]]$family, type))
+    }
+    expect_equal(weights(f), weights(g, type = "prior"), ignore_attr = TRUE)
+    expect_equal(weights(f, type = "working"), weights(g, type = "working"), tolerance = 1e-2,
+                 ignore_attr = TRUE)
+    expect_equal(model.matrix(f), model.matrix(g), ignore_attr = TRUE)
+    expect_identical(family(f)$family, family(g)$family)
+    expect_equal(nrow(model.frame(f)), nrow(model.frame(g)))
+    # the expected deviance exceeds the minimum by about p (E of a chi-square_p)
+    expect_equal(deviance(f) - deviance(g), length(coef(g)), tolerance = 0.05)
+  }
+  expect_identical(residuals(f), residuals(f, type = "deviance")) # glm's default type
+})
+
+test_that("deviance() is the expected deviance under q, in closed form for gaussian and poisson", {
+  f <- vb(mpg ~ wt + hp, data = mtcars)
+  X <- model.matrix(f)
+  m <- drop(X %*% coef(f)); v <- rowSums((X %*% vcov(f)) * X)
+  expect_equal(deviance(f), sum((mtcars$mpg - m)^2 + v))
+  set.seed(122)
+  d <- data.frame(x = rnorm(60)); d$y <- rpois(60, exp(0.5 + 0.5 * d$x))
+  fp <- vb(y ~ x, data = d, family = poisson())
+  X <- model.matrix(fp); m <- drop(X %*% coef(fp)); v <- rowSums((X %*% vcov(fp)) * X)
+  # Monte Carlo over q of the poisson deviance
+  set.seed(123)
+  B <- MASS::mvrnorm(2e5, coef(fp), vcov(fp))
+  dev <- apply(exp(X %*% t(B)), 2, function(mu) sum(poisson()$dev.resids(d$y, mu, 1)))
+  expect_equal(deviance(fp), mean(dev), tolerance = 3 * sd(dev) / sqrt(length(dev)) / mean(dev))
+  # binomial by Gauss-Hermite against Monte Carlo
+  d$b <- rbinom(60, 1, plogis(d$x))
+  fb <- vb(b ~ x, data = d, family = binomial())
+  B <- MASS::mvrnorm(1e5, coef(fb), vcov(fb))
+  devb <- apply(plogis(X %*% t(B)), 2, function(mu) sum(binomial()$dev.resids(d$b, mu, 1)))
+  expect_equal(deviance(fb), mean(devb), tolerance = 4 * sd(devb) / sqrt(length(devb)) / mean(devb))
+})
+
+test_that("sigma() is the posterior mean of sigma; near lm's with wide priors", {
+  set.seed(124)
+  n <- 3000
+  d <- data.frame(x = rnorm(n)); d$y <- 2 + d$x + rnorm(n, sd = 1.5)
+  f <- do.call(vb, c(list(y ~ x, data = d), wide))
+  expect_equal(sigma(f), sigma(lm(y ~ x, data = d)), tolerance = 2e-3)
+  # Monte Carlo of tau^-1/2 under q(tau) = Gamma(A, B)
+  set.seed(125)
+  expect_equal(sigma(f), mean(1 / sqrt(rgamma(1e6, f$tau[["shape"]], f$tau[["rate"]]))), tolerance = 1e-3)
+  expect_identical(sigma(vb(cnt ~ 1, data = data.frame(cnt = rpois(20, 2)), family = poisson())), 1)
+})
+
+test_that("df.residual(), logLik(), AIC() and BIC() refuse and point to elbo() and loo()", {
+  f <- vb(mpg ~ wt, data = mtcars)
+  expect_error(df.residual(f), "no residual degrees of freedom.*elbo\\(\\)")
+  expect_error(logLik(f), "elbo\\(\\).*loo\\(\\)")
+  expect_error(AIC(f), "elbo\\(\\).*loo\\(\\)")
+  expect_error(BIC(f), "elbo\\(\\).*loo\\(\\)")
+})
+
+test_that("model.matrix() rebuilds the design of an x = FALSE fit; matrix fits say what they lack", {
+  f <- vb(mpg ~ wt + factor(cyl), data = mtcars, x = FALSE)
+  expect_equal(model.matrix(f), model.matrix(lm(mpg ~ wt + factor(cyl), data = mtcars)))
+  X <- cbind("(Intercept)" = 1, x = mtcars$wt)
+  m <- vb_fit(X, mtcars$mpg)
+  expect_identical(model.matrix(m), m$x)
+  expect_error(model.frame(m), "vb_fit\\(\\)")
+  expect_error(residuals(f, type = "bogus"), "should be one of")
 })

@@ -26,7 +26,7 @@ test_that("poisson response predictions are the log-normal mean and quantiles", 
   expect_equal(unname(r[, "lwr"]), qlnorm(0.05, m, sqrt(v)), tolerance = 1e-12)
   expect_equal(unname(predict(fit, nd, type = "link")), m, tolerance = 1e-12)
   expect_equal(unname(fitted(fit)), unname(predict(fit, type = "response")), tolerance = 1e-12)
-  expect_equal(residuals(fit), d$y - fitted(fit), ignore_attr = TRUE)
+  expect_equal(residuals(fit, type = "response"), d$y - fitted(fit), ignore_attr = TRUE)
 })
 
 test_that("exposure is applied to new data as in the call", {
@@ -75,4 +75,34 @@ test_that("draws() and simulate() reproduce q's moments", {
   expect_equal(dim(s1), c(32L, 3L))
   expect_error(draws(fit, 0), "positive whole")
   expect_error(predict(fit, interval = "credible", level = 2), "level")
+})
+
+test_that("se.fit: posterior sds of the prediction approach glm's se.fit with wide priors", {
+  set.seed(126)
+  n <- 5000
+  d <- data.frame(x = rnorm(n)); d$y <- rpois(n, exp(0.5 + 0.3 * d$x)); d$b <- rbinom(n, 1, plogis(0.2 - 0.8 * d$x))
+  nd <- data.frame(x = c(-1.5, 0, 2))
+  for (cs in list(list(y ~ x, poisson()), list(b ~ x, binomial()))) {
+    f <- vb(cs[[1]], data = d, family = cs[[2]], prior = normal(0, 1e3), prior_intercept = normal(0, 1e3))
+    g <- glm(cs[[1]], data = d, family = cs[[2]])
+    for (type in c("link", "response")) {
+      pf <- predict(f, nd, type = type, se.fit = TRUE)
+      pg <- predict(g, nd, type = type, se.fit = TRUE)
+      expect_equal(unname(pf$se.fit), unname(pg$se.fit), tolerance = 5e-3)
+      expect_equal(unname(pf$fit), unname(pg$fit), tolerance = 5e-3)
+      expect_identical(pf$residual.scale, 1)
+    }
+  }
+  # the response sd is exact for q: Monte Carlo of g^-1(eta)
+  f <- vb(b ~ x, data = d[1:80, ], family = binomial())
+  X <- cbind(1, nd$x)
+  set.seed(127)
+  B <- MASS::mvrnorm(2e5, coef(f), vcov(f))
+  mc <- apply(plogis(X %*% t(B)), 1, sd)
+  expect_equal(unname(predict(f, nd, type = "response", se.fit = TRUE)$se.fit), mc, tolerance = 5e-3)
+  fg <- vb(mpg ~ wt, data = mtcars)
+  p <- predict(fg, data.frame(wt = 3), interval = "credible", se.fit = TRUE)
+  expect_equal(colnames(p$fit), c("fit", "lwr", "upr"))
+  expect_equal(p$residual.scale, sigma(fg))
+  expect_error(predict(fg, se.fit = NA), "TRUE or FALSE")
 })

@@ -8,6 +8,9 @@ test_that("print and summary of a GLM fit", {
   fit <- vb(mpg ~ wt + hp, data = mtcars)
   expect_snapshot(print(fit), transform = mask_time)
   expect_snapshot(summary(fit))
+  expect_snapshot(print(prior_summary(fit)))
+  expect_snapshot(print(prior_summary(vb(mpg ~ wt, data = mtcars, prior = normal(0, 2),
+                                         prior_intercept = normal(10, 5)))))
   set.seed(1)
   d <- data.frame(x = rnorm(40))
   d$y <- rpois(40, exp(0.5 + 0.3 * d$x))
@@ -50,6 +53,11 @@ test_that("main error messages", {
     vb(y ~ x, data = d, exposure = 0.1)
     vb_control(maxit = 0)
     vb_control(tol = -1)
+    vb(y ~ x, data = d, prior = list(dist = "t", df = 3, location = 0, scale = 1, autoscale = FALSE))
+    vb(y ~ x, data = d, prior = gamma_prior(1, 1))
+    vb(y ~ x, data = d, prior_precision = normal(0, 1))
+    df.residual(vb(y ~ x, data = d))
+    AIC(vb(y ~ x, data = d))
   })
   small <- vb(mpg ~ wt, data = mtcars)
   expect_snapshot(error = TRUE, {

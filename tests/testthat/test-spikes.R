@@ -70,43 +70,43 @@ test_that("bin_spikes agrees with findInterval/tabulate and uses half-open bins"
 test_that("history columns are the counts shifted by the stated lags", {
   y <- c(0, 1, 0, 2, 0, 0, 1, 3)
   shift <- function(v, l) c(rep(0, l), head(v, -l))
-  H <- history(y, diag(3))
+  H <- spike_history(y, diag(3))
   expect_equal(unname(H[, 1]), shift(y, 1))
   expect_equal(unname(H[, 2]), shift(y, 2))
   expect_equal(unname(H[, 3]), shift(y, 3))
   expect_equal(colnames(H), c("h1", "h2", "h3"))
   # a general basis: H = sum_l B[l, ] y[t - l], by hand
   B <- cbind(c(1, 0.5, 0.25), c(0, 1, -1))
-  Hb <- history(y, B)
+  Hb <- spike_history(y, B)
   byhand <- sapply(1:2, function(j) B[1, j] * shift(y, 1) + B[2, j] * shift(y, 2) + B[3, j] * shift(y, 3))
   expect_equal(unname(unclass(Hb)[, 1:2]), byhand, ignore_attr = TRUE)
   # trials: no history crosses a boundary
   tr <- c(1, 1, 1, 1, 2, 2, 2, 2)
-  Ht <- history(y, diag(2), trial = tr)
+  Ht <- spike_history(y, diag(2), trial = tr)
   ref1 <- c(shift(y[1:4], 1), shift(y[5:8], 1))
   ref2 <- c(shift(y[1:4], 2), shift(y[5:8], 2))
   expect_equal(unname(Ht[, 1]), ref1)
   expect_equal(unname(Ht[, 2]), ref2)
   # first_lag: 0 includes the current bin, 2 skips one bin
-  expect_equal(unname(history(y, diag(1), first_lag = 0)[, 1]), y)
-  expect_equal(unname(history(y, diag(1), first_lag = 2)[, 1]), shift(y, 2))
-  expect_equal(unname(history(y, diag(2), first_lag = 100)), matrix(0, 8, 2), ignore_attr = TRUE)
+  expect_equal(unname(spike_history(y, diag(1), first_lag = 0)[, 1]), y)
+  expect_equal(unname(spike_history(y, diag(1), first_lag = 2)[, 1]), shift(y, 2))
+  expect_equal(unname(spike_history(y, diag(2), first_lag = 100)), matrix(0, 8, 2), ignore_attr = TRUE)
   # no bin sees its own count: history of a single spike is zero at and before it
   e <- numeric(20); e[10] <- 1
   Bc <- raised_cosine_basis(3, c(0.01, 0.03), 0.01, 0.005)
-  expect_true(all(history(e, Bc)[1:10, ] == 0))
-  expect_equal(unname(history(e, Bc)[11:20, ]), unname(Bc[1:10, ]), ignore_attr = TRUE)
+  expect_true(all(spike_history(e, Bc)[1:10, ] == 0))
+  expect_equal(unname(spike_history(e, Bc)[11:20, ]), unname(Bc[1:10, ]), ignore_attr = TRUE)
 })
 
 test_that("a history term is one term of the design (one block) and predicts on new data", {
   d <- neuron[1:4000, ]
   B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
-  fit <- vb(spikes ~ stim + history(spikes, B, trial), data = d, family = poisson(),
+  fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = d, family = poisson(),
             exposure = 0.005, approx = "block", control = quiet)
-  X <- cbind(1, d$stim, history(d$spikes, B, d$trial))
+  X <- cbind(1, d$stim, spike_history(d$spikes, B, d$trial))
   expect_equal(unname(fit$x), unname(X), ignore_attr = TRUE)
   expect_equal(fit$blocks, c(0L, 1L, 2L, 2L, 2L, 2L))
-  # predict() re-evaluates history() on new data: the fitted rows reproduce
+  # predict() re-evaluates spike_history() on new data: the fitted rows reproduce
   # the fitted linear predictor, computed here by hand
   p <- predict(fit, d[1:500, ])
   expect_equal(unname(p), drop(X[1:500, ] %*% coef(fit)) + log(0.005), tolerance = 1e-10)
@@ -114,7 +114,7 @@ test_that("a history term is one term of the design (one block) and predicts on 
 
 test_that("filters() is B mu with the band of B Sigma B'", {
   B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
-  fit <- vb(spikes ~ stim + history(spikes, B, trial), data = neuron[1:4000, ],
+  fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = neuron[1:4000, ],
             family = poisson(), exposure = 0.005, control = quiet)
   f <- filters(fit, level = 0.9)
   idx <- 3:6
@@ -130,7 +130,7 @@ test_that("filters() is B mu with the band of B Sigma B'", {
 
 test_that("the simulated neuron's history and stimulus filters are recovered", {
   tr <- attr(neuron, "truth")
-  fit <- vb(spikes ~ stim + history(spikes, diag(10), trial), data = neuron,
+  fit <- vb(spikes ~ stim + spike_history(spikes, diag(10), trial), data = neuron,
             family = poisson(), exposure = 0.005, control = quiet)
   f <- filters(fit, level = 0.99)[[1]]
   expect_true(all(tr$history_filter > f$lower & tr$history_filter < f$upper))
@@ -138,7 +138,7 @@ test_that("the simulated neuron's history and stimulus filters are recovered", {
   expect_true(ci["stim", 1] < tr$stim_gain && tr$stim_gain < ci["stim", 2])
   expect_true(ci[1, 1] < log(tr$baseline_hz) && log(tr$baseline_hz) < ci[1, 2])
   # a stimulus filter over lags 0-2: the truth is instantaneous, c(0.8, 0, 0)
-  fs <- vb(spikes ~ history(stim, diag(3), trial, first_lag = 0) + history(spikes, diag(10), trial),
+  fs <- vb(spikes ~ spike_history(stim, diag(3), trial, first_lag = 0) + spike_history(spikes, diag(10), trial),
            data = neuron, family = poisson(), exposure = 0.005, control = quiet)
   g <- filters(fs, level = 0.99)[[1]]
   expect_equal(g$lag, 0:2)
@@ -147,8 +147,8 @@ test_that("the simulated neuron's history and stimulus filters are recovered", {
 
 test_that("coupling filters of the population are recovered and absent ones cover zero", {
   tr <- attr(population, "truth")$filters
-  fit <- vb(n2 ~ stim + history(n2, diag(8), trial) + history(n1, diag(8), trial) +
-              history(n3, diag(8), trial), data = population, family = poisson(),
+  fit <- vb(n2 ~ stim + spike_history(n2, diag(8), trial) + spike_history(n1, diag(8), trial) +
+              spike_history(n3, diag(8), trial), data = population, family = poisson(),
             exposure = 0.005, control = quiet)
   # with one weight per lag the filter is the coefficient vector, so the
   # truth must lie in the joint 99.9% credible ellipsoid of q (chi-square, 8 df)
@@ -157,20 +157,20 @@ test_that("coupling filters of the population are recovered and absent ones cove
     b <- coef(fit)[i] - truth
     drop(t(b) %*% solve(vcov(fit)[i, i], b)) < qchisq(0.999, length(i))
   }
-  expect_true(inside("history(n1,", tr[1:8, "n1", "n2"]))   # excitation n1 -> n2
-  expect_true(inside("history(n2,", tr[1:8, "n2", "n2"]))   # refractoriness
-  expect_true(inside("history(n3,", rep(0, 8)))             # no n3 -> n2 coupling
+  expect_true(inside("spike_history(n1,", tr[1:8, "n1", "n2"]))   # excitation n1 -> n2
+  expect_true(inside("spike_history(n2,", tr[1:8, "n2", "n2"]))   # refractoriness
+  expect_true(inside("spike_history(n3,", rep(0, 8)))             # no n3 -> n2 coupling
   # the ELBO picks the true coupling: n1 for n2 and n2 (not n1) for n3
   B <- raised_cosine_basis(3, c(0.005, 0.03), 0.01, 0.005)
   e <- function(f) elbo(vb(f, data = population, family = poisson(), exposure = 0.005, control = quiet))
-  e2 <- c(none = e(n2 ~ stim + history(n2, B, trial)),
-          n1 = e(n2 ~ stim + history(n2, B, trial) + history(n1, B, trial)),
-          n1n3 = e(n2 ~ stim + history(n2, B, trial) + history(n1, B, trial) + history(n3, B, trial)))
+  e2 <- c(none = e(n2 ~ stim + spike_history(n2, B, trial)),
+          n1 = e(n2 ~ stim + spike_history(n2, B, trial) + spike_history(n1, B, trial)),
+          n1n3 = e(n2 ~ stim + spike_history(n2, B, trial) + spike_history(n1, B, trial) + spike_history(n3, B, trial)))
   expect_equal(names(which.max(e2)), "n1")
-  e3 <- c(none = e(n3 ~ stim + history(n3, B, trial)),
-          n1 = e(n3 ~ stim + history(n3, B, trial) + history(n1, B, trial)),
-          n2 = e(n3 ~ stim + history(n3, B, trial) + history(n2, B, trial)),
-          n1n2 = e(n3 ~ stim + history(n3, B, trial) + history(n1, B, trial) + history(n2, B, trial)))
+  e3 <- c(none = e(n3 ~ stim + spike_history(n3, B, trial)),
+          n1 = e(n3 ~ stim + spike_history(n3, B, trial) + spike_history(n1, B, trial)),
+          n2 = e(n3 ~ stim + spike_history(n3, B, trial) + spike_history(n2, B, trial)),
+          n1n2 = e(n3 ~ stim + spike_history(n3, B, trial) + spike_history(n1, B, trial) + spike_history(n2, B, trial)))
   expect_equal(names(which.max(e3)), "n2")
 })
 
@@ -178,9 +178,9 @@ test_that("bits_per_spike equals the hand computation", {
   d <- neuron[1:6000, ]
   test <- neuron[6001:9000, ]
   B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
-  fit <- vb(spikes ~ stim + history(spikes, B, trial), data = d, family = poisson(),
+  fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = d, family = poisson(),
             exposure = 0.005, control = quiet)
-  Xt <- cbind(1, test$stim, history(test$spikes, B, test$trial))
+  Xt <- cbind(1, test$stim, spike_history(test$spikes, B, test$trial))
   lam <- 0.005 * exp(drop(Xt %*% coef(fit)))
   y <- test$spikes
   ll_m <- sum(dpois(y, lam, log = TRUE))
@@ -191,7 +191,7 @@ test_that("bits_per_spike equals the hand computation", {
   expect_equal(as.numeric(bits_per_spike(fit, test)), (ll_m - ll_tr) / (sum(y) * log(2)))
   expect_equal(as.numeric(bits_per_spike(fit, test, null = "test")), (ll_m - ll_te) / (sum(y) * log(2)))
   # training data by default
-  Xd <- cbind(1, d$stim, history(d$spikes, B, d$trial))
+  Xd <- cbind(1, d$stim, spike_history(d$spikes, B, d$trial))
   lam_d <- 0.005 * exp(drop(Xd %*% coef(fit)))
   ref_d <- (sum(dpois(d$spikes, lam_d, log = TRUE)) -
               sum(dpois(d$spikes, r_train * 0.005, log = TRUE))) / (sum(d$spikes) * log(2))
@@ -209,7 +209,7 @@ test_that("bits_per_spike equals the hand computation", {
 test_that("simulate_spikes feeds spikes back through the filter (R loop reference) and refits", {
   d <- neuron[1:3000, ]
   B <- raised_cosine_basis(3, c(0.005, 0.02), 0.01, 0.005)
-  fit <- vb(spikes ~ stim + history(spikes, B, trial), data = d, family = poisson(),
+  fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = d, family = poisson(),
             exposure = 0.005, control = quiet)
   cf <- coef(fit)
   h <- drop(B %*% cf[3:5])
@@ -228,12 +228,12 @@ test_that("simulate_spikes feeds spikes back through the filter (R loop referenc
   expect_equal(s$sim_1, y)
   expect_equal(attr(s, "capped"), 0L)
   # refit to a long simulated train from a known filter: recovered within bands
-  fit_all <- vb(spikes ~ stim + history(spikes, diag(6), trial), data = neuron,
+  fit_all <- vb(spikes ~ stim + spike_history(spikes, diag(6), trial), data = neuron,
                 family = poisson(), exposure = 0.005, control = quiet)
   truth <- filters(fit_all)[[1]]$estimate
   sim <- neuron
   sim$spikes <- simulate_spikes(fit_all, neuron, seed = 7)$sim_1
-  refit <- vb(spikes ~ stim + history(spikes, diag(6), trial), data = sim,
+  refit <- vb(spikes ~ stim + spike_history(spikes, diag(6), trial), data = sim,
               family = poisson(), exposure = 0.005, control = quiet)
   g <- filters(refit, level = 0.99)[[1]]
   expect_true(all(truth > g$lower & truth < g$upper))
@@ -267,13 +267,13 @@ test_that("bad input gets clear errors", {
   expect_error(raised_cosine_basis(5, 0.1, 0.5, 0.01), "'peaks' must be two")
   expect_error(raised_cosine_basis(5, c(0.1, 2), -1, 0.01), "'offset'")
   expect_error(raised_cosine_basis(5, c(0.1, 2), 0.5, 0), "'binwidth'")
-  expect_error(history(c(0, 1, NA), diag(2)), "'x' contains NA")
-  expect_error(history(c(0, 1), "a"), "'basis' must be a numeric matrix")
-  expect_error(history(c(0, 1, 0), diag(2), trial = 1:2), "'trial' has length 2 but 'x' has length 3")
-  expect_error(history(c(0, 1, 0), diag(2), first_lag = -1), "'first_lag'")
+  expect_error(spike_history(c(0, 1, NA), diag(2)), "'x' contains NA")
+  expect_error(spike_history(c(0, 1), "a"), "'basis' must be a numeric matrix")
+  expect_error(spike_history(c(0, 1, 0), diag(2), trial = 1:2), "'trial' has length 2 but 'x' has length 3")
+  expect_error(spike_history(c(0, 1, 0), diag(2), first_lag = -1), "'first_lag'")
   # history of a variable of another length inside a formula
   other <- rpois(100, 1)
-  expect_error(vb(spikes ~ history(other, diag(3)), data = neuron[1:200, ], family = poisson(),
+  expect_error(vb(spikes ~ spike_history(other, diag(3)), data = neuron[1:200, ], family = poisson(),
                   control = quiet), "lengths differ")
   # .Call arguments re-checked in C
   expect_error(.Call(vbayes:::C_spikes_history, 1:3, diag(2), integer(3), 1L), "double")
@@ -287,9 +287,35 @@ test_that("bad input gets clear errors", {
   expect_error(.Call(vbayes:::C_spikes_simulate, matrix(0, 2, 1), matrix(0, 1, 1), integer(2), c(1, 10)),
                "named list")
   fit0 <- vb(spikes ~ stim, data = neuron[1:500, ], family = poisson(), exposure = 0.005, control = quiet)
-  expect_error(filters(fit0), "no history\\(\\) terms")
-  expect_error(simulate_spikes(fit0, neuron[1:500, ]), "no history\\(\\) term of its response")
+  expect_error(filters(fit0), "no spike_history\\(\\) terms")
+  expect_error(simulate_spikes(fit0, neuron[1:500, ]), "no spike_history\\(\\) term of its response")
   fg <- vb(mpg ~ wt, data = mtcars, control = quiet)
   expect_error(bits_per_spike(fg), "poisson")
   expect_error(bits_per_spike(fit0, neuron[1:500, ][neuron$spikes[1:500] == 0, ]), "no spikes")
+})
+
+test_that("a fitted spike_history() term remembers its basis (makepredictcall)", {
+  B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
+  fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = neuron[1:4000, ],
+            family = poisson(), exposure = 0.005, control = quiet)
+  nd <- neuron[4001:8000, ]
+  # the held-out linear predictor by hand, with the basis used at fitting
+  X <- cbind(1, nd$stim, spike_history(nd$spikes, B, nd$trial))
+  ref <- drop(X %*% coef(fit)) + log(0.005)
+  p1 <- predict(fit, nd); b1 <- bits_per_spike(fit, nd)
+  expect_equal(unname(p1), ref, tolerance = 1e-10)
+  B <- diag(4)              # redefine the global basis after fitting ...
+  expect_equal(unname(predict(fit, nd)), ref, tolerance = 1e-10)
+  expect_identical(bits_per_spike(fit, nd), b1)
+  expect_equal(filters(fit)[[1]]$lag, seq_len(nrow(raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005))))
+  rm(B)                     # ... or remove it
+  expect_identical(bits_per_spike(fit, nd), b1)
+  expect_equal(nrow(simulate_spikes(fit, nd[1:200, ], seed = 1)), 200L)
+})
+
+test_that("history() no longer masks utils::history: not exported, a deprecated alias", {
+  expect_false("history" %in% getNamespaceExports("vbayes"))
+  expect_true("spike_history" %in% getNamespaceExports("vbayes"))
+  expect_warning(h <- vbayes:::history(c(0, 1, 0, 2), diag(2)), "spike_history")
+  expect_equal(unclass(h), unclass(spike_history(c(0, 1, 0, 2), diag(2))))
 })

@@ -40,7 +40,7 @@ test_that("binomial: 0/1, factor, proportions with weights and cbind() give one 
 test_that("rank-deficient designs fit (the prior identifies them) with a note", {
   set.seed(8)
   d <- data.frame(x = rnorm(50)); d$x2 <- 2 * d$x; d$y <- rpois(50, exp(1 + 0.3 * d$x))
-  fit <- vb(y ~ x + x2, data = d, family = poisson())
+  fit <- vb(y ~ x + x2, data = d, family = poisson(), prior = normal(0, 1))
   expect_true(fit$converged)
   expect_equal(fit$rank, 2L)
   expect_output(print(fit), "rank deficient")

@@ -147,11 +147,18 @@ test_that("the block family defaults to one block per formula term", {
   set.seed(9)
   d <- data.frame(x1 = rnorm(100), x2 = rnorm(100))
   d$y <- rpois(100, exp(0.5 + 0.3 * d$x1))
-  fit <- vb(y ~ x1 + poly(x2, 3), data = d, family = poisson(), approx = "block")
+  fit <- vb(y ~ x1 + poly(x2, 3), data = d, family = poisson(), approx = "block",
+            prior = normal(0, 1), prior_intercept = normal(0, 10))
   expect_equal(fit$blocks, c(0L, 1L, 2L, 2L, 2L))
   # within a term the covariance is kept, across terms it is zero
   expect_true(all(vcov(fit)[3:5, 3:5][upper.tri(diag(3))] != 0))
   expect_true(all(vcov(fit)[1:2, 3:5] == 0))
+  # the default intercept prior is on the centred predictors: the blocks
+  # factorise (alpha, beta), so only the intercept picks up covariances
+  fd <- vb(y ~ x1 + poly(x2, 3), data = d, family = poisson(), approx = "block")
+  expect_true(all(vcov(fd)[2, 3:5] == 0))
+  xbar <- colMeans(model.matrix(fd)[, -1])
+  expect_equal(unname(vcov(fd)[1, 2:5]), -unname(drop(vcov(fd)[2:5, 2:5] %*% xbar)), tolerance = 1e-10)
 })
 
 test_that("joint mean steps reach the coordinate-ascent fixed point in far fewer sweeps", {
@@ -160,6 +167,7 @@ test_that("joint mean steps reach the coordinate-ascent fixed point in far fewer
   X <- sapply(1:5, function(k) z + 0.1 * rnorm(n))   # pairwise correlation ~0.99
   d <- data.frame(X, y = rpois(n, exp(0.2 + 0.1 * z)))
   f <- function(jm, a) vb(y ~ ., data = d, family = poisson(), approx = a,
+                          prior = normal(0, 1), prior_intercept = normal(0, 10),
                           control = vb_control(joint_means = jm, maxit = 1e5, tol = 1e-13))
   for (a in c("meanfield", "block")) {
     slow <- f(0, a); fast <- f(500, a)
