@@ -33,7 +33,7 @@ test_that("lag_axis() puts filter lags in ms or s", {
   expect_equal(vbayes:::lag_axis(1:3, c(0.5, 1, 1.5))$lab, "lag (s)")
   expect_equal(vbayes:::lag_axis(1:3, rep(NA_real_, 3))$lab, "lag (bins)")
   B <- raised_cosine_basis(3, c(0.005, 0.02), 0.01, 0.005)
-  fh <- vb(spikes ~ stim + history(spikes, B, trial), data = neuron[1:1500, ], family = poisson(),
+  fh <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = neuron[1:1500, ], family = poisson(),
            exposure = 0.005)
   f <- png_null(); on.exit({ grDevices::dev.off(); unlink(f) })
   expect_s3_class(plot(filters(fh)), "vb_filters")
