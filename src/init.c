@@ -29,7 +29,7 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
 SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
 
 /* util.c: a jump a progress handler asked for, resumed after the engine returned */
-SEXP C_vb_resume_unwind(void);
+SEXP C_vb_resume_unwind(SEXP status);
 
 /* clang-format off */
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
@@ -47,7 +47,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(lds_poisson_mstep, 7),
     CALLDEF(sgvb_fit, 6),
     CALLDEF(sgvb_grad, 4),
-    CALLDEF(vb_resume_unwind, 0),
+    CALLDEF(vb_resume_unwind, 1),
     {NULL, NULL, 0}};
 /* clang-format on */
 

@@ -227,8 +227,14 @@ void vb_progress_tick(vb_progress *pr, const char *what, int it, double elbo) {
     R_UnwindProtect(emit_message, text, emit_cleanup, &jb, unwind_token);
 }
 
-/* Continues a jump a progress handler asked for (no-op when none is pending). */
-SEXP C_vb_resume_unwind(void) {
+/*
+ * Continues a jump a progress handler asked for, given the status of the
+ * engine it stopped (VB_INTERRUPTED; a no-op when no jump is pending).
+ */
+SEXP C_vb_resume_unwind(SEXP status) {
+    if (TYPEOF(status) != INTSXP || Rf_length(status) != 1 || INTEGER(status)[0] != VB_INTERRUPTED)
+        Rf_error("'status' must be the interrupted status code %d (internal error)",
+                 VB_INTERRUPTED);
     if (unwind_pending && unwind_token != NULL) {
         unwind_pending = 0;
         R_ContinueUnwind(unwind_token);
