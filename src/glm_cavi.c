@@ -385,12 +385,18 @@ static int joint_mean_step(cavi_state *S, double *F) {
 
 /* ------------------------------------------------------------- sweeps -- */
 
-/* Full ELBO and its parts at the current state. */
-static int full_elbo(cavi_state *S, double *F, double *loglik, double *kl, double *elbo) {
+/*
+ * Full ELBO and its parts at the current state.  With `F_current` the sum
+ * over observations in *F is taken as it stands (the block steps keep it
+ * current, so a sweep does not pay n more expectations); gaussian sweeps
+ * recompute it after the q(tau) step.
+ */
+static int full_elbo(cavi_state *S, double *F, double *loglik, double *kl, double *elbo,
+                     int F_current) {
     vb_glm *M = S->M;
     int p = M->p;
     double G = 0, ldet = 0, a, c;
-    *F = sum_obs(S, S->m, S->v, NULL, NULL);
+    if (!F_current) *F = sum_obs(S, S->m, S->v, NULL, NULL);
     *loglik = *F + M->llconst;
     for (int j = 0; j < p; j++)
         G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
@@ -465,7 +471,7 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
     double F;
     int it = 0, st = cavi_start(S);
     *iter = 0;
-    if (st == VB_OK) st = full_elbo(S, &F, ll, kl, elbo);
+    if (st == VB_OK) st = full_elbo(S, &F, ll, kl, elbo, 0);
     if (st != VB_OK) return st;
     vb_trace_push(tr, *elbo);
     vb_progress pr;
@@ -491,7 +497,7 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
         }
         if (S->M->family == VB_GAUSSIAN) gaussian_tau_update(S);
         double prev = *elbo;
-        st = full_elbo(S, &F, ll, kl, elbo);
+        st = full_elbo(S, &F, ll, kl, elbo, S->M->family != VB_GAUSSIAN);
         if (st != VB_OK) return st;
         vb_trace_push(tr, *elbo);
         vb_progress_tick(&pr, "vb", it, *elbo);
