@@ -99,6 +99,13 @@ static void block_columns(cavi_state *S, int b) {
         S->Xk = M->X;
         return;
     }
+    int contiguous = 1; /* a single column, or adjacent ones: read X in place */
+    for (int j = 1; j < k; j++)
+        contiguous = contiguous && ix[j] == ix[0] + j;
+    if (contiguous) {
+        S->Xk = M->X + (size_t)ix[0] * n;
+        return;
+    }
     for (int j = 0; j < k; j++)
         memcpy(S->Xb + (size_t)j * n, M->X + (size_t)ix[j] * n, sizeof(double) * n);
     S->Xk = S->Xb;
@@ -115,11 +122,22 @@ static int block_target(cavi_state *S, int b, int at_prior_var) {
     const int *ix = S->idx + S->bstart[b];
     double done = 1.0, dzero = 0.0, a, c;
     block_columns(S, b);
-    for (int t = 0; t < n; t++)
-        S->work[t] = -2.0 * S->dv[t];
-    if (vb_xtwx(n, k, S->Xk, n, S->work, S->Z, S->Lb) != VB_OK) return VB_INTERRUPTED;
+    if (k == 1) { /* one pass: x' diag(-2 dv) x and x' dm */
+        const double *x = S->Xk;
+        double h = 0, g = 0;
+        for (int t = 0; t < n; t++) {
+            h -= 2.0 * S->dv[t] * x[t] * x[t];
+            g += x[t] * S->dm[t];
+        }
+        S->Lb[0] = h;
+        S->g[0] = g;
+    } else {
+        for (int t = 0; t < n; t++)
+            S->work[t] = -2.0 * S->dv[t];
+        if (vb_xtwx(n, k, S->Xk, n, S->work, S->Z, S->Lb) != VB_OK) return VB_INTERRUPTED;
+        F77_CALL(dgemv)("T", &n, &k, &done, S->Xk, &n, S->dm, &one, &dzero, S->g, &one FCONE);
+    }
     if (S->nb == 1 && S->rank < 0) S->rank = vb_gram_rank(k, S->Lb, S->rwork);
-    F77_CALL(dgemv)("T", &n, &k, &done, S->Xk, &n, S->dm, &one, &dzero, S->g, &one FCONE);
     for (int i = 0; i < k; i++) {
         int j = ix[i];
         double s2 = at_prior_var ? M->pscale[j] * M->pscale[j] : S->Sig[j + (size_t)j * p];
@@ -195,15 +213,28 @@ static int block_try(double a, void *ctx, double *val) {
     memcpy(S->Sa, S->Rb, sizeof(double) * kk);
     info = vb_chol_inv(k, S->Sa, k);
     if (info != 0) return vb_lapack_status(info);
-    F77_CALL(dgemv)("N", &n, &k, &done, S->Xk, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
-    if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vt) != VB_OK) return VB_INTERRUPTED;
-    for (int t = 0; t < n; t++) {
-        S->mt[t] += S->m[t];
-        S->vt[t] = S->v[t] - S->vold[t] + S->vt[t];
-        if (S->vt[t] < 0) S->vt[t] = 0;
+    if (k == 1) {
+        /* one pass: m, v and the expectations at the trial point */
+        const double *x = S->Xk;
+        double d = S->delta[0], ds2 = S->Sa[0] - S->Scur[0], F = 0;
+        for (int t = 0; t < n; t++) {
+            double mt = S->m[t] + d * x[t], vt = S->v[t] + ds2 * x[t] * x[t];
+            S->mt[t] = mt;
+            S->vt[t] = vt = vt < 0 ? 0 : vt;
+            F += vb_glm_obs(S->M, t, mt, vt, S->dmt + t, S->dvt + t);
+        }
+        bt->Fa = F;
+    } else {
+        F77_CALL(dgemv)("N", &n, &k, &done, S->Xk, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
+        if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vt) != VB_OK) return VB_INTERRUPTED;
+        for (int t = 0; t < n; t++) {
+            S->mt[t] += S->m[t];
+            S->vt[t] = S->v[t] - S->vold[t] + S->vt[t];
+            if (S->vt[t] < 0) S->vt[t] = 0;
+        }
+        /* derivatives at the trial point come for free; kept if it is accepted */
+        bt->Fa = sum_obs(S, S->mt, S->vt, S->dmt, S->dvt);
     }
-    /* derivatives at the trial point come for free; kept if it is accepted */
-    bt->Fa = sum_obs(S, S->mt, S->vt, S->dmt, S->dvt);
     *val = bt->Fa + block_prior_entropy(S, b, S->mua, S->Sa, vb_chol_logdet(k, S->Rb, k));
     return VB_OK;
 }
@@ -298,8 +329,8 @@ static int block_step(cavi_state *S, int b, double *F) {
     double old = *F + block_prior_entropy(S, b, S->mub, S->Scur, vb_chol_logdet(k, S->Rb, k));
     if (S->nb == 1)
         memcpy(S->vold, S->v, sizeof(double) * n);
-    else if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vold) != VB_OK)
-        return VB_INTERRUPTED;
+    else if (k > 1 && block_var(n, k, S->Xk, S->Rb, S->Z, S->vold) != VB_OK)
+        return VB_INTERRUPTED; /* k = 1: the trial updates v by x^2 (s2_new - s2_old) */
     block_trial bt = {S, b, 0};
     double a, val;
     int st = vb_step_search(block_try, &bt, old, &a, &val);
