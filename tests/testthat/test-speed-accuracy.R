@@ -21,7 +21,7 @@ obs_terms <- function(m, v, y = 0, w = 1, b = 1e3) {
 }
 
 test_that("binomial E softplus, E sigmoid, E sigmoid' match quadrature across the regimes of v", {
-  grid <- expand.grid(m = c(-35, -9, -2.5, -0.4, 0, 0.7, 3.2, 14), v = c(1e-4, 7e-4, 4e-3, 0.012, 0.03, 0.05, 0.5, 3))
+  grid <- expand.grid(m = c(-35, -9, -2.5, -0.4, 0, 0.7, 3.2, 14), v = c(1e-4, 7e-4, 4e-3, 0.012, 0.03, 0.05, 0.08, 0.15, 0.22, 0.5, 3))
   for (i in seq_len(nrow(grid))) {
     m <- grid$m[i]; v <- grid$v[i]
     got <- obs_terms(m, v)
