@@ -88,10 +88,12 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
   if (n == 0L) stop("vb_fit(): there are no observations.", call. = FALSE)
   if (is.null(colnames(X)) && p > 0L) colnames(X) <- paste0("x", seq_len(p))
   if (!is.double(X)) storage.mode(X) <- "double"
-  if (p > 0L && (anyNA(X) || any(is.infinite(range(X)))))
+  # one range() pass (no n x p temporaries); anyNA() first, it is cheap
+  rx <- if (p == 0L) c(0, 0) else if (anyNA(X)) NA_real_ else range(X)
+  if (anyNA(rx) || any(is.infinite(rx)))
     stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
   # the engines form X'WX and x_t' Sigma x_t: their entries must not overflow
-  if (p > 0L && !is.finite(max(abs(range(X)))^2 * n * p))
+  if (p > 0L && !is.finite(max(abs(rx))^2 * n * p))
     stop("vb_fit(): the design matrix has entries too large to compute with (X'X overflows double precision); rescale the predictors.", call. = FALSE)
   num <- function(v, nm) {
     if (is.null(v)) return(NULL)
