@@ -4,10 +4,12 @@
 # glm() on the same data.  Timings are CPU-second (user + system) medians of
 # `reps` runs in this one R process: the machine is shared by several
 # developers, so elapsed time measures the load; load averages are printed.
-# VBAYES_BENCH_SIZES="1e4x10,1e5x200" picks sizes; VBAYES_BENCH_REPS reps.
+# VBAYES_BENCH_SIZES="1e4x10,1e5x200" picks sizes ("" skips the table),
+# VBAYES_BENCH_SECTIONS="iter,sweep,memory" the other sections; VBAYES_BENCH_REPS reps.
 suppressPackageStartupMessages(library(vbayes))
 reps <- as.integer(Sys.getenv("VBAYES_BENCH_REPS", "3"))
 sizes <- strsplit(strsplit(Sys.getenv("VBAYES_BENCH_SIZES", "1e4x10,1e4x200,1e5x30,1e5x200,1e6x10"), ",")[[1]], "x")
+sections <- strsplit(Sys.getenv("VBAYES_BENCH_SECTIONS", "iter,sweep,memory"), ",")[[1]]
 load <- function() paste(scan("/proc/loadavg", what = "", n = 3, quiet = TRUE), collapse = " ")
 cat(sprintf("# bench/speed.R  %s  nproc %s  R %s  BLAS %s\n", format(Sys.time(), tz = "UTC", usetz = TRUE),
             parallel::detectCores(), getRversion(), basename(extSoftVersion()[["BLAS"]])))
@@ -32,7 +34,7 @@ make_data <- function(n, p, fam, seed = 1) {
 ctl <- vb_control(quiet = TRUE)
 fam_of <- list(gaussian = gaussian(), poisson = poisson(), binomial = binomial())
 rows <- list()
-cat("\n| family | n | p | glm() s | lm() s | vb fullrank s (it) | ratio glm | ratio lm | vb meanfield s (it) | ratio glm | load |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+if (length(sizes)) cat("\n| family | n | p | glm() s | lm() s | vb fullrank s (it) | ratio glm | ratio lm | vb meanfield s (it) | ratio glm | load |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 for (sz in sizes) {
   n <- as.numeric(sz[1]); p <- as.integer(sz[2])
   r <- if (n * p > 1e6) 1L else reps
@@ -52,6 +54,7 @@ for (sz in sizes) {
 }
 
 # ---- a fullrank iteration against crossprod(X), n = 1e5, p = 200 ----------
+if ("iter" %in% sections) {
 cat("\n## Fullrank iteration vs crossprod(X) (n = 1e5, p = 200)\n\n| family | crossprod s | vb fullrank s | iterations | per iteration / crossprod | load |\n|---|---|---|---|---|---|\n")
 for (fam in c("poisson", "binomial")) {
   d <- make_data(1e5, 200, fam)
@@ -60,8 +63,10 @@ for (fam in c("poisson", "binomial")) {
   it <- attr(tf, "value")$iterations
   cat(sprintf("| %s | %.3f | %.3f | %d | %.2f | %s |\n", fam, tc, tf, it, tf / (it + 1) / tc, load()))
 }
+}
 
 # ---- a meanfield sweep against its floor, n = 1e5, p = 100 ----------------
+if ("sweep" %in% sections) {
 cat("\n## Meanfield sweep vs its floor (n = 1e5, p = 100)\n\n")
 d <- make_data(1e5, 100, "poisson")
 t_read <- med(function() colSums(d$X), 5L)
@@ -78,8 +83,10 @@ for (fam in c("poisson", "binomial")) {
   cat(sprintf("| %s | %.3f | %d | %.4f | %.2f | %s |\n", fam, tm, it, sweep[fam], sweep[fam] / floor_s, load()))
 }
 cat(sprintf("\nbinomial sweep / poisson sweep = %.2f\n", sweep[["binomial"]] / sweep[["poisson"]]))
+}
 
 # ---- peak memory: R heap max used beyond the data, and the process peak ---
+if ("memory" %in% sections) {
 cat("\n## Peak memory beyond the data (n = 1e6, p = 10; forked child per call)\n\n| family | call | R heap max used, MB | VmHWM increase, MB |\n|---|---|---|---|\n")
 peak <- function(expr_fun) {
   job <- parallel::mcparallel({
@@ -107,3 +114,4 @@ for (fam in names(fam_of)) {
   }
 }
 cat(sprintf("\nX is %.0f MB; load at the end %s\n", 1e6 * 10 * 8 / 2^20, load()))
+}
