@@ -32,6 +32,9 @@ vb_status_message <- function(status, what = "vb()", iterations = NA, tol = NA, 
 # Returns TRUE when converged.
 check_status <- function(status, what = "vb()", iterations = NA, tol = NA, knob = "maxit") {
   status <- as.integer(status)
+  # a progress message whose handler jumped (tryCatch(message = ), an error):
+  # the engine stopped cleanly; now continue that jump (src/util.c)
+  if (identical(status, vb_status_codes[["interrupted"]])) .Call(C_vb_resume_unwind, status)
   if (status %in% vb_status_codes[c("interrupted", "lapack_arg", "bad_input")])
     stop(vb_status_message(status, what, iterations, tol, knob), call. = FALSE)
   if (status != 0L) warning(vb_status_message(status, what, iterations, tol, knob), call. = FALSE)

@@ -65,7 +65,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   v <- core$eta_var
   fitted <- response_mean(family, eta, v, control$gh_nodes)
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
-  rank <- design_rank(X)
+  rank <- if (is.numeric(core$rank) && !is.na(core$rank)) core$rank else design_rank(X)
   separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, mu)
   fit <- list(coefficients = mu, vcov = Sigma, elbo = core$elbo, elbo_trace = core$trace,
               elbo_terms = c(elbo = core$elbo, loglik = core$loglik, kl = core$kl),
@@ -92,10 +92,12 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
   if (n == 0L) stop("vb_fit(): there are no observations.", call. = FALSE)
   if (is.null(colnames(X)) && p > 0L) colnames(X) <- paste0("x", seq_len(p))
   if (!is.double(X)) storage.mode(X) <- "double"
-  if (p > 0L && (anyNA(X) || any(is.infinite(range(X)))))
+  # one range() pass (no n x p temporaries); anyNA() first, it is cheap
+  rx <- if (p == 0L) c(0, 0) else if (anyNA(X)) NA_real_ else range(X)
+  if (anyNA(rx) || any(is.infinite(rx)))
     stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
   # the engines form X'WX and x_t' Sigma x_t: their entries must not overflow
-  if (p > 0L && !is.finite(max(abs(range(X)))^2 * n * p))
+  if (p > 0L && !is.finite(max(abs(rx))^2 * n * p))
     stop("vb_fit(): the design matrix has entries too large to compute with (X'X overflows double precision); rescale the predictors.", call. = FALSE)
   num <- function(v, nm) {
     if (is.null(v)) return(NULL)
@@ -142,12 +144,15 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
 }
 
 # Numerical rank of X from a pivoted Cholesky factor of the column-scaled
-# X'X: one crossprod (n p^2 / 2 flops) instead of a QR of X.
+# X'X: one crossprod (n p^2 / 2 flops, no n x p temporary) instead of a QR of
+# X.  The engines return the rank of X'WX when they form it (fullrank and
+# joint mean steps); this is the fallback.
 design_rank <- function(X) {
   if (ncol(X) == 0L) return(0L)
-  cs <- sqrt(colSums(X^2))
+  XtX <- crossprod(X)
+  cs <- sqrt(diag(XtX))
   cs[cs == 0] <- 1
-  XtX <- crossprod(X) / tcrossprod(cs)
+  XtX <- XtX / tcrossprod(cs)
   attr(suppressWarnings(chol(XtX, pivot = TRUE, tol = 1e-9)), "rank")
 }
 
@@ -159,35 +164,48 @@ design_rank <- function(X) {
 # directions exactly: each column alone and the posterior mean, each with the
 # best intercept when the model has one.  A note is printed only with such a
 # certificate in hand; separation along other directions can go unreported.
+# Cost: one pass over X (a column at a time, no copy of X) and one X mu; each
+# direction is judged from the ranges of u = X d over the three kinds of rows.
 is_separated <- function(X, y, weights, mu = NULL) {
+  side <- ifelse(y == weights, 1, ifelse(y == 0, -1, 0)) # all successes, all failures, mixed
+  side[weights <= 0] <- NA
+  pos <- which(side > 0); neg <- which(side < 0); mix <- which(side == 0)
   keep <- weights > 0
-  X <- X[keep, , drop = FALSE]; y <- y[keep]; w <- weights[keep]
-  side <- ifelse(y == w, 1, ifelse(y == 0, -1, 0)) # all successes, all failures, mixed
-  int <- which(colnames(X) == "(Intercept)" & apply(X, 2L, function(x) all(x == 1)))
+  int <- which(colnames(X) == "(Intercept)")
+  int <- int[vapply(int, function(j) all(X[keep, j] == 1), TRUE)]
   cols <- setdiff(seq_len(ncol(X)), int)
   tol <- 1e-10
-  certify <- function(u) {
-    u <- u / max(abs(u), 1e-300)
+  rng <- function(u, idx) if (length(idx)) range(u[idx]) else c(Inf, -Inf)
+  # rp, rn, rm: ranges of u over the success-only, failure-only and mixed rows
+  certify <- function(rp, rn, rm) {
+    ends <- c(rp, rn, rm)
+    sc <- max(abs(ends[is.finite(ends)]), 1e-300)
+    rp <- rp / sc; rn <- rn / sc; rm <- rm / sc
+    cc <- 0
     if (length(int)) {
-      lo <- max(c(-Inf, -u[side > 0])); hi <- min(c(Inf, -u[side < 0]))
-      mixed <- u[side == 0]
-      if (length(mixed)) {
-        if (diff(range(mixed)) > tol) return(FALSE)
-        cc <- -mixed[1]
+      lo <- -rp[1]; hi <- -rn[2]
+      if (length(mix)) {
+        if (rm[2] - rm[1] > tol) return(FALSE)
+        cc <- -rm[1]
         if (cc < lo - tol || cc > hi + tol) return(FALSE)
       } else {
         if (lo > hi + tol) return(FALSE)
         cc <- if (is.finite(lo)) lo else if (is.finite(hi)) hi else 0
       }
-      u <- u + cc
     }
-    all(u[side > 0] >= -tol) && all(u[side < 0] <= tol) && all(abs(u[side == 0]) <= tol) &&
-      any(abs(u) > tol)
+    e <- c(rp, rn, rm) + cc
+    rp[1] + cc >= -tol && rn[2] + cc <= tol && (!length(mix) || max(abs(rm + cc)) <= tol) &&
+      any(abs(e[is.finite(e)]) > tol)
   }
-  for (j in cols) if (certify(X[, j]) || certify(-X[, j])) return(TRUE)
+  both <- function(u) {
+    rp <- rng(u, pos); rn <- rng(u, neg); rm <- rng(u, mix)
+    certify(rp, rn, rm) || certify(-rev(rp), -rev(rn), -rev(rm))
+  }
+  for (j in cols) if (both(X[, j])) return(TRUE)
   if (!is.null(mu) && length(cols) > 1L) {
-    u <- drop(X[, cols, drop = FALSE] %*% mu[cols])
-    if (certify(u)) return(TRUE)
+    m <- mu; m[int] <- 0
+    rp <- rng(u <- drop(X %*% m), pos)
+    if (certify(rp, rng(u, neg), rng(u, mix))) return(TRUE)
   }
   FALSE
 }

@@ -44,6 +44,8 @@ typedef struct {
     double pred;                             /* predicted gain of this sweep */
     int joint;                               /* joint mean steps on         */
     double *jH, *jg, *jd, *jw;               /* p x p, p, p, chunk x p      */
+    int rank;                                /* rank of X'WX, -1 until known */
+    double *rwork;                           /* p^2 + 4p for vb_gram_rank    */
 } cavi_state;
 
 static void set_tau(cavi_state *S) {
@@ -97,6 +99,13 @@ static void block_columns(cavi_state *S, int b) {
         S->Xk = M->X;
         return;
     }
+    int contiguous = 1; /* a single column, or adjacent ones: read X in place */
+    for (int j = 1; j < k; j++)
+        contiguous = contiguous && ix[j] == ix[0] + j;
+    if (contiguous) {
+        S->Xk = M->X + (size_t)ix[0] * n;
+        return;
+    }
     for (int j = 0; j < k; j++)
         memcpy(S->Xb + (size_t)j * n, M->X + (size_t)ix[j] * n, sizeof(double) * n);
     S->Xk = S->Xb;
@@ -113,10 +122,22 @@ static int block_target(cavi_state *S, int b, int at_prior_var) {
     const int *ix = S->idx + S->bstart[b];
     double done = 1.0, dzero = 0.0, a, c;
     block_columns(S, b);
-    for (int t = 0; t < n; t++)
-        S->work[t] = -2.0 * S->dv[t];
-    if (vb_xtwx(n, k, S->Xk, n, S->work, S->Z, S->Lb) != VB_OK) return VB_INTERRUPTED;
-    F77_CALL(dgemv)("T", &n, &k, &done, S->Xk, &n, S->dm, &one, &dzero, S->g, &one FCONE);
+    if (k == 1) { /* one pass: x' diag(-2 dv) x and x' dm */
+        const double *x = S->Xk;
+        double h = 0, g = 0;
+        for (int t = 0; t < n; t++) {
+            h -= 2.0 * S->dv[t] * x[t] * x[t];
+            g += x[t] * S->dm[t];
+        }
+        S->Lb[0] = h;
+        S->g[0] = g;
+    } else {
+        for (int t = 0; t < n; t++)
+            S->work[t] = -2.0 * S->dv[t];
+        if (vb_xtwx(n, k, S->Xk, n, S->work, S->Z, S->Lb) != VB_OK) return VB_INTERRUPTED;
+        F77_CALL(dgemv)("T", &n, &k, &done, S->Xk, &n, S->dm, &one, &dzero, S->g, &one FCONE);
+    }
+    if (S->nb == 1 && S->rank < 0) S->rank = vb_gram_rank(k, S->Lb, S->rwork);
     for (int i = 0; i < k; i++) {
         int j = ix[i];
         double s2 = at_prior_var ? M->pscale[j] * M->pscale[j] : S->Sig[j + (size_t)j * p];
@@ -192,15 +213,28 @@ static int block_try(double a, void *ctx, double *val) {
     memcpy(S->Sa, S->Rb, sizeof(double) * kk);
     info = vb_chol_inv(k, S->Sa, k);
     if (info != 0) return vb_lapack_status(info);
-    F77_CALL(dgemv)("N", &n, &k, &done, S->Xk, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
-    if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vt) != VB_OK) return VB_INTERRUPTED;
-    for (int t = 0; t < n; t++) {
-        S->mt[t] += S->m[t];
-        S->vt[t] = S->v[t] - S->vold[t] + S->vt[t];
-        if (S->vt[t] < 0) S->vt[t] = 0;
+    if (k == 1) {
+        /* one pass: m, v and the expectations at the trial point */
+        const double *x = S->Xk;
+        double d = S->delta[0], ds2 = S->Sa[0] - S->Scur[0], F = 0;
+        for (int t = 0; t < n; t++) {
+            double mt = S->m[t] + d * x[t], vt = S->v[t] + ds2 * x[t] * x[t];
+            S->mt[t] = mt;
+            S->vt[t] = vt = vt < 0 ? 0 : vt;
+            F += vb_glm_obs(S->M, t, mt, vt, S->dmt + t, S->dvt + t);
+        }
+        bt->Fa = F;
+    } else {
+        F77_CALL(dgemv)("N", &n, &k, &done, S->Xk, &n, S->delta, &one, &dzero, S->mt, &one FCONE);
+        if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vt) != VB_OK) return VB_INTERRUPTED;
+        for (int t = 0; t < n; t++) {
+            S->mt[t] += S->m[t];
+            S->vt[t] = S->v[t] - S->vold[t] + S->vt[t];
+            if (S->vt[t] < 0) S->vt[t] = 0;
+        }
+        /* derivatives at the trial point come for free; kept if it is accepted */
+        bt->Fa = sum_obs(S, S->mt, S->vt, S->dmt, S->dvt);
     }
-    /* derivatives at the trial point come for free; kept if it is accepted */
-    bt->Fa = sum_obs(S, S->mt, S->vt, S->dmt, S->dvt);
     *val = bt->Fa + block_prior_entropy(S, b, S->mua, S->Sa, vb_chol_logdet(k, S->Rb, k));
     return VB_OK;
 }
@@ -295,8 +329,8 @@ static int block_step(cavi_state *S, int b, double *F) {
     double old = *F + block_prior_entropy(S, b, S->mub, S->Scur, vb_chol_logdet(k, S->Rb, k));
     if (S->nb == 1)
         memcpy(S->vold, S->v, sizeof(double) * n);
-    else if (block_var(n, k, S->Xk, S->Rb, S->Z, S->vold) != VB_OK)
-        return VB_INTERRUPTED;
+    else if (k > 1 && block_var(n, k, S->Xk, S->Rb, S->Z, S->vold) != VB_OK)
+        return VB_INTERRUPTED; /* k = 1: the trial updates v by x^2 (s2_new - s2_old) */
     block_trial bt = {S, b, 0};
     double a, val;
     int st = vb_step_search(block_try, &bt, old, &a, &val);
@@ -350,6 +384,7 @@ static int joint_mean_step(cavi_state *S, double *F) {
     for (int t = 0; t < n; t++)
         S->work[t] = -2.0 * S->dv[t];
     if (vb_xtwx(n, p, M->X, n, S->work, work, H) != VB_OK) return VB_INTERRUPTED;
+    if (S->rank < 0) S->rank = vb_gram_rank(p, H, S->rwork);
     F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->dm, &one, &dzero, g, &one FCONE);
     double G = 0;
     for (int j = 0; j < p; j++) {
@@ -381,12 +416,18 @@ static int joint_mean_step(cavi_state *S, double *F) {
 
 /* ------------------------------------------------------------- sweeps -- */
 
-/* Full ELBO and its parts at the current state. */
-static int full_elbo(cavi_state *S, double *F, double *loglik, double *kl, double *elbo) {
+/*
+ * Full ELBO and its parts at the current state.  With `F_current` the sum
+ * over observations in *F is taken as it stands (the block steps keep it
+ * current, so a sweep does not pay n more expectations); gaussian sweeps
+ * recompute it after the q(tau) step.
+ */
+static int full_elbo(cavi_state *S, double *F, double *loglik, double *kl, double *elbo,
+                     int F_current) {
     vb_glm *M = S->M;
     int p = M->p;
     double G = 0, ldet = 0, a, c;
-    *F = sum_obs(S, S->m, S->v, NULL, NULL);
+    if (!F_current) *F = sum_obs(S, S->m, S->v, NULL, NULL);
     *loglik = *F + M->llconst;
     for (int j = 0; j < p; j++)
         G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
@@ -461,7 +502,7 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
     double F;
     int it = 0, st = cavi_start(S);
     *iter = 0;
-    if (st == VB_OK) st = full_elbo(S, &F, ll, kl, elbo);
+    if (st == VB_OK) st = full_elbo(S, &F, ll, kl, elbo, 0);
     if (st != VB_OK) return st;
     vb_trace_push(tr, *elbo);
     vb_progress pr;
@@ -487,7 +528,7 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
         }
         if (S->M->family == VB_GAUSSIAN) gaussian_tau_update(S);
         double prev = *elbo;
-        st = full_elbo(S, &F, ll, kl, elbo);
+        st = full_elbo(S, &F, ll, kl, elbo, S->M->family != VB_GAUSSIAN);
         if (st != VB_OK) return st;
         vb_trace_push(tr, *elbo);
         vb_progress_tick(&pr, "vb", it, *elbo);
@@ -498,6 +539,150 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
         if (vb_interrupted()) return VB_INTERRUPTED;
     }
     return VB_MAXIT;
+}
+
+/* ------------------------------------------- gaussian, fullrank, normal -- */
+
+/*
+ * The gaussian family with a dense q(beta) and normal priors, by sufficient
+ * statistics: G = X' diag(w) X and h = X' diag(w) (y - offset) are formed once
+ * (one dsyrk pass and one dgemv), after which the q(beta) step (exact:
+ * Lambda = E tau G + P, mu = Lambda^{-1} (E tau h + P m0)) costs O(p^3) and the
+ * q(tau) step needs sum_t w_t ((y_t - m_t)^2 + v_t) = ||W^1/2 (y - m)||^2 +
+ * tr(G Sigma): the residuals by one dgemv (O(np), no cancellation against
+ * y'Wy) and the variance part by the trace.  The linear-predictor variances
+ * v_t are computed once, at the end.  The same ELBO as the general sweep, the
+ * same starting point, updates and convergence test.
+ */
+typedef struct {
+    double *G, *h, *R, *g, *work; /* p x p, p, p x p, p, p x p */
+    double neff;                  /* observations with positive weight */
+} gauss_stats;
+
+/* m = offset + X mu; returns sum_t w_t (y_t - m_t)^2 */
+static double gauss_rss(cavi_state *S) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0, ss = 0;
+    memcpy(S->m, M->off, sizeof(double) * n);
+    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+    for (int t = 0; t < n; t++) {
+        double r = M->y[t] - S->m[t];
+        ss += M->wt[t] * r * r;
+    }
+    return ss;
+}
+
+/* q(tau) from the current q(beta) (Sig holds Sigma), then the ELBO. */
+static int gauss_tau_elbo(cavi_state *S, gauss_stats *T, double *elbo, double *ll, double *kl) {
+    vb_glm *M = S->M;
+    int p = M->p;
+    double tr = 0, G = 0, a, c;
+    for (size_t i = 0; i < (size_t)p * p; i++)
+        tr += T->G[i] * S->Sig[i];
+    double ss = gauss_rss(S) + tr;
+    S->A = M->a0 + 0.5 * T->neff;
+    S->B = M->b0 + 0.5 * ss;
+    set_tau(S);
+    for (int j = 0; j < p; j++)
+        G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
+    double F = 0.5 * (T->neff * M->Elogtau - M->Etau * ss);
+    double negkl = G - 0.5 * vb_chol_logdet(p, T->R, p) + 0.5 * p * (1 + VB_LOG2PI) +
+                   vb_glm_tau_terms(M, S->A, S->B);
+    *ll = F + M->llconst;
+    *kl = -negkl;
+    *elbo = *ll + negkl;
+    return R_FINITE(*elbo) ? VB_OK : VB_NONFINITE;
+}
+
+/* q(beta) at the current E tau: Lambda into Lam, its factor into R, Sigma into Sig. */
+static int gauss_beta(cavi_state *S, gauss_stats *T, int move_mean) {
+    vb_glm *M = S->M;
+    int p = M->p;
+    size_t pp = (size_t)p * p;
+    double Et = M->Etau;
+    for (size_t i = 0; i < pp; i++)
+        S->Lam[i] = Et * T->G[i];
+    for (int j = 0; j < p; j++) {
+        double b2 = M->pscale[j] * M->pscale[j];
+        S->Lam[j + (size_t)j * p] += 1.0 / b2;
+        T->g[j] = Et * T->h[j] + M->ploc[j] / b2;
+    }
+    memcpy(T->R, S->Lam, sizeof(double) * pp);
+    int info = vb_chol(p, T->R, p);
+    if (info != 0) return vb_lapack_status(info);
+    if (move_mean) {
+        vb_chol_solve(p, T->R, p, T->g);
+        memcpy(S->mu, T->g, sizeof(double) * p);
+    }
+    memcpy(S->Sig, T->R, sizeof(double) * pp);
+    info = vb_chol_inv(p, S->Sig, p);
+    return info != 0 ? vb_lapack_status(info) : VB_OK;
+}
+
+/* The gain a q(beta) step would make now (as block_predicted_gain). */
+static double gauss_pred(cavi_state *S, gauss_stats *T) {
+    vb_glm *M = S->M;
+    int p = M->p;
+    size_t pp = (size_t)p * p;
+    double Et = M->Etau, *Lstar = T->work + pp, *g = T->g;
+    for (int j = 0; j < p; j++) {
+        double b2 = M->pscale[j] * M->pscale[j], s = 0;
+        for (int i = 0; i < p; i++)
+            s += T->G[j + (size_t)i * p] * S->mu[i];
+        g[j] = Et * (T->h[j] - s) + (M->ploc[j] - S->mu[j]) / b2;
+    }
+    for (size_t i = 0; i < pp; i++)
+        Lstar[i] = Et * T->G[i];
+    for (int j = 0; j < p; j++)
+        Lstar[j + (size_t)j * p] += 1.0 / (M->pscale[j] * M->pscale[j]);
+    return block_predicted_gain(p, g, S->Lam, Lstar, S->Sig, T->work);
+}
+
+static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_trace *tr, int *iter,
+                     double *elbo, double *ll, double *kl) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1, st;
+    double done = 1.0, dzero = 0.0;
+    *iter = 0;
+    T->neff = 0;
+    for (int t = 0; t < n; t++) {
+        S->work[t] = M->wt[t] * (M->y[t] - M->off[t]);
+        T->neff += M->wt[t] > 0;
+    }
+    if (vb_xtwx(n, p, M->X, n, M->wt, S->Z, T->G) != VB_OK) return VB_INTERRUPTED;
+    if (p > 0)
+        F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->work, &one, &dzero, T->h, &one FCONE);
+    S->rank = vb_gram_rank(p, T->G, S->rwork);
+    if ((st = gauss_beta(S, T, 0)) != VB_OK) return st; /* the general start: mu kept */
+    if ((st = gauss_tau_elbo(S, T, elbo, ll, kl)) != VB_OK) return st;
+    vb_trace_push(tr, *elbo);
+    vb_progress pr;
+    vb_progress_init(&pr, set->quiet);
+    for (int it = 1; it <= set->maxit; it++) {
+        *iter = it;
+        double pred = gauss_pred(S, T), prev = *elbo;
+        if ((st = gauss_beta(S, T, 1)) != VB_OK) return st;
+        if ((st = gauss_tau_elbo(S, T, elbo, ll, kl)) != VB_OK) return st;
+        vb_trace_push(tr, *elbo);
+        vb_progress_tick(&pr, "vb", it, *elbo);
+        if (*elbo < prev - vb_step_slack(prev)) return VB_DECREASED;
+        if (vb_tol_met(prev, *elbo, set->tol) && pred <= set->tol * (fabs(*elbo) + set->tol))
+            return VB_OK;
+        if (vb_interrupted()) return VB_INTERRUPTED;
+    }
+    return VB_MAXIT;
+}
+
+/* The linear predictor's variances at the end: v_t = x_t' Lambda^{-1} x_t. */
+static int gauss_finish(cavi_state *S, gauss_stats *T) {
+    vb_glm *M = S->M;
+    int p = M->p;
+    memcpy(T->R, S->Lam, sizeof(double) * (size_t)p * p);
+    int info = vb_chol(p, T->R, p);
+    if (info != 0) return vb_lapack_status(info);
+    gauss_rss(S);
+    return vb_rowvar(M->n, p, M->X, M->n, T->R, S->Z, S->v);
 }
 
 /* ------------------------------------------------------- entry point -- */
@@ -577,14 +762,37 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     S.B = REAL(init)[p + 1];
     set_tau(&S);
 
+    S.rank = -1;
+    S.rwork = alloc0(pp + 4 * (size_t)p);
+    int gauss = M.family == VB_GAUSSIAN && nb == 1;
+    for (int j = 0; j < p; j++)
+        gauss = gauss && M.ptype[j] == VB_PRIOR_NORMAL;
+
     vb_trace tr;
     vb_trace_init(&tr);
     int it;
     double elbo = R_NaN, ll = R_NaN, kl = R_NaN;
-    int status = cavi_run(&S, &set, &tr, &it, &elbo, &ll, &kl);
+    int status;
+    if (gauss) {
+        gauss_stats T;
+        T.G = alloc0(pp);
+        T.h = alloc0(p);
+        T.R = alloc0(pp);
+        T.g = alloc0(p);
+        T.work = alloc0(2 * pp);
+        memset(S.v, 0, sizeof(double) * n);
+        status = gauss_run(&S, &T, &set, &tr, &it, &elbo, &ll, &kl);
+        if (status != VB_INTERRUPTED && !vb_unwind_pending()) {
+            int fs = gauss_finish(&S, &T);
+            if (fs != VB_OK && status == VB_OK) status = fs;
+        }
+    } else {
+        status = cavi_run(&S, &set, &tr, &it, &elbo, &ll, &kl);
+    }
     double tau[2] = {S.A, S.B};
     SEXP out = vb_glm_result(&M, S.mu, S.Sig, elbo, &tr, it, ll, kl, status,
                              M.family == VB_GAUSSIAN ? tau : NULL, S.m, S.v);
+    vb_glm_result_rank(out, S.rank);
     UNPROTECT(1);
     return out;
 }

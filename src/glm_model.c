@@ -186,8 +186,8 @@ double vb_glm_log_joint(const double *theta, double *grad, void *model) {
 SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, double elbo,
                    const vb_trace *tr, int it, double ll, double kl, int status, const double *tau,
                    const double *m, const double *v) {
-    const char *nms[] = {"mu",     "Sigma",     "elbo", "trace",    "loglik",  "kl", "iterations",
-                         "status", "converged", "tau",  "eta_mean", "eta_var", ""};
+    const char *nms[] = {"mu",     "Sigma",     "elbo", "trace",    "loglik",  "kl",   "iterations",
+                         "status", "converged", "tau",  "eta_mean", "eta_var", "rank", ""};
     int np = 0, n = M->n, p = M->p;
     SEXP out = vb_named_list(nms, &np);
     SET_VECTOR_ELT(out, 0, vb_real_vec(p, mu));
@@ -202,7 +202,12 @@ SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, doubl
     if (tau) SET_VECTOR_ELT(out, 9, vb_real_vec(2, tau));
     SET_VECTOR_ELT(out, 10, vb_real_vec(n, m));
     SET_VECTOR_ELT(out, 11, vb_real_vec(n, v));
+    SET_VECTOR_ELT(out, 12, Rf_ScalarInteger(NA_INTEGER));
     return out;
+}
+
+void vb_glm_result_rank(SEXP out, int rank) {
+    if (rank >= 0) SET_VECTOR_ELT(out, 12, Rf_ScalarInteger(rank));
 }
 
 /* ------------------------------------------------------- entry points -- */

@@ -35,6 +35,9 @@ SEXP C_amortized_fit(SEXP model, SEXP theta, SEXP control);
 SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP opts);
 SEXP C_amortized_refine(SEXP model, SEXP theta, SEXP m, SEXP v, SEXP control);
 
+/* util.c: a jump a progress handler asked for, resumed after the engine returned */
+SEXP C_vb_resume_unwind(SEXP status);
+
 /* clang-format off */
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
@@ -55,6 +58,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(amortized_fit, 3),
     CALLDEF(amortized_eval, 3),
     CALLDEF(amortized_refine, 5),
+    CALLDEF(vb_resume_unwind, 1),
     {NULL, NULL, 0}};
 /* clang-format on */
 

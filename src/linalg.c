@@ -87,9 +87,8 @@ int vb_rowvar(int n, int k, const double *X, int ldx, const double *R, double *w
         int nc = n - t0 < VB_CHUNK ? n - t0 : VB_CHUNK;
         for (int j = 0; j < k; j++)
             memcpy(work + (size_t)j * nc, X + (size_t)j * ldx + t0, sizeof(double) * nc);
-        if (k > 0)
-            F77_CALL(dtrsm)
-            ("R", "U", "N", "N", &nc, &k, &one, R, &k, work, &nc FCONE FCONE FCONE FCONE);
+        if (k > 0) F77_CALL(dtrsm)
+        ("R", "U", "N", "N", &nc, &k, &one, R, &k, work, &nc FCONE FCONE FCONE FCONE);
         for (int t = 0; t < nc; t++)
             out[t0 + t] = 0;
         for (int j = 0; j < k; j++)
@@ -111,4 +110,26 @@ void vb_linalg_error(int info, const char *what) {
 /* LAPACK's info as a status: > 0 a leading minor not positive definite, < 0 a bad argument. */
 int vb_lapack_status(int info) {
     return info == 0 ? VB_OK : info > 0 ? VB_NOT_PD : VB_LAPACK_ARG;
+}
+
+/*
+ * Numerical rank of a p x p Gram matrix G = X'WX (W > 0 on the rows that
+ * count): pivoted Cholesky (dpstrf, tol 1e-9) of G scaled to unit diagonal,
+ * the test R's chol(pivot = TRUE) makes, so the rank is that of the rows of X
+ * with positive weight.  work: p^2 + 4p doubles (the pivots fit in p).
+ * Returns the rank, or -1 when LAPACK failed.  Cost p^3/3.
+ */
+int vb_gram_rank(int p, const double *G, double *work) {
+    if (p == 0) return 0;
+    double *A = work, *d = work + (size_t)p * p, *wk = d + p, tol = 1e-9;
+    int *piv = (int *)(wk + 2 * (size_t)p), rank = 0, info = 0;
+    for (int j = 0; j < p; j++) {
+        double g = G[j + (size_t)j * p];
+        d[j] = g > 0 ? 1.0 / sqrt(g) : 1.0;
+    }
+    for (int j = 0; j < p; j++)
+        for (int i = 0; i < p; i++)
+            A[i + (size_t)j * p] = G[i + (size_t)j * p] * d[i] * d[j];
+    F77_CALL(dpstrf)("U", &p, A, &p, piv, &rank, &tol, wk, &info FCONE);
+    return info < 0 ? -1 : rank;
 }

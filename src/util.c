@@ -8,7 +8,12 @@
  * worker calls returns a value or a status.
  */
 #include "vbayes.h"
+#include <setjmp.h>
 #include <time.h>
+
+/* a jump a progress handler asked for, kept until R resumes it (see below) */
+static SEXP unwind_token = NULL; /* preserved once, reused for every message */
+static int unwind_pending = 0;
 
 /* ------------------------------------------------------ named lists -- */
 
@@ -158,21 +163,81 @@ static void check_interrupt_fn(void *dummy) {
 
 int vb_interrupted(void) {
     static clock_t last = 0;
+    if (unwind_pending) return 1;
     clock_t now = clock();
     if (now != (clock_t)-1 && now - last < CLOCKS_PER_SEC / 10 && now >= last) return 0;
     last = now;
     return !R_ToplevelExec(check_interrupt_fn, NULL);
 }
 
+/*
+ * Progress lines are R messages (message(), so suppressMessages() and
+ * withCallingHandlers() see them), emitted from inside a worker.  A handler
+ * may leave by a longjmp (tryCatch(message = ), a calling handler that
+ * stops, an interrupt while printing).  R_UnwindProtect catches that jump,
+ * its clean-up function longjmps back here (the jump never crosses the
+ * worker's frames), and the jump is kept pending: vb_interrupted() then
+ * reports 1, the worker returns VB_INTERRUPTED, the entry point restores its
+ * state and returns, and R's check_status() calls C_vb_resume_unwind() to
+ * continue the jump to the handler that asked for it.
+ */
+
+static SEXP emit_message(void *text) {
+    SEXP call = PROTECT(Rf_lang2(Rf_install("message"), Rf_mkString((const char *)text)));
+    Rf_eval(call, R_BaseEnv);
+    UNPROTECT(1);
+    return R_NilValue;
+}
+
+static void emit_cleanup(void *jb, Rboolean jump) {
+    if (jump) longjmp(*(jmp_buf *)jb, 1);
+}
+
+int vb_unwind_pending(void) {
+    return unwind_pending;
+}
+
 void vb_progress_init(vb_progress *pr, int quiet) {
     pr->last = (double)clock() / CLOCKS_PER_SEC;
     pr->quiet = quiet;
+    pr->every = 1.0;
+    SEXP opt = Rf_GetOption1(Rf_install("vbayes.progress_interval"));
+    if (TYPEOF(opt) == REALSXP && Rf_length(opt) == 1 && R_FINITE(REAL(opt)[0]) &&
+        REAL(opt)[0] >= 0)
+        pr->every = REAL(opt)[0];
+    unwind_pending = 0; /* a jump nobody resumed belongs to an earlier run */
 }
 
 void vb_progress_tick(vb_progress *pr, const char *what, int it, double elbo) {
-    if (pr->quiet) return;
+    if (pr->quiet || unwind_pending) return;
     double now = (double)clock() / CLOCKS_PER_SEC;
-    if (now - pr->last < 1.0) return;
+    if (now - pr->last < pr->every) return;
     pr->last = now;
-    Rprintf("%s: iteration %d, ELBO %.6f\n", what, it, elbo);
+    char text[256];
+    snprintf(text, sizeof text, "%s: iteration %d, ELBO %.6f", what, it, elbo);
+    if (unwind_token == NULL) {
+        unwind_token = R_MakeUnwindCont();
+        R_PreserveObject(unwind_token);
+    }
+    jmp_buf jb;
+    if (setjmp(jb)) {
+        unwind_pending = 1;
+        return;
+    }
+    R_UnwindProtect(emit_message, text, emit_cleanup, &jb, unwind_token);
+}
+
+/*
+ * Continues a jump a progress handler asked for, given the status of the
+ * engine it stopped (VB_INTERRUPTED; a no-op when no jump is pending).
+ */
+SEXP C_vb_resume_unwind(SEXP status) {
+    if (TYPEOF(status) != INTSXP || Rf_length(status) != 1 || INTEGER(status)[0] != VB_INTERRUPTED)
+        Rf_error("'status' must be the interrupted status code %d (internal error)",
+                 VB_INTERRUPTED);
+    if (unwind_pending && unwind_token != NULL) {
+        unwind_pending = 0;
+        R_ContinueUnwind(unwind_token);
+    }
+    return R_NilValue;
 }

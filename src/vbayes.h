@@ -97,11 +97,18 @@ double vb_step_slack(double old);
  * entry point restore its state (the RNG) before R raises the condition.
  */
 int vb_interrupted(void);
-/* Progress: prints "<what>: iteration i, ELBO e" at most once a second. */
+/*
+ * Progress: "<what>: iteration i, ELBO e" as an R message() at most once a
+ * second of CPU (option vbayes.progress_interval, seconds), unless quiet.  A
+ * handler that jumps (tryCatch(message = ), an error, an interrupt) makes
+ * vb_interrupted() return 1 until the next vb_progress_init(): the worker
+ * returns VB_INTERRUPTED and R's check_status() resumes the jump.
+ */
 typedef struct {
-    double last;
+    double last, every;
     int quiet;
 } vb_progress;
+int vb_unwind_pending(void);
 void vb_progress_init(vb_progress *pr, int quiet);
 void vb_progress_tick(vb_progress *pr, const char *what, int it, double elbo);
 
@@ -131,8 +138,9 @@ void vb_chol_solve(int p, const double *R, int ldr, double *b); /* A x = b      
 int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work,
             double *out); /* X'diag(w)X, w>=0; VB_INTERRUPTED */
 int vb_rowvar(int n, int k, const double *X, int ldx, const double *R, double *work,
-              double *out);                       /* x_t'(R'R)^{-1}x_t per row */
-void vb_symmetrize(int p, double *A);             /* upper -> full  */
+              double *out);                             /* x_t'(R'R)^{-1}x_t per row */
+void vb_symmetrize(int p, double *A);                   /* upper -> full  */
+int vb_gram_rank(int p, const double *G, double *work); /* rank of X'WX; work p^2 + 4p */
 int vb_lapack_status(int info);                   /* info -> VB_OK / VB_NOT_PD / VB_LAPACK_ARG */
 void vb_linalg_error(int info, const char *what); /* R error; wrappers only */
 
@@ -181,6 +189,8 @@ double vb_glm_tau_terms(const vb_glm *M, double A, double B); /* E log p(tau) + 
 SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, double elbo,
                    const vb_trace *tr, int it, double ll, double kl, int status, const double *tau,
                    const double *m, const double *v);
+/* sets the result's `rank` (rank of X'WX over positive-weight rows; NA unless set) */
+void vb_glm_result_rank(SEXP out, int rank);
 
 /* ---- sgvb_targets.c: the log joints SGVB fits, behind the vb_log_joint contract ---- */
 /*

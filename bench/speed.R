@@ -1,0 +1,117 @@
+# Issue 18: vb() against glm() (and lm() for gaussian) across sizes, per
+# family, fullrank and meanfield; the cost of one fullrank iteration against
+# crossprod(X); a meanfield sweep against its floor; peak memory of vb() and
+# glm() on the same data.  Timings are CPU-second (user + system) medians of
+# `reps` runs in this one R process: the machine is shared by several
+# developers, so elapsed time measures the load; load averages are printed.
+# VBAYES_BENCH_SIZES="1e4x10,1e5x200" picks sizes ("" skips the table),
+# VBAYES_BENCH_SECTIONS="iter,sweep,memory" the other sections; VBAYES_BENCH_REPS reps.
+suppressPackageStartupMessages(library(vbayes))
+reps <- as.integer(Sys.getenv("VBAYES_BENCH_REPS", "3"))
+sizes <- strsplit(strsplit(Sys.getenv("VBAYES_BENCH_SIZES", "1e4x10,1e4x200,1e5x30,1e5x200,1e6x10"), ",")[[1]], "x")
+sections <- strsplit(Sys.getenv("VBAYES_BENCH_SECTIONS", "iter,sweep,memory"), ",")[[1]]
+load <- function() paste(scan("/proc/loadavg", what = "", n = 3, quiet = TRUE), collapse = " ")
+cat(sprintf("# bench/speed.R  %s  nproc %s  R %s  BLAS %s\n", format(Sys.time(), tz = "UTC", usetz = TRUE),
+            parallel::detectCores(), getRversion(), basename(extSoftVersion()[["BLAS"]])))
+med <- function(f, r = reps) {
+  tt <- numeric(r); out <- NULL
+  for (i in seq_len(r)) {
+    gc(FALSE)
+    st <- system.time(out <- f())
+    tt[i] <- st[["user.self"]] + st[["sys.self"]]
+  }
+  structure(median(tt), value = out)
+}
+make_data <- function(n, p, fam, seed = 1) {
+  set.seed(seed)
+  X <- cbind("(Intercept)" = 1, matrix(rnorm(n * (p - 1)), n, p - 1) / sqrt(p))
+  colnames(X) <- c("(Intercept)", paste0("x", seq_len(p - 1)))
+  b <- c(0.3, rnorm(p - 1, sd = 1))
+  eta <- drop(X %*% b)
+  y <- switch(fam, gaussian = eta + rnorm(n), poisson = rpois(n, exp(0.5 * eta)), binomial = rbinom(n, 1, plogis(eta)))
+  list(X = X, y = y)
+}
+ctl <- vb_control(quiet = TRUE)
+fam_of <- list(gaussian = gaussian(), poisson = poisson(), binomial = binomial())
+rows <- list()
+if (length(sizes)) cat("\n| family | n | p | glm() s | lm() s | vb fullrank s (it) | ratio glm | ratio lm | vb meanfield s (it) | ratio glm | load |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+for (sz in sizes) {
+  n <- as.numeric(sz[1]); p <- as.integer(sz[2])
+  r <- if (n * p > 1e6) 1L else reps
+  for (fam in names(fam_of)) {
+    d <- make_data(n, p, fam)
+    tg <- med(function() glm.fit(d$X, d$y, family = fam_of[[fam]]), r)
+    tl <- if (fam == "gaussian") med(function() lm.fit(d$X, d$y), r) else NA
+    tf <- med(function() vb_fit(d$X, d$y, family = fam_of[[fam]], control = ctl), r)
+    tm <- med(function() suppressWarnings(vb_fit(d$X, d$y, family = fam_of[[fam]], approx = "meanfield", control = ctl)), r)
+    f <- attr(tf, "value"); m <- attr(tm, "value")
+    cat(sprintf("| %s | %g | %d | %.3f | %s | %.3f (%d) | %.2f | %s | %.3f (%d) | %.2f | %s |\n", fam, n, p, tg,
+                if (is.na(tl)) "" else sprintf("%.3f", tl), tf, f$iterations, tf / tg,
+                if (is.na(tl)) "" else sprintf("%.2f", tf / tl), tm, m$iterations, tm / tg, load()))
+    rows[[length(rows) + 1]] <- data.frame(fam, n, p, tg, tl, tf, itf = f$iterations, tm, itm = m$iterations)
+    rm(d, f, m); gc(FALSE)
+  }
+}
+
+# ---- a fullrank iteration against crossprod(X), n = 1e5, p = 200 ----------
+if ("iter" %in% sections) {
+cat("\n## Fullrank iteration vs crossprod(X) (n = 1e5, p = 200)\n\n| family | crossprod s | vb fullrank s | iterations | per iteration / crossprod | load |\n|---|---|---|---|---|---|\n")
+for (fam in c("poisson", "binomial")) {
+  d <- make_data(1e5, 200, fam)
+  tc <- med(function() crossprod(d$X), 3L)
+  tf <- med(function() vb_fit(d$X, d$y, family = fam_of[[fam]], control = ctl), 1L)
+  it <- attr(tf, "value")$iterations
+  cat(sprintf("| %s | %.3f | %.3f | %d | %.2f | %s |\n", fam, tc, tf, it, tf / (it + 1) / tc, load()))
+}
+}
+
+# ---- a meanfield sweep against its floor, n = 1e5, p = 100 ----------------
+if ("sweep" %in% sections) {
+cat("\n## Meanfield sweep vs its floor (n = 1e5, p = 100)\n\n")
+d <- make_data(1e5, 100, "poisson")
+t_read <- med(function() colSums(d$X), 5L)
+t_exp <- med(function() exp(d$X), 5L)
+floor_s <- t_read + t_exp
+cat(sprintf("floor = X read once (colSums, %.4f s) + n p exponentials (exp(X), %.4f s) = %.4f s\n\n", t_read, t_exp, floor_s))
+cat("| family | vb meanfield s | sweeps | per sweep s | / floor | load |\n|---|---|---|---|---|---|\n")
+sweep <- c()
+for (fam in c("poisson", "binomial")) {
+  dd <- make_data(1e5, 100, fam)
+  tm <- med(function() suppressWarnings(vb_fit(dd$X, dd$y, family = fam_of[[fam]], approx = "meanfield", control = ctl)), 3L)
+  it <- attr(tm, "value")$iterations
+  sweep[fam] <- tm / (it + 1)
+  cat(sprintf("| %s | %.3f | %d | %.4f | %.2f | %s |\n", fam, tm, it, sweep[fam], sweep[fam] / floor_s, load()))
+}
+cat(sprintf("\nbinomial sweep / poisson sweep = %.2f\n", sweep[["binomial"]] / sweep[["poisson"]]))
+}
+
+# ---- peak memory: R heap max used beyond the data, and the process peak ---
+if ("memory" %in% sections) {
+cat("\n## Peak memory beyond the data (n = 1e6, p = 10; forked child per call)\n\n| family | call | R heap max used, MB | VmHWM increase, MB |\n|---|---|---|---|\n")
+peak <- function(expr_fun) {
+  job <- parallel::mcparallel({
+    hwm <- function() as.numeric(sub("[^0-9]*([0-9]+).*", "\\1", grep("^VmHWM", readLines("/proc/self/status"), value = TRUE))) / 1024
+    rss <- function() as.numeric(sub("[^0-9]*([0-9]+).*", "\\1", grep("^VmRSS", readLines("/proc/self/status"), value = TRUE))) / 1024
+    gc(reset = TRUE)
+    base <- sum(gc()[, 2])
+    r0 <- rss()
+    try(writeLines("5", "/proc/self/clear_refs"), silent = TRUE)
+    expr_fun()
+    g <- gc()
+    c(heap = sum(g[, ncol(g)]) - base, hwm = hwm() - r0)
+  })
+  parallel::mccollect(job)[[1]]
+}
+for (fam in names(fam_of)) {
+  d <- make_data(1e6, 10, fam)
+  for (call in c("glm", "vb fullrank", "vb meanfield")) {
+    f <- switch(call,
+      glm = function() glm(d$y ~ d$X - 1, family = fam_of[[fam]]),
+      "vb fullrank" = function() vb_fit(d$X, d$y, family = fam_of[[fam]], control = ctl),
+      "vb meanfield" = function() suppressWarnings(vb_fit(d$X, d$y, family = fam_of[[fam]], approx = "meanfield", control = ctl)))
+    pk <- peak(f)
+    cat(sprintf("| %s | %s | %.0f | %.0f |\n", fam, call, pk[["heap"]], pk[["hwm"]]))
+  }
+}
+cat(sprintf("\nX is %.0f MB; load at the end %s\n", 1e6 * 10 * 8 / 2^20, load()))
+}

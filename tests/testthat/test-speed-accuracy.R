@@ -1,0 +1,130 @@
+# Accuracy of the fast paths of issue 18 against independent references:
+# the binomial moment expansion (src/expect.c) against adaptive quadrature,
+# the gaussian sufficient-statistics path against a dense solve and lm(), the
+# rank the engine takes from X'WX against qr(), the one-pass separation check.
+
+quad <- function(m, v, g) {
+  s <- sqrt(v)
+  integrate(function(z) g(m + s * z) * dnorm(z), -Inf, Inf, rel.tol = 2e-14, abs.tol = 0,
+            subdivisions = 1000L)$value
+}
+softplus <- function(u) pmax(u, 0) + log1p(exp(-abs(u)))
+
+# f, df/dm, df/dv of one observation (y of w trials) from the closed-form ELBO
+# of a one-coefficient model x = 1, mu = m, Sigma = v (prior terms removed).
+obs_terms <- function(m, v, y = 0, w = 1, b = 1e3) {
+  gh <- vbayes:::gauss_hermite(32L)
+  mod <- list(X = matrix(1, 1, 1), y = y, offset = 0, weights = w, family = 2L, prior_type = 0L,
+              prior_location = 0, prior_scale = b, tau_prior = c(1, 1), gh_x = gh$x, gh_w = gh$w)
+  e <- .Call(vbayes:::C_glm_elbo, mod, m, matrix(v), c(1, 1))
+  c(f = e$loglik - lchoose(w, y), dm = e$grad_mu + m / b^2, dv = e$grad_Sigma[1] + 0.5 / b^2 - 0.5 / v)
+}
+
+test_that("binomial E softplus, E sigmoid, E sigmoid' match quadrature across the regimes of v", {
+  grid <- expand.grid(m = c(-35, -9, -2.5, -0.4, 0, 0.7, 3.2, 14), v = c(1e-4, 7e-4, 4e-3, 0.012, 0.03, 0.05, 0.08, 0.15, 0.22, 0.5, 3))
+  for (i in seq_len(nrow(grid))) {
+    m <- grid$m[i]; v <- grid$v[i]
+    got <- obs_terms(m, v)
+    ref <- c(-quad(m, v, softplus), -quad(m, v, plogis), -0.5 * quad(m, v, function(u) plogis(u) * plogis(-u)))
+    lab <- sprintf("m = %g, v = %g", m, v)
+    expect_lt(abs(got[["f"]] - ref[1]), 1e-13 * max(1, abs(ref[1])), label = paste("value,", lab))
+    expect_lt(abs(got[["dm"]] - ref[2]), 1e-13, label = paste("d/dm,", lab))
+    # d/dv is read through 0.5 / v, which loses about eps / v
+    expect_lt(abs(got[["dv"]] - ref[3]), 1e-13 + 4e-16 / v, label = paste("d/dv,", lab))
+  }
+})
+
+test_that("a logistic fit's ELBO is within 1e-10 (relative) of the quadrature ELBO, and its trace is monotone", {
+  set.seed(18)
+  n <- 3000
+  d <- data.frame(x1 = rnorm(n), x2 = rnorm(n), x3 = runif(n))
+  d$y <- rbinom(n, 1, plogis(-0.3 + d$x1 - 0.5 * d$x2 + d$x3))
+  pr <- list(type = rep("normal", 4), location = rep(0, 4), scale = c(10, 1, 1, 1))
+  for (ap in c("fullrank", "meanfield")) {
+    fit <- vb(y ~ x1 + x2 + x3, data = d, family = binomial(), approx = ap,
+              control = vb_control(quiet = TRUE, tol = 1e-10))
+    expect_true(fit$converged)
+    # most rows are in the expansion's regime (v <= 0.034)
+    expect_gt(mean(fit$linear.predictors.var <= 0.034), 0.9)
+    ref <- ref_elbo_fit(fit, pr)
+    expect_lt(abs(fit$elbo - ref[["elbo"]]) / abs(ref[["elbo"]]), 1e-10, label = ap)
+    tr <- fit$elbo_trace
+    expect_true(all(diff(tr) >= -1e-13 * abs(tr[-1])), label = paste(ap, "trace monotone"))
+  }
+})
+
+test_that("gaussian fullrank (sufficient statistics) is the CAVI fixed point by a dense solve and lm() in the wide-prior limit", {
+  set.seed(2)
+  n <- 400
+  X <- cbind("(Intercept)" = 1, a = rnorm(n), b = rnorm(n))
+  w <- rep(c(1, 2, 0, 0.5), length.out = n)
+  off <- runif(n)
+  y <- drop(X %*% c(1, -2, 0.5)) + off + rnorm(n, sd = 0.7)
+  fit <- vb_fit(X, y, weights = w, offset = off, prior = normal(0, 2), prior_intercept = normal(0, 5),
+                control = vb_control(quiet = TRUE, tol = 1e-12))
+  expect_true(fit$converged)
+  # q(beta) was updated at the E tau before the last q(tau) step: at tol = 1e-12
+  # on the ELBO (quadratic near the optimum) E tau has settled to about 1e-6
+  Et <- fit$tau[["shape"]] / fit$tau[["rate"]]
+  P <- diag(1 / c(5, 2, 2)^2)
+  Lam <- Et * crossprod(X, w * X) + P
+  mu <- solve(Lam, Et * crossprod(X, w * (y - off)))
+  expect_equal(unname(coef(fit)), unname(drop(mu)), tolerance = 1e-6)
+  expect_equal(unname(vcov(fit)), unname(solve(Lam)), tolerance = 1e-6)
+  # q(tau) = Gamma(a0 + n+/2, b0 + E||W^1/2 (y - X b - off)||^2 / 2), n+ rows with w > 0
+  r <- y - off - drop(X %*% mu)
+  B <- 1 + 0.5 * (sum(w * r^2) + sum(diag(crossprod(X, w * X) %*% solve(Lam))))
+  expect_equal(unname(fit$tau), c(1 + sum(w > 0) / 2, B), tolerance = 1e-6)
+  # the linear-predictor variances, computed once at the end
+  expect_equal(fit$linear.predictors.var, rowSums((X %*% solve(Lam)) * X), tolerance = 1e-6)
+  # the ELBO against the independent reference
+  ref <- ref_elbo_fit(fit, list(type = rep("normal", 3), location = rep(0, 3), scale = c(5, 2, 2)))
+  expect_equal(fit$elbo, ref[["elbo"]], tolerance = 1e-10)
+  # wide priors: lm()'s coefficients
+  fw <- vb_fit(X, y, weights = w, offset = off, prior = normal(0, 1e4), prior_intercept = normal(0, 1e4),
+               control = vb_control(quiet = TRUE))
+  expect_equal(unname(coef(fw)), unname(coef(lm(y ~ X - 1, weights = w, offset = off))), tolerance = 1e-6)
+})
+
+test_that("the rank comes from X'WX over rows with positive weight, as qr() gives it", {
+  set.seed(3)
+  n <- 200
+  x <- rnorm(n)
+  X <- cbind("(Intercept)" = 1, x = x, x2 = 2 * x + 1, z = rnorm(n))
+  y <- rpois(n, exp(0.2 + 0.3 * x))
+  for (fam in list(gaussian(), poisson(), binomial())) {
+    yy <- if (fam$family == "binomial") as.numeric(y > 1) else y
+    for (ap in c("fullrank", "meanfield")) {
+      f <- suppressWarnings(vb_fit(X, yy, family = fam, approx = ap, control = vb_control(quiet = TRUE)))
+      expect_equal(f$rank, qr(X)$rank, label = paste(fam$family, ap))
+    }
+  }
+  # a column that is non-zero only where the weight is zero does not count
+  X2 <- cbind(X[, c(1, 2, 4)], e = c(1, rep(0, n - 1)))
+  f <- vb_fit(X2, y, family = poisson(), weights = c(0, rep(1, n - 1)), control = vb_control(quiet = TRUE))
+  expect_equal(f$rank, 3L)
+})
+
+test_that("the separation check finds separating columns and the posterior-mean direction, with mixed rows and zero weights", {
+  set.seed(4)
+  n <- 60
+  x <- rnorm(n); z <- rnorm(n)
+  X <- cbind("(Intercept)" = 1, x = x, z = z)
+  expect_true(vbayes:::is_separated(X, as.numeric(x > 0.3), rep(1, n)))
+  expect_true(vbayes:::is_separated(X, as.numeric(x < -0.1), rep(1, n)))   # the negated column
+  expect_false(vbayes:::is_separated(X, rbinom(n, 1, 0.5) * 0 + as.numeric(rank(x) %% 2 == 0), rep(1, n)))
+  # quasi-complete: rows at x = 0 with both outcomes (binomial, 2 trials), the rest separated
+  x3 <- c(rep(0, 10), runif(25, 0.1, 2), -runif(25, 0.1, 2))
+  X3 <- cbind("(Intercept)" = 1, x = x3)
+  y3 <- c(rep(1, 10), rep(2, 25), rep(0, 25))
+  expect_true(vbayes:::is_separated(X3, y3, rep(2, 60)))
+  # a zero-weight row that would break separation is ignored
+  y4 <- as.numeric(x > 0.3); y4[which.max(x)] <- 0
+  w4 <- rep(1, n); w4[which.max(x)] <- 0
+  expect_false(vbayes:::is_separated(X, y4, rep(1, n)))
+  expect_true(vbayes:::is_separated(X, y4, w4))
+  # separation along x + z (no single column): found through the posterior mean
+  y5 <- as.numeric(x + z > 0)
+  expect_true(vbayes:::is_separated(X, y5, rep(1, n), mu = c(0, 1, 1)))
+  expect_false(vbayes:::is_separated(X, y5, rep(1, n)))
+})
