@@ -31,7 +31,10 @@
 #' @param prior_intercept Prior for the intercept.
 #' @param prior_precision [gamma_prior()] on the noise precision 1/sigma^2
 #'   (gaussian only).
-#' @param approx Variational family: `"fullrank"`, `"block"` or `"meanfield"`.
+#' @param approx Variational family: `"fullrank"`, `"block"` or `"meanfield"`;
+#'   with random effects also `"partial"` (the default there; see [vb_glmm_details]).
+#' @param prior_covariance Random effects only: [huang_wand()] (default) or
+#'   [inv_wishart()], the prior of each term's covariance matrix.
 #' @param method `"cavi"` (coordinate ascent; deterministic) or `"sgvb"`
 #'   (stochastic gradients).
 #' @param exposure Poisson only: the bin width or exposure time Delta, so that
@@ -69,8 +72,15 @@ vb <- function(formula, data, family = gaussian(), prior = normal(0, 1),
                prior_intercept = normal(0, 10), prior_precision = gamma_prior(1, 1),
                approx = c("fullrank", "block", "meanfield"), method = c("cavi", "sgvb"),
                exposure = NULL, weights, subset, na.action, offset,
-               control = vb_control(), x = TRUE, y = TRUE, contrasts = NULL) {
+               control = vb_control(), x = TRUE, y = TRUE, contrasts = NULL,
+               prior_covariance = huang_wand()) {
   cl <- match.call()
+  # random effects (lme4 bars): the hierarchical front end in glmm.R
+  if (inherits(formula, "formula") && has_bars(formula))
+    return(vb_glmm(cl, formula, if (missing(data)) environment(formula) else data, family, prior,
+                   prior_intercept, prior_precision, prior_covariance,
+                   if (missing(approx)) NULL else approx, control, x, y, contrasts,
+                   missing(prior), missing(prior_intercept), parent.frame()))
   family <- check_family(family)
   approx <- match.arg(approx)
   method <- match.arg(method)

@@ -28,6 +28,9 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
 SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts);
 SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
 
+/* glmm_cavi.c (model: glmm_model.c) */
+SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control);
+
 /* clang-format off */
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
@@ -44,6 +47,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(lds_poisson_mstep, 7),
     CALLDEF(sgvb_fit, 6),
     CALLDEF(sgvb_grad, 4),
+    CALLDEF(glmm_cavi, 3),
     {NULL, NULL, 0}};
 /* clang-format on */
 
