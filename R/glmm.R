@@ -390,11 +390,11 @@ nlme::VarCorr
 #' head(ranef(fit)$g)
 #' VarCorr(fit)
 #' @name vbglmm-effects
-#' @exportS3Method nlme::fixef
+#' @export
 fixef.vbglmm <- function(object, ...) object[["coefficients"]]
 
 #' @rdname vbglmm-effects
-#' @exportS3Method nlme::ranef
+#' @export
 ranef.vbglmm <- function(object, condVar = TRUE, ...) {
   out <- lapply(object[["ranef"]], function(f) {
     df <- as.data.frame(f$mean, check.names = FALSE)
@@ -434,7 +434,7 @@ iw_draws <- function(cq, S) {
 }
 
 #' @rdname vbglmm-effects
-#' @exportS3Method nlme::VarCorr
+#' @export
 VarCorr.vbglmm <- function(x, level = 0.95, ndraws = 4000, ...) {
   check_level(level)
   ndraws <- check_count(ndraws, "ndraws", 1e6)
@@ -573,4 +573,291 @@ print.summary.vbglmm <- function(x, digits = max(3L, getOption("digits") - 3L), 
   cat("Fixed effects:\n")
   printCoefmat(x$coefficients, digits = digits, has.Pvalue = FALSE)
   invisible(x)
+}
+
+# ---- q_sample / log_joint (vb_diagnose, draws, simulate) --------------------
+# theta = (beta, b in the engine's order: factor, group, effect, [log_tau],
+# per covariance block the lower triangle of Sigma_c (column by column) and,
+# for huang_wand, log a_k).  log q and log p are densities in these coordinates.
+
+glmm_theta_names <- function(fit) {
+  nm <- names(fit$coefficients)
+  for (f in fit$ranef) nm <- c(nm, paste0("b[", rep(f$levels, each = length(f$cnms)), ",", f$cnms, "|", f$name, "]"))
+  if (!is.null(fit$tau)) nm <- c(nm, "log_tau")
+  for (cq in fit$cov_q) {
+    if (cq$type == 2L) next
+    d <- length(cq$names)
+    ij <- which(lower.tri(diag(d), diag = TRUE), arr.ind = TRUE)
+    nm <- c(nm, sprintf("Sigma[%s,%s|%s]", cq$names[ij[, 1]], cq$names[ij[, 2]], cq$factor))
+    if (cq$type == 0L) nm <- c(nm, sprintf("log_a[%s|%s]", cq$names, cq$factor))
+  }
+  nm
+}
+
+ldiw <- function(S, m, Psi) { # log inverse-Wishart density at one matrix
+  d <- nrow(S)
+  R <- chol(S)
+  0.5 * m * as.numeric(determinant(Psi)$modulus) - 0.5 * m * d * log(2) - lmvgamma(d, m / 2) -
+    (m + d + 1) * sum(log(diag(R))) - 0.5 * sum(diag(Psi %*% chol2inv(R)))
+}
+lmvgamma <- function(d, x) 0.25 * d * (d - 1) * log(pi) + sum(lgamma(x - (seq_len(d) - 1) / 2))
+
+#' @export
+q_sample.vbglmm <- function(fit, S) {
+  p <- length(fit$coefficients)
+  if (!is.null(fit$Sigma_full)) {
+    D <- nrow(fit$Sigma_full)
+    mu <- c(fit$coefficients, unlist(lapply(fit$ranef, function(f) as.vector(t(f$mean)))))
+    out <- gaussian_q_sample(mu, fit$Sigma_full, S)
+    th <- out$theta; lq <- out$logq
+  } else {
+    qb <- gaussian_q_sample(fit$coefficients, fit$vcov, S)
+    th <- qb$theta; lq <- qb$logq
+    Vi <- if (p) solve(fit$vcov) else matrix(0, 0, 0)
+    dev <- th - fit$coefficients
+    for (f in fit$ranef) {
+      d <- length(f$cnms); G <- length(f$levels)
+      B <- matrix(0, G * d, S)
+      for (g in seq_len(G)) {
+        Cg <- matrix(f$cross[, , g], p, d)
+        K <- if (p) crossprod(Cg, Vi) else matrix(0, d, 0)
+        Sc <- matrix(f$cov[, , g], d, d) - if (p) K %*% Cg else 0
+        qg <- gaussian_q_sample(numeric(d), (Sc + t(Sc)) / 2, S)
+        rows <- (g - 1L) * d + seq_len(d)
+        B[rows, ] <- f$mean[g, ] + (if (p) K %*% dev else 0) + qg$theta
+        lq <- lq + qg$logq
+      }
+      th <- rbind(th, B)
+    }
+  }
+  tau <- fit$tau
+  if (!is.null(tau)) {
+    t <- stats::rgamma(S, tau[["shape"]], tau[["rate"]])
+    th <- rbind(th, log(t))
+    lq <- lq + stats::dgamma(t, tau[["shape"]], tau[["rate"]], log = TRUE) + log(t)
+  }
+  for (cq in fit$cov_q) {
+    if (cq$type == 2L) next
+    d <- length(cq$names)
+    Sd <- iw_draws(cq, S)
+    lt <- lower.tri(diag(d), diag = TRUE)
+    th <- rbind(th, matrix(apply(Sd, 3L, function(M) M[lt]), ncol = S))
+    lq <- lq + apply(Sd, 3L, ldiw, m = cq$df, Psi = cq$Psi)
+    if (cq$type == 0L) {
+      A <- matrix(0, d, S)
+      for (k in seq_len(d)) {
+        a <- 1 / stats::rgamma(S, cq$a[k, 1], cq$a[k, 2])
+        A[k, ] <- log(a)
+        lq <- lq + cq$a[k, 1] * log(cq$a[k, 2]) - lgamma(cq$a[k, 1]) - (cq$a[k, 1] + 1) * log(a) - cq$a[k, 2] / a + log(a)
+      }
+      th <- rbind(th, A)
+    }
+  }
+  rownames(th) <- glmm_theta_names(fit)
+  list(theta = th, logq = lq)
+}
+
+#' @export
+log_joint.vbglmm <- function(fit, theta) {
+  if (is.null(fit[["x"]]) || is.null(fit[["y"]]))
+    stop("this fit was made with x = FALSE or y = FALSE; refit with both TRUE to evaluate log p(y, theta).", call. = FALSE)
+  theta <- as.matrix(theta)
+  S <- ncol(theta); X <- fit$x; p <- ncol(X); n <- nrow(X)
+  y <- fit$y; w <- fit$prior.weights
+  eta <- X %*% theta[seq_len(p), , drop = FALSE] + fit$offset
+  pos <- p
+  lp <- numeric(S)
+  bl <- list()
+  for (f in fit$ranef) {
+    d <- length(f$cnms); G <- length(f$levels)
+    rows <- pos + seq_len(G * d)
+    B <- theta[rows, , drop = FALSE]
+    for (k in seq_len(d)) eta <- eta + f$Z[, k] * B[(f$group - 1L) * d + k, , drop = FALSE]
+    bl[[f$name]] <- B
+    pos <- pos + G * d
+  }
+  fam <- fit$family$family
+  pa <- fit$prior$coef
+  if (p) lp <- lp + colSums(stats::dnorm(theta[seq_len(p), , drop = FALSE], pa$location, pa$scale, log = TRUE))
+  if (fam == "gaussian") {
+    if (!is.null(fit$tau)) {
+      tau <- exp(theta[pos + 1L, ]); pos <- pos + 1L
+      pp <- fit$prior$precision
+      lp <- lp + stats::dgamma(tau, pp$shape, pp$rate, log = TRUE) + log(tau)
+    } else tau <- rep(fit$fixed_tau, S)
+    keep <- w > 0
+    r2 <- colSums(w[keep] * (y[keep] - eta[keep, , drop = FALSE])^2)
+    lp <- lp + 0.5 * sum(keep) * (log(tau) - log(2 * pi)) + 0.5 * sum(log(w[keep])) - 0.5 * tau * r2
+  } else if (fam == "poisson") {
+    lp <- lp + colSums(w * (y * eta - exp(eta))) - sum(w * lgamma(y + 1))
+  } else {
+    lp <- lp + colSums(y * eta - w * log1p(exp(-abs(eta))) - w * pmax(eta, 0)) + sum(lchoose(w, y))
+  }
+  for (cq in fit$cov_q) {
+    d <- length(cq$names)
+    f <- fit$ranef[[cq$factor]]
+    cols <- match(cq$names, f$cnms)
+    B <- bl[[cq$factor]]
+    G <- length(f$levels)
+    idx <- outer(cols, (seq_len(G) - 1L) * length(f$cnms), `+`)
+    if (cq$type == 2L) {
+      Sig <- matrix(cq$prior$scale, d, d)
+      R <- chol(Sig)
+      lp <- lp + vapply(seq_len(S), function(s) {
+        Bs <- matrix(B[idx, s], d)
+        -0.5 * G * d * log(2 * pi) - G * sum(log(diag(R))) - 0.5 * sum(backsolve(R, Bs, transpose = TRUE)^2)
+      }, 0)
+      next
+    }
+    lt <- lower.tri(diag(d), diag = TRUE)
+    nl <- sum(lt)
+    Sv <- theta[pos + seq_len(nl), , drop = FALSE]; pos <- pos + nl
+    if (cq$type == 0L) { la <- theta[pos + seq_len(d), , drop = FALSE]; pos <- pos + d }
+    nu <- cq$prior$df; A <- cq$prior$scale
+    lp <- lp + vapply(seq_len(S), function(s) {
+      Sig <- matrix(0, d, d); Sig[lt] <- Sv[, s]; Sig <- Sig + t(Sig) - diag(diag(Sig), d)
+      R <- tryCatch(chol(Sig), error = function(e) NULL)
+      if (is.null(R)) return(-Inf)
+      Bs <- matrix(B[idx, s], d)
+      out <- -0.5 * G * d * log(2 * pi) - G * sum(log(diag(R))) - 0.5 * sum(backsolve(R, Bs, transpose = TRUE)^2)
+      if (cq$type == 0L) {
+        a <- exp(la[, s])
+        out <- out + ldiw(Sig, nu + d - 1, diag(2 * nu / a, d)) +
+          sum(0.5 * log(1 / A^2) - lgamma(0.5) - 1.5 * log(a) - 1 / (A^2 * a) + log(a))
+      } else out <- out + ldiw(Sig, nu, matrix(A, d, d))
+      out
+    }, 0)
+  }
+  lp
+}
+
+#' @export
+draws.vbglmm <- function(object, n = 1000, ...) {
+  n <- check_count(n, "n")
+  t(q_sample(object, n)[["theta"]])
+}
+
+# ---- predict / simulate -----------------------------------------------------
+
+#' Predictions from a hierarchical variational fit
+#'
+#' @param object A `vbglmm` fit.
+#' @param newdata Optional data frame; the fitted data by default.
+#' @param re.form Which random effects to include: `NULL` (all), `NA` or
+#'   `~0` (none: the population level), or a formula with the bar terms to
+#'   keep, as in lme4.
+#' @param allow.new.levels If `TRUE` (default), levels of a grouping factor
+#'   not seen in the fit get no group-specific effect: their random effect is
+#'   integrated over its distribution N(0, E Sigma), which adds z' E[Sigma] z
+#'   to the variance of the linear predictor (and so changes the mean
+#'   response for non-identity links).  If `FALSE`, new levels are an error.
+#' @param type `"link"` or `"response"` (the posterior mean of the mean response).
+#' @param se.fit If `TRUE`, return a list with `fit` and `se.fit` (the
+#'   posterior sd of the linear predictor).
+#' @param ... Unused.
+#' @return A vector of predictions (or a list with `se.fit = TRUE`).
+#' @examples
+#' set.seed(1)
+#' d <- data.frame(g = factor(rep(1:8, each = 10)), x = rnorm(80))
+#' d$y <- 1 + d$x + rnorm(8)[d$g] + rnorm(80, sd = 0.5)
+#' fit <- vb(y ~ x + (1 | g), data = d, control = vb_control(quiet = TRUE))
+#' predict(fit, data.frame(x = 0, g = c("1", "new")))
+#' @export
+predict.vbglmm <- function(object, newdata, re.form = NULL, allow.new.levels = TRUE,
+                           type = c("link", "response"), se.fit = FALSE, ...) {
+  type <- match.arg(type)
+  keep <- names(object$ranef)
+  if (!is.null(re.form)) {
+    if (identical(re.form, NA) || (inherits(re.form, "formula") && !length(reformulas::findbars(re.form)))) keep <- character(0)
+    else if (inherits(re.form, "formula")) {
+      kb <- vapply(reformulas::findbars(re.form), function(b) paste(deparse(b[[3L]]), collapse = ""), "")
+      bad <- setdiff(kb, keep)
+      if (length(bad)) stop(sprintf("predict(): 're.form' names grouping factors the model does not have: %s.", paste(bad, collapse = ", ")), call. = FALSE)
+      keep <- kb
+    } else stop("predict(): 're.form' must be NULL, NA or a formula such as ~ (1 | g).", call. = FALSE)
+  }
+  if (!is.logical(allow.new.levels) || length(allow.new.levels) != 1L || is.na(allow.new.levels))
+    stop("predict(): 'allow.new.levels' must be TRUE or FALSE.", call. = FALSE)
+  if (missing(newdata) || is.null(newdata)) {
+    if (is.null(object[["x"]]))
+      stop("predict(): this fit was made with x = FALSE; give 'newdata' or refit with x = TRUE.", call. = FALSE)
+    X <- object$x; off <- object$offset
+    nd <- NULL
+    gidx <- lapply(object$ranef, function(f) f$group)
+    Zs <- lapply(object$ranef, function(f) f$Z)
+  } else {
+    if (!is.data.frame(newdata)) stop("predict(): 'newdata' must be a data frame.", call. = FALSE)
+    d <- new_design(object, newdata, "predict")
+    X <- d$X; off <- d$offset
+    gidx <- list(); Zs <- list()
+    for (f in object$ranef[keep]) {
+      Z <- NULL; g <- NULL
+      for (tm in f$terms) {
+        Zt <- model.matrix(eval(substitute(~foo, list(foo = tm$lhs))), newdata)
+        Z <- cbind(Z, Zt)
+        if (is.null(g)) {
+          gv <- eval(tm$bar[[3L]], newdata, environment(object$terms))
+          g <- match(as.character(gv), f$levels)
+          if (anyNA(gv)) stop(sprintf("predict(): the grouping factor '%s' has missing values in 'newdata'.", f$name), call. = FALSE)
+        }
+      }
+      if (anyNA(g) && !allow.new.levels)
+        stop(sprintf("predict(): 'newdata' has levels of '%s' not in the fit (%s); use allow.new.levels = TRUE to integrate over their random effects.",
+                     f$name, paste(utils::head(unique(as.character(eval(f$terms[[1]]$bar[[3L]], newdata, environment(object$terms)))[is.na(g)]), 3), collapse = ", ")),
+             call. = FALSE)
+      gidx[[f$name]] <- g; Zs[[f$name]] <- Z
+    }
+  }
+  b <- object$coefficients
+  m <- drop(X %*% b) + off
+  v <- rowSums((X %*% object$vcov) * X)
+  for (nm in keep) {
+    f <- object$ranef[[nm]]; Z <- Zs[[nm]]; g <- gidx[[nm]]
+    d <- length(f$cnms)
+    known <- !is.na(g)
+    ES <- matrix(0, d, d)
+    for (cq in object$cov_q) if (cq$factor == nm) {
+      ii <- match(cq$names, f$cnms)
+      ES[ii, ii] <- if (cq$type == 2L) matrix(cq$prior$scale, cq$prior$d) else iw_mean(cq)
+    }
+    gi <- g[known]
+    Zk <- Z[known, , drop = FALSE]
+    m[known] <- m[known] + rowSums(Zk * f$mean[gi, , drop = FALSE])
+    for (i in which(known)) {
+      z <- Z[i, ]; gg <- g[i]
+      v[i] <- v[i] + sum(z * (f$cov[, , gg] %*% z)) + 2 * sum(X[i, ] * (matrix(f$cross[, , gg], length(b)) %*% z))
+    }
+    if (any(!known)) v[!known] <- v[!known] + rowSums((Z[!known, , drop = FALSE] %*% ES) * Z[!known, , drop = FALSE])
+  }
+  fit <- if (type == "link") m else response_mean(object$family, m, v, object$control$gh_nodes)
+  names(fit) <- rownames(X)
+  if (isTRUE(se.fit)) list(fit = fit, se.fit = sqrt(pmax(v, 0))) else fit
+}
+
+#' @export
+simulate.vbglmm <- function(object, nsim = 1, seed = NULL, ...) {
+  if (!is.null(seed)) set.seed(seed)
+  nsim <- check_count(nsim, "nsim")
+  if (is.null(object[["x"]])) stop("simulate(): this fit was made with x = FALSE; refit with x = TRUE.", call. = FALSE)
+  th <- q_sample(object, nsim)$theta
+  X <- object$x; p <- ncol(X); n <- nrow(X)
+  eta <- X %*% th[seq_len(p), , drop = FALSE] + object$offset
+  pos <- p
+  for (f in object$ranef) {
+    d <- length(f$cnms); G <- length(f$levels)
+    B <- th[pos + seq_len(G * d), , drop = FALSE]
+    for (k in seq_len(d)) eta <- eta + f$Z[, k] * B[(f$group - 1L) * d + k, , drop = FALSE]
+    pos <- pos + G * d
+  }
+  w <- object$prior.weights
+  ysim <- switch(object$family$family,
+    gaussian = {
+      tau <- if (!is.null(object$tau)) exp(th[pos + 1L, ]) else rep(object$fixed_tau, nsim)
+      eta + matrix(stats::rnorm(n * nsim), n, nsim) * outer(1 / sqrt(pmax(w, 1e-300)), 1 / sqrt(tau))
+    },
+    poisson = matrix(stats::rpois(n * nsim, exp(eta)), n, nsim),
+    binomial = matrix(stats::rbinom(n * nsim, rep_len(w, n), stats::plogis(eta)), n, nsim))
+  out <- as.data.frame(ysim)
+  names(out) <- paste0("sim_", seq_len(nsim))
+  out
 }

@@ -527,6 +527,31 @@ static int glmm_run(gstate *S, const vb_settings *set, vb_trace *tr, int *iter, 
     vb_progress_init(&pr, set->quiet);
     st = glmm_cov_moments(G);
     if (st != VB_OK) return st;
+    /* starting precision: the curvature at the starting means with v = 0
+     * (the prior's alone would put v = x'S0 x, far too wide for exp()) */
+    for (int i = 0; i < S->n; i++) {
+        int nz = obs_row(S, i, S->idx, S->val);
+        double mi = S->M->off[i];
+        for (int r = 0; r < nz; r++)
+            mi += S->val[r] * S->mu[S->idx[r]];
+        S->m[i] = mi;
+        S->v[i] = 0;
+    }
+    sum_obs(S, S->m, S->v, 1);
+    if (partial) {
+        partial_prepare(S);
+        glmm_factor *F = G->F;
+        memcpy(S->Ac, S->As, sizeof(double) * S->p * S->p);
+        memcpy(S->Bc, S->Bs, sizeof(double) * S->p * F->d * F->G);
+        memcpy(S->Dc, S->Ds, sizeof(double) * F->d * F->d * F->G);
+    } else {
+        for (int u = 0; u < S->nunit; u++) {
+            cells_prepare(S, u);
+            for (int c = S->ustart[u]; c < S->ustart[u + 1]; c++)
+                memcpy(S->cells[c].Lam, S->cells[c].Hs,
+                       sizeof(double) * S->cells[c].k * S->cells[c].k);
+        }
+    }
     if (partial) {
         st = partial_factor(S);
         if (st == VB_OK) partial_mv(S, S->m, S->v);
@@ -746,9 +771,10 @@ SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control) {
     if (status != VB_INTERRUPTED && status != VB_LAPACK_ARG) q_moments(&S);
 
     /* outputs: beta covariance, group marginals (d x d x G per factor) */
-    const char *names[] = {"mu",         "beta_cov", "re_cov",    "Sigma_q",    "a_q", "tau",
-                           "eta_mean",   "eta_var",  "elbo",      "loglik",     "kl",  "trace",
-                           "iterations", "status",   "converged", "Sigma_full", "cross_cov", ""};
+    const char *names[] = {
+        "mu",         "beta_cov", "re_cov",    "Sigma_q",    "a_q",       "tau",
+        "eta_mean",   "eta_var",  "elbo",      "loglik",     "kl",        "trace",
+        "iterations", "status",   "converged", "Sigma_full", "cross_cov", ""};
     int nprot = 0;
     SEXP out = vb_named_list(names, &nprot);
     SET_VECTOR_ELT(out, 0, vb_real_vec(D, S.mu));
