@@ -309,7 +309,7 @@ static int cells_try(double a, void *ctx, double *value) {
 /* --------------------------------------------------------- partial path -- */
 
 /* Lambda* (As, Bs, Ds) and the gradient at the current q; back up Lambda. */
-static void partial_prepare(gstate *S) {
+static int partial_prepare(gstate *S) {
     glmm_factor *F = S->G->F;
     vb_glm *M = S->M;
     int n = S->n, p = S->p, d = F->d, G = F->G;
@@ -321,7 +321,8 @@ static void partial_prepare(gstate *S) {
     double *w = S->vt;
     for (int i = 0; i < n; i++)
         w[i] = -2 * S->dv[i];
-    vb_xtwx(n, p, M->X, n, w, S->work, S->As);
+    int st = vb_xtwx(n, p, M->X, n, w, S->work, S->As);
+    if (st != VB_OK) return st;
     for (int k = 0; k < p; k++) {
         S->As[k + (size_t)k * p] += 1.0 / (M->pscale[k] * M->pscale[k]);
         double gk = -(S->mu[k] - M->ploc[k]) / (M->pscale[k] * M->pscale[k]);
@@ -352,6 +353,7 @@ static void partial_prepare(gstate *S) {
             }
         }
     }
+    return VB_OK;
 }
 
 /* Factor the current arrowhead (Ac, Bc, Dc): Rg, K, Sb, Sg, ldet. */
@@ -539,7 +541,8 @@ static int glmm_run(gstate *S, const vb_settings *set, vb_trace *tr, int *iter, 
     }
     sum_obs(S, S->m, S->v, 1);
     if (partial) {
-        partial_prepare(S);
+        st = partial_prepare(S);
+        if (st != VB_OK) return st;
         glmm_factor *F = G->F;
         memcpy(S->Ac, S->As, sizeof(double) * S->p * S->p);
         memcpy(S->Bc, S->Bs, sizeof(double) * S->p * F->d * F->G);
@@ -583,9 +586,10 @@ static int glmm_run(gstate *S, const vb_settings *set, vb_trace *tr, int *iter, 
             st = elbo_at(S, S->m, S->v, &cur, ll, kl);
             if (st != VB_OK) return st;
             sum_obs(S, S->m, S->v, 1);
-            if (partial)
-                partial_prepare(S);
-            else {
+            if (partial) {
+                st = partial_prepare(S);
+                if (st != VB_OK) return st;
+            } else {
                 S->uc = u;
                 cells_prepare(S, u);
             }
