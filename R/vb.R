@@ -42,7 +42,10 @@
 #'   `gamma_prior(1, 0.01, autoscale = TRUE)`, a Gamma(1, 0.01 var(y)) prior.
 #'   `NULL`, rstanarm's flat prior, is an error for each of the three: the
 #'   evidence, and so the ELBO, needs proper priors.
-#' @param approx Variational family: `"fullrank"`, `"block"` or `"meanfield"`.
+#' @param approx Variational family: `"fullrank"`, `"block"` or `"meanfield"`;
+#'   with random effects also `"partial"` (the default there; see [vb_glmm_details]).
+#' @param prior_covariance Random effects only: [huang_wand()] (default) or
+#'   [inv_wishart()], the prior of each term's covariance matrix.
 #' @param method `"cavi"` (coordinate ascent; deterministic) or `"sgvb"`
 #'   (stochastic gradients).
 #' @param exposure Poisson only: the bin width or exposure time Delta, so that
@@ -80,8 +83,10 @@
 vb <- function(formula, data, family = gaussian(), prior, prior_intercept, prior_precision,
                approx = c("fullrank", "block", "meanfield"), method = c("cavi", "sgvb"),
                exposure = NULL, weights, subset, na.action, offset,
-               control = vb_control(), x = TRUE, y = TRUE, contrasts = NULL) {
+               control = vb_control(), x = TRUE, y = TRUE, contrasts = NULL,
+               prior_covariance = huang_wand()) {
   cl <- match.call()
+  left_out <- c(prior = missing(prior), prior_intercept = missing(prior_intercept))
   # left out: the autoscaled defaults (?priors); NULL is rstanarm's flat prior
   for (nm in c("prior", "prior_intercept", "prior_precision")) {
     if (eval(call("missing", as.name(nm)))) assign(nm, NULL)
@@ -89,6 +94,12 @@ vb <- function(formula, data, family = gaussian(), prior, prior_intercept, prior
       stop(sprintf("vb(): '%s' is NULL. In rstanarm that is a flat prior, which leaves the evidence (and so the ELBO) undefined; give a proper prior, or leave '%s' out for the autoscaled default (see ?priors).",
                    nm, nm), call. = FALSE)
   }
+  # random effects (lme4 bars): the hierarchical front end in glmm.R
+  if (inherits(formula, "formula") && has_bars(formula))
+    return(vb_glmm(cl, formula, if (missing(data)) environment(formula) else data, family, prior,
+                   prior_intercept, prior_precision, prior_covariance,
+                   if (missing(approx)) NULL else approx, control, x, y, contrasts,
+                   left_out[["prior"]], left_out[["prior_intercept"]], parent.frame()))
   family <- check_family(family)
   approx <- match.arg(approx)
   method <- match.arg(method)

@@ -38,6 +38,9 @@ SEXP C_amortized_refine(SEXP model, SEXP theta, SEXP m, SEXP v, SEXP control);
 /* util.c: a jump a progress handler asked for, resumed after the engine returned */
 SEXP C_vb_resume_unwind(SEXP status);
 
+/* glmm_cavi.c (model: glmm_model.c) */
+SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control);
+
 /* clang-format off */
 #define CALLDEF(name, n) {#name, (DL_FUNC)&C_##name, n}
 
@@ -59,6 +62,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(amortized_eval, 3),
     CALLDEF(amortized_refine, 5),
     CALLDEF(vb_resume_unwind, 1),
+    CALLDEF(glmm_cavi, 3),
     {NULL, NULL, 0}};
 /* clang-format on */
 

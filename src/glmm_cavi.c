@@ -1,0 +1,880 @@
+/*
+ * glmm_cavi.c — coordinate ascent for hierarchical GLMs (the model and the
+ * covariance factors: glmm_model.c).
+ *
+ * q = q(beta, b) q(tau) prod_c q(Sigma_c) q(a_c), q(beta, b) Gaussian:
+ *   partial   precision with the arrowhead pattern of one grouping factor
+ *             (beta coupled to every group, groups independent given beta);
+ *             with one factor this is the whole Gaussian family, since the
+ *             optimum's precision C'WC + P has that pattern;
+ *   block     q(beta) prod_{j,g} q(b_jg);   meanfield: every coordinate alone;
+ *   fullrank  one dense Gaussian (small problems, for checking).
+ * The covariance of a factorised q is block diagonal over "cells"; a sweep
+ * updates "units" (one cell, or all groups of a factor at once: they share
+ * no observation, so a joint update is exact coordinate ascent).
+ *
+ * Update of a unit (fixed-point Newton / NCVMP, as glm_cavi.c): with
+ * W = diag(-2 df/dv), the cell's Lambda* = C_c'WC_c + P_cc and gradient
+ * g = C_c' df/dm - [P (mu - mu0)]_c; Lambda_a = (1-a) Lambda + a Lambda*,
+ * mu += a Lambda_a^-1 g, a = 1, 1/2, ... by vb_step_search, so the ELBO
+ * never decreases; for the gaussian family a = 1 is the exact optimum.
+ * partial solves the arrowhead system by the Schur complement on beta:
+ *   S = A - sum_g B_g D_g^-1 B_g',  v_i = z'D_g^-1 z + u'S^-1 u,  u = x - B_g D_g^-1 z.
+ * Then q(Sigma), q(a) (closed form) and q(tau) (gaussian, closed form).
+ *
+ * Convergence (VB_OK): every unit step accepted, ELBO finite and not
+ * decreasing, its relative change and the gain the full Newton steps still
+ * predict (sum 1/2 g' Lambda*^-1 g) within tol.
+ *
+ * Inputs: model (glm_model() list + factors, covs, approx, fix_tau), init
+ * (list: mu of length D, tau = c(shape, rate)), control.  Outputs: mu, the
+ * covariance of beta, the groups' marginal means/covariances, q(Sigma),
+ * q(a), q(tau), eta mean/variance, ELBO, trace, status.
+ * Cost per sweep O(n (p + d)^2 + G (d^3 + p d^2) + p^3) for partial and
+ * block; fullrank O(n (p + sum d)^2 + D^3).  No D x D matrix but fullrank.
+ */
+#include "glmm.h"
+
+typedef struct {
+    int a, k, fac, grp; /* theta[a .. a+k-1]; fac < 0: every observation */
+    double *Lam, *Sig, *Hs, *gv, *mu0, *Lam0, *Sig0, *R;
+} cell;
+
+typedef struct {
+    glmm_model *G;
+    vb_glm *M;
+    int n, p, D, ncell, nunit, *ustart;
+    double *mu, *m, *v, *dm, *dv, *mt, *vt, *s2b;
+    double A, B;
+    cell *cells;
+    int uc; /* the unit being updated */
+    /* partial */
+    double *A0, *B0, *D0, *As, *Bs, *Ds, *Ac, *Bc, *Dc, *Rg, *K, *Sb, *Sg, *gvec, *mu0, *work;
+    double ldet, pred;
+    int *idx;
+    double *val, *u;
+} gstate;
+
+static double *dalloc(size_t n) {
+    double *x = (double *)R_alloc(n + 1, sizeof(double));
+    memset(x, 0, sizeof(double) * (n + 1));
+    return x;
+}
+
+/* nonzeros of row i of C = [X, Z_1 (expanded), ...]: global positions, values */
+static int obs_row(const gstate *S, int i, int *idx, double *val) {
+    int c = 0, n = S->n;
+    for (int k = 0; k < S->p; k++) {
+        idx[c] = k;
+        val[c++] = S->M->X[i + (size_t)k * n];
+    }
+    for (int j = 0; j < S->G->J; j++) {
+        const glmm_factor *F = S->G->F + j;
+        int base = F->off + F->grp[i] * F->d;
+        for (int k = 0; k < F->d; k++) {
+            idx[c] = base + k;
+            val[c++] = F->Z[i + (size_t)k * n];
+        }
+    }
+    return c;
+}
+
+/* prior precision entry and [P (mu - mu0)] at global positions */
+static void pos_where(const gstate *S, int pos, int *j, int *g, int *k) {
+    if (pos < S->p) {
+        *j = -1;
+        *g = 0;
+        *k = pos;
+        return;
+    }
+    for (int f = 0; f < S->G->J; f++) {
+        const glmm_factor *F = S->G->F + f;
+        if (pos < F->off + F->G * F->d) {
+            *j = f;
+            *g = (pos - F->off) / F->d;
+            *k = (pos - F->off) % F->d;
+            return;
+        }
+    }
+    *j = -2;
+}
+
+static double prior_prec(const gstate *S, int p1, int p2) {
+    int j1, g1, k1, j2, g2, k2;
+    pos_where(S, p1, &j1, &g1, &k1);
+    pos_where(S, p2, &j2, &g2, &k2);
+    if (j1 != j2 || g1 != g2) return 0;
+    if (j1 == -1) return p1 == p2 ? 1.0 / (S->M->pscale[p1] * S->M->pscale[p1]) : 0;
+    const glmm_factor *F = S->G->F + j1;
+    return F->Om[k1 + (size_t)k2 * F->d];
+}
+
+static double prior_grad(const gstate *S, int pos) {
+    int j, g, k;
+    pos_where(S, pos, &j, &g, &k);
+    if (j == -1) return (S->mu[pos] - S->M->ploc[pos]) / (S->M->pscale[pos] * S->M->pscale[pos]);
+    const glmm_factor *F = S->G->F + j;
+    double s = 0;
+    const double *mg = S->mu + F->off + (size_t)g * F->d;
+    for (int l = 0; l < F->d; l++)
+        s += F->Om[k + (size_t)l * F->d] * mg[l];
+    return s;
+}
+
+static void set_tau(gstate *S) {
+    if (S->G->fix_tau) {
+        S->M->Etau = S->A / S->B;
+        S->M->Elogtau = log(S->A / S->B);
+    } else {
+        S->M->Etau = S->A / S->B;
+        S->M->Elogtau = digamma(S->A) - log(S->B);
+    }
+}
+
+static double sum_obs(gstate *S, const double *m, const double *v, int grad) {
+    double F = 0, a, b;
+    for (int i = 0; i < S->n; i++)
+        F += vb_glm_obs(S->M, i, m[i], v[i], grad ? S->dm + i : &a, grad ? S->dv + i : &b);
+    return F;
+}
+
+/* ------------------------------------------------ moments of q(beta, b) -- */
+
+/* Fill s2b (beta variances), the factors' E = sum_g (m m' + S_g) and ldet. */
+static int q_moments(gstate *S) {
+    glmm_model *G = S->G;
+    int p = S->p;
+    for (int j = 0; j < G->J; j++)
+        memset(G->F[j].E, 0, sizeof(double) * G->F[j].d * G->F[j].d);
+    if (G->approx == GLMM_PARTIAL) {
+        glmm_factor *F = G->F;
+        int d = F->d;
+        for (int k = 0; k < p; k++)
+            S->s2b[k] = S->Sb[k + (size_t)k * p];
+        for (int g = 0; g < F->G; g++) {
+            const double *Sg = S->Sg + (size_t)g * d * d, *mg = S->mu + F->off + (size_t)g * d;
+            for (int a = 0; a < d; a++)
+                for (int b = 0; b < d; b++)
+                    F->E[a + b * d] += Sg[a + b * d] + mg[a] * mg[b];
+        }
+        return VB_OK;
+    }
+    S->ldet = 0;
+    for (int c = 0; c < S->ncell; c++) {
+        cell *C = S->cells + c;
+        S->ldet -= vb_chol_logdet(C->k, C->R, C->k);
+        for (int r = 0; r < C->k; r++)
+            for (int s = 0; s < C->k; s++) {
+                int p1 = C->a + r, p2 = C->a + s, j1, g1, k1, j2, g2, k2;
+                pos_where(S, p1, &j1, &g1, &k1);
+                pos_where(S, p2, &j2, &g2, &k2);
+                double cv = C->Sig[r + (size_t)s * C->k];
+                if (j1 == -1 && p1 == p2) S->s2b[p1] = cv;
+                if (j1 >= 0 && j1 == j2 && g1 == g2) G->F[j1].E[k1 + (size_t)k2 * G->F[j1].d] += cv;
+            }
+    }
+    for (int j = 0; j < G->J; j++) {
+        glmm_factor *F = G->F + j;
+        int d = F->d;
+        for (int g = 0; g < F->G; g++) {
+            const double *mg = S->mu + F->off + (size_t)g * d;
+            for (int a = 0; a < d; a++)
+                for (int b = 0; b < d; b++)
+                    F->E[a + b * d] += mg[a] * mg[b];
+        }
+    }
+    return VB_OK;
+}
+
+static int elbo_at(gstate *S, const double *m, const double *v, double *elbo, double *ll,
+                   double *kl) {
+    glmm_model *G = S->G;
+    vb_glm *M = S->M;
+    int st = q_moments(S);
+    if (st != VB_OK) return st;
+    *ll = sum_obs(S, m, v, 0) + M->llconst;
+    double nk = 0, a, b;
+    for (int k = 0; k < S->p; k++)
+        nk += vb_glm_prior(M, k, S->mu[k], S->s2b[k], &a, &b);
+    nk += glmm_re_prior(G) + 0.5 * S->ldet + 0.5 * S->D * (1 + VB_LOG2PI);
+    nk += glmm_cov_terms(G);
+    if (M->family == VB_GAUSSIAN && !G->fix_tau) nk += vb_glm_tau_terms(M, S->A, S->B);
+    *kl = -nk;
+    *elbo = *ll + nk;
+    return R_FINITE(*elbo) ? VB_OK : VB_NONFINITE;
+}
+
+/* m and v from scratch at the current q (cells) */
+static void cells_mv(gstate *S, double *m, double *v) {
+    for (int i = 0; i < S->n; i++) {
+        int nz = obs_row(S, i, S->idx, S->val);
+        double mi = S->M->off[i];
+        for (int r = 0; r < nz; r++)
+            mi += S->val[r] * S->mu[S->idx[r]];
+        m[i] = mi;
+        v[i] = 0;
+    }
+    for (int c = 0; c < S->ncell; c++) {
+        cell *C = S->cells + c;
+        int lo = 0, hi = S->n;
+        const int *ord = NULL;
+        if (C->fac >= 0) {
+            ord = S->G->F[C->fac].ord;
+            lo = S->G->F[C->fac].gstart[C->grp];
+            hi = S->G->F[C->fac].gstart[C->grp + 1];
+        }
+        for (int t = lo; t < hi; t++) {
+            int i = ord ? ord[t] : t, nz = obs_row(S, i, S->idx, S->val), q = 0;
+            for (int r = 0; r < nz; r++)
+                if (S->idx[r] >= C->a && S->idx[r] < C->a + C->k) {
+                    S->idx[q] = S->idx[r] - C->a;
+                    S->val[q++] = S->val[r];
+                }
+            double s = 0;
+            for (int r = 0; r < q; r++)
+                for (int l = 0; l < q; l++)
+                    s += S->val[r] * C->Sig[S->idx[r] + (size_t)S->idx[l] * C->k] * S->val[l];
+            v[i] += s;
+        }
+    }
+}
+
+/* ---------------------------------------------------------- cells path -- */
+
+/* Lambda*, g of every cell of unit u at the current q (dm, dv current) */
+static void cells_prepare(gstate *S, int u) {
+    for (int c = S->ustart[u]; c < S->ustart[u + 1]; c++) {
+        cell *C = S->cells + c;
+        int k = C->k, lo = 0, hi = S->n;
+        const int *ord = NULL;
+        memcpy(C->mu0, S->mu + C->a, sizeof(double) * k);
+        memcpy(C->Lam0, C->Lam, sizeof(double) * k * k);
+        memcpy(C->Sig0, C->Sig, sizeof(double) * k * k);
+        for (int r = 0; r < k; r++) {
+            C->gv[r] = -prior_grad(S, C->a + r);
+            for (int s = 0; s < k; s++)
+                C->Hs[r + (size_t)s * k] = prior_prec(S, C->a + r, C->a + s);
+        }
+        if (C->fac >= 0) {
+            ord = S->G->F[C->fac].ord;
+            lo = S->G->F[C->fac].gstart[C->grp];
+            hi = S->G->F[C->fac].gstart[C->grp + 1];
+        }
+        for (int t = lo; t < hi; t++) {
+            int i = ord ? ord[t] : t, nz = obs_row(S, i, S->idx, S->val), q = 0;
+            double w = -2 * S->dv[i];
+            for (int r = 0; r < nz; r++)
+                if (S->idx[r] >= C->a && S->idx[r] < C->a + C->k) {
+                    S->idx[q] = S->idx[r] - C->a;
+                    S->val[q++] = S->val[r];
+                }
+            for (int r = 0; r < q; r++) {
+                C->gv[S->idx[r]] += S->val[r] * S->dm[i];
+                for (int l = 0; l < q; l++)
+                    C->Hs[S->idx[r] + (size_t)S->idx[l] * k] += w * S->val[r] * S->val[l];
+            }
+        }
+    }
+}
+
+static int cells_try(double a, void *ctx, double *value) {
+    gstate *S = (gstate *)ctx;
+    int u = S->uc;
+    double pred = 0;
+    for (int c = S->ustart[u]; c < S->ustart[u + 1]; c++) {
+        cell *C = S->cells + c;
+        int k = C->k;
+        for (int r = 0; r < k * k; r++)
+            C->Lam[r] = (1 - a) * C->Lam0[r] + a * C->Hs[r];
+        memcpy(C->R, C->Lam, sizeof(double) * k * k);
+        int info = vb_chol(k, C->R, k);
+        if (info != 0) return vb_lapack_status(info);
+        double *dl = S->u;
+        memcpy(dl, C->gv, sizeof(double) * k);
+        vb_chol_solve(k, C->R, k, dl);
+        for (int r = 0; r < k; r++) {
+            pred += 0.5 * C->gv[r] * dl[r];
+            S->mu[C->a + r] = C->mu0[r] + a * dl[r];
+        }
+        memcpy(C->Sig, C->R, sizeof(double) * k * k);
+        info = vb_chol_inv(k, C->Sig, k);
+        if (info != 0) return vb_lapack_status(info);
+    }
+    if (a == 1) S->pred += pred;
+    cells_mv(S, S->mt, S->vt);
+    double ll, kl;
+    return elbo_at(S, S->mt, S->vt, value, &ll, &kl);
+}
+
+/* --------------------------------------------------------- partial path -- */
+
+/* Lambda* (As, Bs, Ds) and the gradient at the current q; back up Lambda. */
+static int partial_prepare(gstate *S) {
+    glmm_factor *F = S->G->F;
+    vb_glm *M = S->M;
+    int n = S->n, p = S->p, d = F->d, G = F->G;
+    size_t pd = (size_t)p * d, dd = (size_t)d * d;
+    memcpy(S->mu0, S->mu, sizeof(double) * S->D);
+    memcpy(S->A0, S->Ac, sizeof(double) * p * p);
+    memcpy(S->B0, S->Bc, sizeof(double) * pd * G);
+    memcpy(S->D0, S->Dc, sizeof(double) * dd * G);
+    double *w = S->vt;
+    for (int i = 0; i < n; i++)
+        w[i] = -2 * S->dv[i];
+    int st = vb_xtwx(n, p, M->X, n, w, S->work, S->As);
+    if (st != VB_OK) return st;
+    for (int k = 0; k < p; k++) {
+        S->As[k + (size_t)k * p] += 1.0 / (M->pscale[k] * M->pscale[k]);
+        double gk = -(S->mu[k] - M->ploc[k]) / (M->pscale[k] * M->pscale[k]);
+        for (int i = 0; i < n; i++)
+            gk += M->X[i + (size_t)k * n] * S->dm[i];
+        S->gvec[k] = gk;
+    }
+    memset(S->Bs, 0, sizeof(double) * pd * G);
+    for (int g = 0; g < G; g++) {
+        double *Dg = S->Ds + g * dd, *Bg = S->Bs + g * pd, *gg = S->gvec + F->off + (size_t)g * d;
+        const double *mg = S->mu + F->off + (size_t)g * d;
+        for (size_t r = 0; r < dd; r++)
+            Dg[r] = F->Om[r];
+        for (int a = 0; a < d; a++) {
+            gg[a] = 0;
+            for (int b = 0; b < d; b++)
+                gg[a] -= F->Om[a + b * d] * mg[b];
+        }
+        for (int t = F->gstart[g]; t < F->gstart[g + 1]; t++) {
+            int i = F->ord[t];
+            for (int a = 0; a < d; a++) {
+                double za = F->Z[i + (size_t)a * n];
+                gg[a] += za * S->dm[i];
+                for (int b = 0; b < d; b++)
+                    Dg[a + b * d] += w[i] * za * F->Z[i + (size_t)b * n];
+                for (int k = 0; k < p; k++)
+                    Bg[k + (size_t)a * p] += w[i] * M->X[i + (size_t)k * n] * za;
+            }
+        }
+    }
+    return VB_OK;
+}
+
+/* Factor the current arrowhead (Ac, Bc, Dc): Rg, K, Sb, Sg, ldet. */
+static int partial_factor(gstate *S) {
+    glmm_factor *F = S->G->F;
+    int p = S->p, d = F->d, G = F->G;
+    size_t pd = (size_t)p * d, dd = (size_t)d * d;
+    double *Sc = S->Sb, ld = 0;
+    memcpy(Sc, S->Ac, sizeof(double) * p * p);
+    for (int g = 0; g < G; g++) {
+        double *R = S->Rg + g * dd, *Kg = S->K + g * pd, *Bg = S->Bc + g * pd;
+        memcpy(R, S->Dc + g * dd, sizeof(double) * dd);
+        int info = vb_chol(d, R, d);
+        if (info != 0) return vb_lapack_status(info);
+        ld += vb_chol_logdet(d, R, d);
+        /* K_g = D_g^-1 B_g' (d x p) */
+        for (int k = 0; k < p; k++) {
+            for (int a = 0; a < d; a++)
+                Kg[a + (size_t)k * d] = Bg[k + (size_t)a * p];
+            vb_chol_solve(d, R, d, Kg + (size_t)k * d);
+        }
+        /* Schur complement: A - B_g K_g */
+        for (int k = 0; k < p; k++)
+            for (int l = 0; l < p; l++) {
+                double s = 0;
+                for (int a = 0; a < d; a++)
+                    s += Bg[k + (size_t)a * p] * Kg[a + (size_t)l * d];
+                Sc[k + (size_t)l * p] -= s;
+            }
+    }
+    int info = vb_chol(p, Sc, p);
+    if (info != 0) return vb_lapack_status(info);
+    ld += vb_chol_logdet(p, Sc, p);
+    memcpy(S->work, Sc, sizeof(double) * p * p); /* the Schur factor, for solves */
+    info = vb_chol_inv(p, Sc, p);
+    if (info != 0) return vb_lapack_status(info);
+    S->ldet = -ld;
+    /* marginal S_g = D_g^-1 + K_g Sb K_g' */
+    double *KS = S->u; /* d x p */
+    for (int g = 0; g < G; g++) {
+        double *Sg = S->Sg + g * dd, *Kg = S->K + g * pd, *R = S->Rg + g * dd;
+        memcpy(Sg, R, sizeof(double) * dd);
+        info = vb_chol_inv(d, Sg, d);
+        if (info != 0) return vb_lapack_status(info);
+        for (int a = 0; a < d; a++)
+            for (int l = 0; l < p; l++) {
+                double s = 0;
+                for (int k = 0; k < p; k++)
+                    s += Kg[a + (size_t)k * d] * Sc[k + (size_t)l * p];
+                KS[a + (size_t)l * d] = s;
+            }
+        for (int a = 0; a < d; a++)
+            for (int b = 0; b < d; b++) {
+                double s = 0;
+                for (int l = 0; l < p; l++)
+                    s += KS[a + (size_t)l * d] * Kg[b + (size_t)l * d];
+                Sg[a + b * d] += s;
+            }
+    }
+    return VB_OK;
+}
+
+static void partial_mv(gstate *S, double *m, double *v) {
+    glmm_factor *F = S->G->F;
+    vb_glm *M = S->M;
+    int n = S->n, p = S->p, d = F->d;
+    size_t pd = (size_t)p * d, dd = (size_t)d * d;
+    double *u = S->val, *zD = S->val + p;
+    for (int i = 0; i < n; i++) {
+        int g = F->grp[i];
+        const double *Kg = S->K + g * pd, *Sg0 = S->Rg + g * dd,
+                     *mg = S->mu + F->off + (size_t)g * d;
+        double mi = M->off[i];
+        for (int k = 0; k < p; k++)
+            mi += M->X[i + (size_t)k * n] * S->mu[k];
+        for (int a = 0; a < d; a++)
+            mi += F->Z[i + (size_t)a * n] * mg[a];
+        m[i] = mi;
+        /* z' D_g^-1 z = || R_g^-T z ||^2 */
+        for (int a = 0; a < d; a++) {
+            double s = F->Z[i + (size_t)a * n];
+            for (int b = 0; b < a; b++)
+                s -= Sg0[b + a * d] * zD[b];
+            zD[a] = s / Sg0[a + a * d];
+        }
+        double vi = 0;
+        for (int a = 0; a < d; a++)
+            vi += zD[a] * zD[a];
+        for (int k = 0; k < p; k++) {
+            double s = M->X[i + (size_t)k * n];
+            for (int a = 0; a < d; a++)
+                s -= Kg[a + (size_t)k * d] * F->Z[i + (size_t)a * n];
+            u[k] = s;
+        }
+        for (int k = 0; k < p; k++) {
+            double s = 0;
+            for (int l = 0; l < p; l++)
+                s += S->Sb[k + (size_t)l * p] * u[l];
+            vi += u[k] * s;
+        }
+        v[i] = vi;
+    }
+}
+
+static int partial_try(double a, void *ctx, double *value) {
+    gstate *S = (gstate *)ctx;
+    glmm_factor *F = S->G->F;
+    int p = S->p, d = F->d, G = F->G;
+    size_t pd = (size_t)p * d, dd = (size_t)d * d;
+    for (size_t r = 0; r < (size_t)p * p; r++)
+        S->Ac[r] = (1 - a) * S->A0[r] + a * S->As[r];
+    for (size_t r = 0; r < pd * G; r++)
+        S->Bc[r] = (1 - a) * S->B0[r] + a * S->Bs[r];
+    for (size_t r = 0; r < dd * G; r++)
+        S->Dc[r] = (1 - a) * S->D0[r] + a * S->Ds[r];
+    int st = partial_factor(S);
+    if (st != VB_OK) return st;
+    /* delta = Lambda_a^-1 g by the Schur complement */
+    double *h = S->u + pd, *dl = S->mt; /* mt is free until partial_mv */
+    for (int k = 0; k < p; k++)
+        h[k] = S->gvec[k];
+    for (int g = 0; g < G; g++) {
+        const double *Kg = S->K + g * pd, *gg = S->gvec + F->off + (size_t)g * d;
+        for (int k = 0; k < p; k++)
+            for (int b = 0; b < d; b++)
+                h[k] -= Kg[b + (size_t)k * d] * gg[b];
+    }
+    vb_chol_solve(p, S->work, p, h);
+    for (int k = 0; k < p; k++)
+        dl[k] = h[k];
+    for (int g = 0; g < G; g++) {
+        const double *Kg = S->K + g * pd, *gg = S->gvec + F->off + (size_t)g * d;
+        double *dg = dl + F->off + (size_t)g * d;
+        memcpy(dg, gg, sizeof(double) * d);
+        vb_chol_solve(d, S->Rg + g * dd, d, dg);
+        for (int b = 0; b < d; b++)
+            for (int k = 0; k < p; k++)
+                dg[b] -= Kg[b + (size_t)k * d] * h[k];
+    }
+    double pred = 0;
+    for (int r = 0; r < S->D; r++) {
+        pred += 0.5 * S->gvec[r] * dl[r];
+        S->mu[r] = S->mu0[r] + a * dl[r];
+    }
+    if (a == 1) S->pred += pred;
+    partial_mv(S, S->mt, S->vt);
+    double ll, kl;
+    return elbo_at(S, S->mt, S->vt, value, &ll, &kl);
+}
+
+/* ----------------------------------------------------------- the loop -- */
+
+static void gaussian_tau_update(gstate *S) {
+    vb_glm *M = S->M;
+    if (S->G->fix_tau || M->family != VB_GAUSSIAN) return;
+    double ss = 0, neff = 0;
+    for (int i = 0; i < S->n; i++) {
+        if (M->wt[i] == 0) continue;
+        double r = M->y[i] - S->m[i];
+        ss += M->wt[i] * (r * r + S->v[i]);
+        neff += 1;
+    }
+    S->A = M->a0 + 0.5 * neff;
+    S->B = M->b0 + 0.5 * ss;
+    set_tau(S);
+}
+
+static int glmm_run(gstate *S, const vb_settings *set, vb_trace *tr, int *iter, double *elbo,
+                    double *ll, double *kl) {
+    glmm_model *G = S->G;
+    int partial = G->approx == GLMM_PARTIAL, st;
+    vb_progress pr;
+    vb_progress_init(&pr, set->quiet);
+    st = glmm_cov_moments(G);
+    if (st != VB_OK) return st;
+    /* starting precision: the curvature at the starting means with v = 0
+     * (the prior's alone would put v = x'S0 x, far too wide for exp()) */
+    for (int i = 0; i < S->n; i++) {
+        int nz = obs_row(S, i, S->idx, S->val);
+        double mi = S->M->off[i];
+        for (int r = 0; r < nz; r++)
+            mi += S->val[r] * S->mu[S->idx[r]];
+        S->m[i] = mi;
+        S->v[i] = 0;
+    }
+    sum_obs(S, S->m, S->v, 1);
+    if (partial) {
+        st = partial_prepare(S);
+        if (st != VB_OK) return st;
+        glmm_factor *F = G->F;
+        memcpy(S->Ac, S->As, sizeof(double) * S->p * S->p);
+        memcpy(S->Bc, S->Bs, sizeof(double) * S->p * F->d * F->G);
+        memcpy(S->Dc, S->Ds, sizeof(double) * F->d * F->d * F->G);
+    } else {
+        for (int u = 0; u < S->nunit; u++) {
+            cells_prepare(S, u);
+            for (int c = S->ustart[u]; c < S->ustart[u + 1]; c++)
+                memcpy(S->cells[c].Lam, S->cells[c].Hs,
+                       sizeof(double) * S->cells[c].k * S->cells[c].k);
+        }
+    }
+    if (partial) {
+        st = partial_factor(S);
+        if (st == VB_OK) partial_mv(S, S->m, S->v);
+    } else {
+        for (int c = 0; c < S->ncell && st == VB_OK; c++) {
+            cell *C = S->cells + c;
+            memcpy(C->R, C->Lam, sizeof(double) * C->k * C->k);
+            int info = vb_chol(C->k, C->R, C->k);
+            if (info != 0) return vb_lapack_status(info);
+            memcpy(C->Sig, C->R, sizeof(double) * C->k * C->k);
+            if (vb_chol_inv(C->k, C->Sig, C->k) != 0) return VB_NOT_PD;
+        }
+        cells_mv(S, S->m, S->v);
+    }
+    if (st != VB_OK) return st;
+    double old;
+    st = elbo_at(S, S->m, S->v, &old, ll, kl);
+    if (st != VB_OK) return st;
+    vb_trace_push(tr, old);
+    *elbo = old;
+    for (*iter = 1; *iter <= set->maxit; (*iter)++) {
+        if (vb_interrupted()) return VB_INTERRUPTED;
+        int all_ok = 1;
+        double val = old, a;
+        S->pred = 0;
+        int nu = partial ? 1 : S->nunit;
+        for (int u = 0; u < nu; u++) {
+            double cur;
+            st = elbo_at(S, S->m, S->v, &cur, ll, kl);
+            if (st != VB_OK) return st;
+            sum_obs(S, S->m, S->v, 1);
+            if (partial) {
+                st = partial_prepare(S);
+                if (st != VB_OK) return st;
+            } else {
+                S->uc = u;
+                cells_prepare(S, u);
+            }
+            st = vb_step_search(partial ? partial_try : cells_try, S, cur, &a, &val);
+            if (st == VB_INTERRUPTED) return st;
+            if (st != VB_OK) {
+                all_ok = 0;
+                double dummy;
+                int st0 = partial ? partial_try(0, S, &dummy) : cells_try(0, S, &dummy);
+                if (st0 != VB_OK) return st0;
+            }
+            memcpy(S->m, S->mt, sizeof(double) * S->n);
+            memcpy(S->v, S->vt, sizeof(double) * S->n);
+        }
+        /* covariance factors and the noise precision: exact coordinate updates */
+        st = q_moments(S);
+        if (st == VB_OK) st = glmm_cov_update(G);
+        if (st != VB_OK) return st;
+        gaussian_tau_update(S);
+        double now;
+        st = elbo_at(S, S->m, S->v, &now, ll, kl);
+        if (st != VB_OK) return st;
+        vb_trace_push(tr, now);
+        *elbo = now;
+        vb_progress_tick(&pr, "vb() (hierarchical)", *iter, now);
+        if (now < old - vb_step_slack(old) - 1e-9 * fabs(old)) return VB_DECREASED;
+        if (!all_ok) return VB_STALLED;
+        if (vb_tol_met(old, now, set->tol) && S->pred <= set->tol * (fabs(now) + set->tol))
+            return VB_OK;
+        old = now;
+    }
+    *iter = set->maxit;
+    return VB_MAXIT;
+}
+
+/* ------------------------------------------------------- entry point -- */
+
+static void add_cell(gstate *S, int *nc, int a, int k, int fac, int grp) {
+    cell *C = S->cells + (*nc)++;
+    C->a = a;
+    C->k = k;
+    C->fac = fac;
+    C->grp = grp;
+    size_t kk = (size_t)k * k;
+    C->Lam = dalloc(kk);
+    C->Sig = dalloc(kk);
+    C->Hs = dalloc(kk);
+    C->Lam0 = dalloc(kk);
+    C->Sig0 = dalloc(kk);
+    C->R = dalloc(kk);
+    C->gv = dalloc(k);
+    C->mu0 = dalloc(k);
+}
+
+SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control) {
+    vb_glm M;
+    glmm_model G;
+    glmm_unpack(model, &M, &G);
+    vb_settings set;
+    vb_settings_read(control, &set);
+    int n = M.n, p = M.p, D = G.D;
+    if (G.approx == GLMM_PARTIAL && G.J != 1)
+        Rf_error("approx = \"partial\" takes one grouping factor");
+    if (G.approx == GLMM_FULLRANK && D > 5000)
+        Rf_error("approx = \"fullrank\" is for small problems (at most 5000 coefficients)");
+    const double *mu_init = vb_real_elt(init, "mu", D, "init");
+    const double *tau_init = vb_real_elt(init, "tau", 2, "init");
+    for (int r = 0; r < D; r++)
+        if (!R_FINITE(mu_init[r])) Rf_error("'init$mu' must be finite");
+    if (!(tau_init[0] > 0 && tau_init[1] > 0 && R_FINITE(tau_init[0]) && R_FINITE(tau_init[1])))
+        Rf_error("'init$tau' needs a positive finite shape and rate");
+
+    gstate S;
+    memset(&S, 0, sizeof S);
+    S.G = &G;
+    S.M = &M;
+    S.n = n;
+    S.p = p;
+    S.D = D;
+    int width = p;
+    for (int j = 0; j < G.J; j++)
+        width += G.F[j].d;
+    S.mu = dalloc(D);
+    memcpy(S.mu, mu_init, sizeof(double) * D);
+    S.A = tau_init[0];
+    S.B = tau_init[1];
+    set_tau(&S);
+    double **nb[] = {&S.m, &S.v, &S.dm, &S.dv, &S.mt, &S.vt};
+    for (int r = 0; r < 6; r++)
+        *nb[r] = dalloc(n > D ? n : D);
+    S.s2b = dalloc(p);
+    S.idx = (int *)R_alloc(width + 1, sizeof(int));
+    S.val = dalloc(2 * (size_t)width + p);
+    if (G.approx == GLMM_PARTIAL) {
+        glmm_factor *F = G.F;
+        int d = F->d, Gn = F->G;
+        size_t pd = (size_t)p * d * Gn, dd = (size_t)d * d * Gn, pp = (size_t)p * p;
+        double **b[] = {&S.A0, &S.As, &S.Ac, &S.Sb};
+        for (int r = 0; r < 4; r++)
+            *b[r] = dalloc(pp);
+        double **bb[] = {&S.B0, &S.Bs, &S.Bc, &S.K};
+        for (int r = 0; r < 4; r++)
+            *bb[r] = dalloc(pd);
+        double **bd[] = {&S.D0, &S.Ds, &S.Dc, &S.Rg, &S.Sg};
+        for (int r = 0; r < 5; r++)
+            *bd[r] = dalloc(dd);
+        S.gvec = dalloc(D);
+        S.mu0 = dalloc(D);
+        size_t wk = (size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p;
+        S.work = dalloc(wk > pp ? wk : pp);
+        S.u = dalloc((size_t)p * d + p);
+        /* starting precision: the prior's */
+        for (int k = 0; k < p; k++)
+            S.Ac[k + k * p] = 1.0 / (M.pscale[k] * M.pscale[k]);
+        if (glmm_cov_moments(&G) != VB_OK)
+            Rf_error("the starting covariance is not positive definite");
+        for (int g = 0; g < Gn; g++)
+            memcpy(S.Dc + (size_t)g * d * d, F->Om, sizeof(double) * d * d);
+    } else {
+        /* cells and units */
+        int ncell = 0, nunit = 0, maxc, mf = G.approx == GLMM_MEANFIELD;
+        if (G.approx == GLMM_FULLRANK)
+            maxc = 1;
+        else {
+            maxc = mf ? p : 1;
+            for (int j = 0; j < G.J; j++)
+                maxc += (mf ? G.F[j].d : 1) * G.F[j].G;
+        }
+        S.cells = (cell *)R_alloc(maxc, sizeof(cell));
+        S.ustart = (int *)R_alloc(maxc + 2, sizeof(int));
+        if (G.approx == GLMM_FULLRANK) {
+            S.ustart[nunit++] = 0;
+            add_cell(&S, &ncell, 0, D, -1, 0);
+        } else {
+            if (p > 0) {
+                if (mf)
+                    for (int k = 0; k < p; k++) {
+                        S.ustart[nunit++] = ncell;
+                        add_cell(&S, &ncell, k, 1, -1, 0);
+                    }
+                else {
+                    S.ustart[nunit++] = ncell;
+                    add_cell(&S, &ncell, 0, p, -1, 0);
+                }
+            }
+            for (int j = 0; j < G.J; j++) {
+                glmm_factor *F = G.F + j;
+                if (mf)
+                    for (int k = 0; k < F->d; k++) {
+                        S.ustart[nunit++] = ncell;
+                        for (int g = 0; g < F->G; g++)
+                            add_cell(&S, &ncell, F->off + g * F->d + k, 1, j, g);
+                    }
+                else {
+                    S.ustart[nunit++] = ncell;
+                    for (int g = 0; g < F->G; g++)
+                        add_cell(&S, &ncell, F->off + g * F->d, F->d, j, g);
+                }
+            }
+        }
+        S.ustart[nunit] = ncell;
+        S.ncell = ncell;
+        S.nunit = nunit;
+        int kmax = 1;
+        for (int c = 0; c < ncell; c++)
+            if (S.cells[c].k > kmax) kmax = S.cells[c].k;
+        S.u = dalloc(kmax);
+        if (glmm_cov_moments(&G) != VB_OK)
+            Rf_error("the starting covariance is not positive definite");
+        for (int c = 0; c < ncell; c++) {
+            cell *C = S.cells + c;
+            for (int r = 0; r < C->k; r++)
+                for (int s = 0; s < C->k; s++)
+                    C->Lam[r + (size_t)s * C->k] = prior_prec(&S, C->a + r, C->a + s);
+        }
+    }
+
+    vb_trace tr;
+    vb_trace_init(&tr);
+    int it = 0;
+    double elbo = R_NaN, ll = R_NaN, kl = R_NaN;
+    int status = glmm_run(&S, &set, &tr, &it, &elbo, &ll, &kl);
+    if (status != VB_INTERRUPTED && status != VB_LAPACK_ARG) q_moments(&S);
+
+    /* outputs: beta covariance, group marginals (d x d x G per factor) */
+    const char *names[] = {
+        "mu",         "beta_cov", "re_cov",    "Sigma_q",    "a_q",       "tau",
+        "eta_mean",   "eta_var",  "elbo",      "loglik",     "kl",        "trace",
+        "iterations", "status",   "converged", "Sigma_full", "cross_cov", ""};
+    int nprot = 0;
+    SEXP out = vb_named_list(names, &nprot);
+    SET_VECTOR_ELT(out, 0, vb_real_vec(D, S.mu));
+    SEXP bc = PROTECT(Rf_allocMatrix(REALSXP, p, p));
+    nprot++;
+    double *bcv = REAL(bc);
+    SEXP rc = PROTECT(Rf_allocVector(VECSXP, G.J));
+    nprot++;
+    for (int j = 0; j < G.J; j++) {
+        glmm_factor *F = G.F + j;
+        SET_VECTOR_ELT(rc, j, Rf_allocVector(REALSXP, (R_xlen_t)F->d * F->d * F->G));
+    }
+    memset(bcv, 0, sizeof(double) * p * p);
+    SEXP xc = PROTECT(Rf_allocVector(VECSXP, G.J));
+    nprot++;
+    for (int j = 0; j < G.J; j++) {
+        glmm_factor *F = G.F + j;
+        size_t len = (size_t)p * F->d * F->G;
+        SET_VECTOR_ELT(xc, j, Rf_allocVector(REALSXP, (R_xlen_t)len));
+        memset(REAL(VECTOR_ELT(xc, j)), 0, sizeof(double) * len);
+    }
+    SET_VECTOR_ELT(out, 16, xc);
+    if (G.approx == GLMM_PARTIAL) {
+        /* Cov(beta, b_g) = -Sb K_g' */
+        glmm_factor *F = G.F;
+        int d = F->d;
+        double *x = REAL(VECTOR_ELT(xc, 0));
+        for (int g = 0; g < F->G; g++) {
+            const double *Kg = S.K + (size_t)g * p * d;
+            for (int k = 0; k < p; k++)
+                for (int a = 0; a < d; a++) {
+                    double s = 0;
+                    for (int l = 0; l < p; l++)
+                        s += S.Sb[k + (size_t)l * p] * Kg[a + (size_t)l * d];
+                    x[k + (size_t)a * p + (size_t)g * p * d] = -s;
+                }
+        }
+        memcpy(bcv, S.Sb, sizeof(double) * p * p);
+        memcpy(REAL(VECTOR_ELT(rc, 0)), S.Sg, sizeof(double) * G.F->d * G.F->d * G.F->G);
+    } else {
+        for (int j = 0; j < G.J; j++)
+            memset(REAL(VECTOR_ELT(rc, j)), 0, sizeof(double) * G.F[j].d * G.F[j].d * G.F[j].G);
+        for (int c = 0; c < S.ncell; c++) {
+            cell *C = S.cells + c;
+            for (int r = 0; r < C->k; r++)
+                for (int s = 0; s < C->k; s++) {
+                    int p1 = C->a + r, p2 = C->a + s, j1, g1, k1, j2, g2, k2;
+                    pos_where(&S, p1, &j1, &g1, &k1);
+                    pos_where(&S, p2, &j2, &g2, &k2);
+                    double cv = C->Sig[r + (size_t)s * C->k];
+                    if (j1 == -1 && j2 == -1) bcv[p1 + (size_t)p2 * p] = cv;
+                    if (j1 == -1 && j2 >= 0) {
+                        int d = G.F[j2].d;
+                        REAL(VECTOR_ELT(xc, j2))
+                        [p1 + (size_t)k2 * p + (size_t)g2 * p * d] = cv;
+                    }
+                    if (j1 >= 0 && j1 == j2 && g1 == g2) {
+                        int d = G.F[j1].d;
+                        REAL(VECTOR_ELT(rc, j1))[k1 + (size_t)k2 * d + (size_t)g1 * d * d] = cv;
+                    }
+                }
+        }
+        if (G.approx == GLMM_FULLRANK) SET_VECTOR_ELT(out, 15, vb_real_mat(D, D, S.cells[0].Sig));
+    }
+    SET_VECTOR_ELT(out, 1, bc);
+    SET_VECTOR_ELT(out, 2, rc);
+    SEXP sq = PROTECT(Rf_allocVector(VECSXP, G.ncov)), aq = PROTECT(Rf_allocVector(VECSXP, G.ncov));
+    nprot += 2;
+    for (int c = 0; c < G.ncov; c++) {
+        glmm_cov *C = G.C + c;
+        SEXP e = PROTECT(Rf_allocVector(VECSXP, 2));
+        SET_VECTOR_ELT(e, 0, Rf_ScalarReal(C->mq));
+        SET_VECTOR_ELT(e, 1, vb_real_mat(C->d, C->d, C->Psiq));
+        SET_VECTOR_ELT(sq, c, e);
+        UNPROTECT(1);
+        SEXP f = PROTECT(Rf_allocMatrix(REALSXP, C->d, 2));
+        for (int k = 0; k < C->d; k++) {
+            REAL(f)[k] = C->aA[k];
+            REAL(f)[k + C->d] = C->aB[k];
+        }
+        SET_VECTOR_ELT(aq, c, f);
+        UNPROTECT(1);
+    }
+    SET_VECTOR_ELT(out, 3, sq);
+    SET_VECTOR_ELT(out, 4, aq);
+    double tau[2] = {S.A, S.B};
+    SET_VECTOR_ELT(out, 5, vb_real_vec(2, tau));
+    SET_VECTOR_ELT(out, 6, vb_real_vec(n, S.m));
+    SET_VECTOR_ELT(out, 7, vb_real_vec(n, S.v));
+    SET_VECTOR_ELT(out, 8, Rf_ScalarReal(elbo));
+    SET_VECTOR_ELT(out, 9, Rf_ScalarReal(ll));
+    SET_VECTOR_ELT(out, 10, Rf_ScalarReal(kl));
+    SET_VECTOR_ELT(out, 11, vb_real_vec(tr.n, tr.x));
+    SET_VECTOR_ELT(out, 12, Rf_ScalarInteger(it));
+    SET_VECTOR_ELT(out, 13, Rf_ScalarInteger(status));
+    SET_VECTOR_ELT(out, 14, Rf_ScalarLogical(status == VB_OK));
+    UNPROTECT(nprot);
+    return out;
+}
