@@ -81,7 +81,9 @@ stan_cache <- new.env(parent = emptyenv())
 #'   `par_names` (constrained) and `unc_names` (unconstrained),
 #'   `sampling_statements` (`TRUE` when the model block uses `~`), and
 #'   `gradient_check`: Stan's gradient at the start against central
-#'   differences of Stan's log density (`max_rel_error`).
+#'   differences of Stan's log density (`max_rel_error`), and `compile_time`
+#'   (seconds; 0 when the model was compiled already).  `time` is the time of
+#'   the fit without compilation.
 #' @seealso [vb_density()] for a log density written in R; [rstan::vb()] for
 #'   Stan's own ADVI.
 #' @examples
@@ -107,7 +109,9 @@ vb_stan <- function(object, data, approx = c("fullrank", "meanfield"), init = NU
   control <- as_vb_control(control)
   quiet <- isTRUE(control$quiet)
   if (missing(data)) data <- NULL
+  t_c <- proc.time()[["elapsed"]]
   src <- stan_model_of(object, data, quiet)
+  t0 <- proc.time()[["elapsed"]]
   sf <- src$fit
   if (is.null(sf)) sf <- stan_instance(src$model, src$data)
   d <- rstan::get_num_upars(sf)
@@ -129,6 +133,9 @@ vb_stan <- function(object, data, approx = c("fullrank", "meanfield"), init = NU
                    sampling_statements = stan_uses_tilde(src$model@model_code),
                    gradient_check = gc)
   fit$stan_fit <- sf
+  # the time of the fit, compilation excluded (that is in stan$compile_time)
+  fit$time <- proc.time()[["elapsed"]] - t0
+  fit$stan$compile_time <- t0 - t_c
   class(fit) <- c("vbstan", class(fit))
   fit
 }
