@@ -32,7 +32,7 @@ here <- local({
 nuts_iter <- as.integer(Sys.getenv("VBAYES_BENCH_NUTS_ITER", "2000"))
 only <- Sys.getenv("VBAYES_BENCH_STAN_ONLY", "")
 
-shared <- file.path(here, "posteriors", "posteriors.R")
+shared <- Sys.getenv("VBAYES_BENCH_POSTERIORS", file.path(here, "posteriors", "posteriors.R"))
 post <- NULL
 if (file.exists(shared)) {
   env <- new.env()
@@ -46,7 +46,7 @@ if (file.exists(shared)) {
       break
     }
   }
-  set_name <- "bench/posteriors/posteriors.R"
+  set_name <- if (nzchar(Sys.getenv("VBAYES_BENCH_POSTERIORS"))) shared else "bench/posteriors/posteriors.R"
 }
 if (is.null(post)) {
   sys.source(file.path(here, "stan", "posteriors.R"), envir = environment())
@@ -88,6 +88,11 @@ for (nm in names(post)) {
   nuts <- timed(rstan::sampling(sm, data = p$stan_data, chains = 4, iter = nuts_iter, seed = 1,
                                 refresh = 0))
   ref <- as.matrix(nuts$value)[, pars, drop = FALSE]
+  if (!is.null(p$exact)) { # exact Gaussian draws replace NUTS as the reference
+    R <- chol(p$exact$Sigma)
+    ref <- t(p$exact$mean + crossprod(R, matrix(rnorm(length(p$exact$mean) * 8000), ncol = 8000)))
+    colnames(ref) <- pars
+  }
   rhat <- max(rstan::summary(nuts$value)$summary[pars, "Rhat"], na.rm = TRUE)
   set.seed(2)
   vm <- timed(vb_stan(sm, data = p$stan_data, approx = "meanfield", control = vb_control(quiet = TRUE)))
@@ -107,14 +112,17 @@ for (nm in names(post)) {
     else list(D = NULL, time = a$time,
               note = if (inherits(a$value, "error")) substr(conditionMessage(a$value), 1, 60) else "failed")
   }
-  res[["NUTS (reference)"]] <- list(D = NULL, time = nuts$time,
-                                    note = sprintf("4 x %d iterations, max Rhat %.3f", nuts_iter, rhat))
+  res[["NUTS (reference)"]] <- list(D = if (is.null(p$exact)) NULL else as.matrix(nuts$value)[, pars, drop = FALSE],
+                                    time = nuts$time,
+                                    note = sprintf("4 x %d iterations, max Rhat %.3f%s", nuts_iter, rhat,
+                                                   if (is.null(p$exact)) "" else "; reference: exact draws"))
   for (m in names(res)) {
     r <- res[[m]]
     sc <- if (is.null(r$D)) c(mean_err = NA, sd_min = NA, sd_max = NA, w1 = NA) else score(r$D, ref)
     ok <- is.finite(sc[["mean_err"]]) && sc[["mean_err"]] < 0.1 && sc[["sd_min"]] > 0.9 && sc[["sd_max"]] < 1.1
     rows[[length(rows) + 1L]] <- data.frame(
-      posterior = nm, d = length(fit$stan$unc_names), method = m,
+      posterior = nm, d = length(fit$stan$unc_names),
+      gaussian = if (is.null(p$gaussian)) "" else if (isTRUE(p$gaussian)) "yes" else "no", method = m,
       mean_err_sd = round(sc[["mean_err"]], 3), sd_ratio = if (is.na(sc[["sd_min"]])) NA else
         sprintf("%.2f-%.2f", sc[["sd_min"]], sc[["sd_max"]]), w1_sd = round(sc[["w1"]], 3),
       ok = if (is.null(r$D)) "" else if (ok) "yes" else "no", seconds = round(r$time, 2),
@@ -128,11 +136,12 @@ cat(sprintf("Machine: %d cores, load average %s; %s; rstan %s; %s\n\n", parallel
             paste(sprintf("%.2f", as.numeric(strsplit(sub(".*load average: ", "",
               system("uptime", intern = TRUE)), ", ")[[1]])), collapse = " "),
             R.version.string, as.character(utils::packageVersion("rstan")), format(Sys.time(), "%Y-%m-%d %H:%M UTC", tz = "UTC")))
-cat("| posterior | d | method | max mean error (sd) | sd ratio | W1 (sd) | ok | s | note |\n")
-cat("|---|---|---|---|---|---|---|---|---|\n")
-for (i in seq_len(nrow(tab))) with(tab[i, ], cat(sprintf("| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n",
-  posterior, d, method, format(mean_err_sd), format(sd_ratio), format(w1_sd), ok, format(seconds), note)))
+cat("| posterior | d | near-Gaussian | method | max mean error (sd) | sd ratio | W1 (sd) | ok | s | note |\n")
+cat("|---|---|---|---|---|---|---|---|---|---|\n")
+for (i in seq_len(nrow(tab))) with(tab[i, ], cat(sprintf("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+  posterior, d, gaussian, method, format(mean_err_sd), format(sd_ratio), format(w1_sd), ok, format(seconds), note)))
 tv <- tab[tab$method != "NUTS (reference)", ]
+saveRDS(tab, file.path(tempdir(), "bench-stan.rds"))
 ok_by <- tapply(tv$ok == "yes", tv$method, sum)
 cat("\nPosteriors within 0.1 sd and 10% in sd, by method: ",
     paste(sprintf("%s %d/%d", names(ok_by), ok_by, length(unique(tab$posterior))), collapse = "; "), "\n", sep = "")
