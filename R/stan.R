@@ -87,9 +87,10 @@ stan_cache <- new.env(parent = emptyenv())
 #' @seealso [vb_density()] for a log density written in R; [rstan::vb()] for
 #'   Stan's own ADVI.
 #' @examples
-#' \donttest{
+#' # not run by R CMD check: compiling a Stan program takes about a minute
+#' # (once per session; later calls with the same program reuse it)
+#' \dontrun{
 #' if (requireNamespace("rstan", quietly = TRUE)) {
-#'   # compiling takes about a minute (once per session)
 #'   code <- "data { int N; vector[N] y; }
 #'            parameters { real mu; real<lower=0> sigma; }
 #'            model { mu ~ normal(0, 10); sigma ~ exponential(1); y ~ normal(mu, sigma); }"
@@ -457,7 +458,8 @@ print.summary.vbstan <- function(x, ...) {
 #' @param ... Unused.
 #' @return A `draws_matrix` (package posterior).
 #' @examples
-#' \donttest{
+#' # not run by R CMD check: compiling a Stan program takes about a minute
+#' \dontrun{
 #' if (requireNamespace("rstan", quietly = TRUE) && requireNamespace("posterior", quietly = TRUE)) {
 #'   fit <- vb_stan("parameters { real<lower=0> s; } model { s ~ gamma(3, 2); }",
 #'                  control = vb_control(quiet = TRUE))
