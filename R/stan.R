@@ -151,7 +151,7 @@ stan_require <- function(available = requireNamespace("rstan", quietly = TRUE)) 
 
 # list(model = stanmodel, data = the data list, fit = a usable stanfit or NULL)
 stan_model_of <- function(object, data, quiet) {
-  if (!is.null(data) && !(is.list(data) && !is.data.frame(data) || is.data.frame(data)))
+  if (!is.null(data) && !is.list(data))
     stop("vb_stan(): 'data' must be a named list of the variables in the program's data block.",
          call. = FALSE)
   if (length(data) && (is.null(names(data)) || any(!nzchar(names(data)))))
@@ -190,15 +190,12 @@ stan_compile <- function(code, file = NULL, quiet = FALSE) {
   name <- if (is.null(file)) "vb_stan_model" else
     gsub("[^A-Za-z0-9_]", "_", sub("\\.stan$", "", basename(file)))
   # stanc: the parse, in a second; its messages go to the console, so catch them
-  out <- character(0)
-  msg <- utils::capture.output(type = "message",
-    out <- utils::capture.output(type = "output",
-      ret <- tryCatch(if (is.null(file)) rstan::stanc(model_code = code, model_name = name)
-                      else rstan::stanc(file = file, model_name = name),
-                      error = function(e) e)))
+  cap <- stan_captured(if (is.null(file)) rstan::stanc(model_code = code, model_name = name)
+                       else rstan::stanc(file = file, model_name = name))
+  ret <- cap$value
   if (inherits(ret, "error")) {
-    txt <- trimws(c(out, msg, conditionMessage(ret)))
-    txt <- txt[nzchar(txt)]
+    txt <- sub("\\s+$", "", c(cap$text, conditionMessage(ret)))
+    txt <- txt[nzchar(trimws(txt))]
     hint <- if (any(grepl("cannot be integer", txt)))
       " Stan has no discrete parameters: sum them out of the model (marginalise them in the model block) and recover them in generated quantities."
     else ""
@@ -207,19 +204,38 @@ stan_compile <- function(code, file = NULL, quiet = FALSE) {
   }
   if (!quiet) message("vb_stan(): compiling the Stan program (once per session; this takes about a minute) ...")
   boost <- stan_boost_lib()
-  cout <- character(0)
-  cmsg <- utils::capture.output(type = "message",
-    cout <- utils::capture.output(type = "output",
-      sm <- tryCatch(rstan::stan_model(stanc_ret = ret, boost_lib = boost, verbose = FALSE),
-                     error = function(e) e)))
+  cap <- stan_captured(rstan::stan_model(stanc_ret = ret, boost_lib = boost, verbose = FALSE))
+  sm <- cap$value
   if (inherits(sm, "error")) {
-    txt <- c(cout, cmsg, conditionMessage(sm))
+    txt <- c(cap$text, conditionMessage(sm))
     txt <- utils::tail(txt[nzchar(trimws(txt))], 30L)
     stop(sprintf("vb_stan(): the C++ compilation of the Stan program failed. The compiler says:\n%s",
                  paste(txt, collapse = "\n")), call. = FALSE)
   }
   assign(key, sm, envir = stan_cache)
   sm
+}
+
+# Evaluate a call into rstan that talks (console output, messages, warnings,
+# and try() reports on stderr) and collect what it says, so that the caller
+# decides what the user sees: list(value = the value or the error, text).
+# Messages and warnings are caught here, innermost, before any handler of
+# the caller's could take them.
+stan_captured <- function(expr) {
+  said <- character(0)
+  value <- NULL
+  err <- utils::capture.output(type = "message",
+    out <- utils::capture.output(type = "output",
+      value <- withCallingHandlers(tryCatch(expr, error = function(e) e),
+        message = function(m) {
+          said <<- c(said, sub("\n$", "", conditionMessage(m)))
+          invokeRestart("muffleMessage")
+        },
+        warning = function(w) {
+          said <<- c(said, conditionMessage(w))
+          invokeRestart("muffleWarning")
+        })))
+  list(value = value, text = c(out, err, unlist(strsplit(said, "\n", fixed = TRUE))))
 }
 
 stan_hash <- function(code) {
@@ -254,15 +270,12 @@ stan_boost_lib <- function() {
 stan_instance <- function(sm, data) {
   if (is.null(data)) data <- list()
   data <- as.list(data)
-  out <- character(0)
-  msg <- utils::capture.output(type = "message",
-    out <- utils::capture.output(type = "output",
-      sf <- tryCatch(suppressMessages(suppressWarnings(
-        rstan::sampling(sm, data = data, chains = 0L))), error = function(e) e)))
+  cap <- stan_captured(rstan::sampling(sm, data = data, chains = 0L))
+  sf <- cap$value
   ok <- !inherits(sf, "error") &&
     !inherits(tryCatch(rstan::get_num_upars(sf), error = function(e) e), "error")
   if (!ok) {
-    txt <- trimws(c(out, msg, if (inherits(sf, "error")) conditionMessage(sf)))
+    txt <- trimws(c(cap$text, if (inherits(sf, "error")) conditionMessage(sf)))
     txt <- txt[nzchar(txt) & !grepl("sampling not done", txt)]
     txt <- sub("^Error[^:]*: *", "", txt)
     txt <- sub("^Exception: *", "", txt)

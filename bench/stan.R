@@ -72,6 +72,16 @@ timed <- function(expr) {
   list(value = v, time = proc.time()[["elapsed"]] - t0)
 }
 
+cat(sprintf("\n### vb_stan() vs rstan::vb() and NUTS (%s)\n\n", set_name))
+cat(sprintf("Machine: %d cores, load average %s at the start; %s; rstan %s; %s\n\n", parallel::detectCores(),
+            paste(sprintf("%.2f", as.numeric(strsplit(sub(".*load average: ", "",
+              system("uptime", intern = TRUE)), ", ")[[1]])), collapse = " "),
+            R.version.string, as.character(utils::packageVersion("rstan")), format(Sys.time(), "%Y-%m-%d %H:%M UTC", tz = "UTC")))
+cat("| posterior | d | near-Gaussian | method | max mean error (sd) | sd ratio | W1 (sd) | ok | s | note |\n")
+cat("|---|---|---|---|---|---|---|---|---|---|\n")
+print_row <- function(r) with(r, cat(sprintf("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+  posterior, d, gaussian, method, format(mean_err_sd), format(sd_ratio), format(w1_sd), ok, format(seconds), note)))
+
 rows <- list()
 for (nm in names(post)) {
   p <- post[[nm]]
@@ -127,19 +137,10 @@ for (nm in names(post)) {
         sprintf("%.2f-%.2f", sc[["sd_min"]], sc[["sd_max"]]), w1_sd = round(sc[["w1"]], 3),
       ok = if (is.null(r$D)) "" else if (ok) "yes" else "no", seconds = round(r$time, 2),
       note = r$note, stringsAsFactors = FALSE)
+    print_row(rows[[length(rows)]])
   }
 }
 tab <- do.call(rbind, rows)
-
-cat(sprintf("\n### vb_stan() vs rstan::vb() and NUTS (%s)\n\n", set_name))
-cat(sprintf("Machine: %d cores, load average %s; %s; rstan %s; %s\n\n", parallel::detectCores(),
-            paste(sprintf("%.2f", as.numeric(strsplit(sub(".*load average: ", "",
-              system("uptime", intern = TRUE)), ", ")[[1]])), collapse = " "),
-            R.version.string, as.character(utils::packageVersion("rstan")), format(Sys.time(), "%Y-%m-%d %H:%M UTC", tz = "UTC")))
-cat("| posterior | d | near-Gaussian | method | max mean error (sd) | sd ratio | W1 (sd) | ok | s | note |\n")
-cat("|---|---|---|---|---|---|---|---|---|---|\n")
-for (i in seq_len(nrow(tab))) with(tab[i, ], cat(sprintf("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-  posterior, d, gaussian, method, format(mean_err_sd), format(sd_ratio), format(w1_sd), ok, format(seconds), note)))
 tv <- tab[tab$method != "NUTS (reference)", ]
 saveRDS(tab, file.path(tempdir(), "bench-stan.rds"))
 ok_by <- tapply(tv$ok == "yes", tv$method, sum)
