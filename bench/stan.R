@@ -142,7 +142,6 @@ for (nm in names(post)) {
 }
 tab <- do.call(rbind, rows)
 tv <- tab[tab$method != "NUTS (reference)", ]
-saveRDS(tab, file.path(tempdir(), "bench-stan.rds"))
 ok_by <- tapply(tv$ok == "yes", tv$method, sum)
 cat("\nPosteriors within 0.1 sd and 10% in sd, by method: ",
     paste(sprintf("%s %d/%d", names(ok_by), ok_by, length(unique(tab$posterior))), collapse = "; "), "\n", sep = "")
