@@ -20,6 +20,11 @@ R_NEEDED  := c("roxygen2","knitr","rmarkdown","generics","testthat","MASS","boot
                "loo","posterior","rstantools","bayesplot","broom","emmeans","future.apply", \
                "progressr","DBI","RSQLite","rstan","BH","reformulas","KFAS")
 HAVE_DEPS := ok <- vapply($(R_NEEDED), requireNamespace, TRUE, quietly = TRUE)
+# rstan compiles Stan programs against Boost: the headers of CRAN's BH, or the
+# system's (Debian's r-cran-bh is an empty package that pulls in libboost-dev;
+# vb_stan() points rstan at those).
+HAVE_BOOST := ok <- any(file.exists(c(file.path(system.file("include", package = "BH"), "boost", "version.hpp"), \
+                "/usr/include/boost/version.hpp", "/usr/local/include/boost/version.hpp")))
 
 .PHONY: deps install document test check sanitize demo bench bench-deps clean
 
@@ -29,6 +34,7 @@ deps:
 	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEB_PKGS) ) >$(LIB)/apt.log 2>&1; \
 	  $(RSCRIPT) -e '$(HAVE_DEPS); p <- names(ok)[!ok]; if (length(p)) { message("make deps: from CRAN: ", toString(p)); install.packages(p, quiet = TRUE) }' >$(LIB)/cran.log 2>&1; \
 	  $(RSCRIPT) -e '$(HAVE_DEPS); if (!all(ok)) stop("make deps: missing ", toString(names(ok)[!ok]), " (see .lib/apt.log, .lib/cran.log)")'; }
+	@$(RSCRIPT) -e '$(HAVE_BOOST); if (!ok) { message("make deps: rstan finds no Boost headers; BH from CRAN"); install.packages("BH", quiet = TRUE) }'
 
 document: deps
 	$(RSCRIPT) -e 'roxygen2::roxygenise()'

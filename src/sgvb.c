@@ -556,7 +556,7 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
 
 typedef struct {
     double elbo, elbo_se, eta, n_nonfinite;
-    int iterations;
+    int iterations, aborted, consecutive_bad;
     vb_trace trace, smooth;
 } run_result;
 
@@ -678,6 +678,9 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
     R->iterations = it;
     /* the final ELBO is estimated unless the run failed before reaching a q */
     int estimable = status == VB_OK || status == VB_MAXIT || (status == VB_NONFINITE && W.final);
+    /* stopped by rejected draws before the final phase: no q to report */
+    R->aborted = status == VB_NONFINITE && !W.final;
+    R->consecutive_bad = bad;
     if (estimable) {
         int st = final_elbo(Q, C->elbo_samples, &R->elbo, &R->elbo_se);
         if (st != VB_OK) status = st;
@@ -834,9 +837,10 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
     int status = run(&Q, &C, lam, &R);
     PutRNGstate();
 
-    const char *nms[] = {"mu",     "L",      "elbo",        "elbo_se", "trace",
-                         "smooth", "eta",    "iterations",  "status",  "converged",
-                         "n_grad", "n_eval", "n_nonfinite", "error",   ""};
+    const char *nms[] = {
+        "mu",          "L",          "elbo",    "elbo_se",         "trace",  "smooth",
+        "eta",         "iterations", "status",  "converged",       "n_grad", "n_eval",
+        "n_nonfinite", "error",      "aborted", "consecutive_bad", ""};
     SEXP out = vb_named_list(nms, &nprot);
     SET_VECTOR_ELT(out, 0, vb_real_vec(d, Q.mu));
     SET_VECTOR_ELT(out, 1, vb_real_mat(d, d, Q.L));
@@ -852,6 +856,8 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
     SET_VECTOR_ELT(out, 11, Rf_ScalarReal(Q.n_eval));
     SET_VECTOR_ELT(out, 12, Rf_ScalarReal(R.n_nonfinite));
     SET_VECTOR_ELT(out, 13, VECTOR_ELT(holder, 0));
+    SET_VECTOR_ELT(out, 14, Rf_ScalarLogical(R.aborted));
+    SET_VECTOR_ELT(out, 15, Rf_ScalarInteger(R.consecutive_bad));
     UNPROTECT(nprot);
     return out;
 }
