@@ -479,7 +479,8 @@ print.summary.vbstan <- function(x, ...) {
 #'   posterior::summarise_draws(posterior::as_draws(fit))
 #' }
 #' }
-#' @exportS3Method posterior::as_draws
+#' @rawNamespace S3method(posterior::as_draws, vbstan)
+#' @export
 as_draws.vbstan <- function(x, n = 4000, ...) {
   if (!requireNamespace("posterior", quietly = TRUE))
     stop("as_draws(): the package 'posterior' is needed; install it with install.packages(\"posterior\").",
