@@ -1,0 +1,16 @@
+fuzz_topic_many <- list(
+  setup = function(fx, fixture) {
+    fx$dm <- data.frame(u = rep(c("a", "b"), each = 20), x = rnorm(40))
+    fx$dm$y <- rpois(40, exp(0.3 * fx$dm$x))
+    fixture("many1", vb_many(y ~ x, dm, by = "u", family = poisson()))
+    fixture("many0", vb_many(y ~ 1, dm, by = "u", family = poisson()))
+  },
+  cases = function() list(many = list(
+    fz_err(vb_many(y ~ x, dm)), fz_err(vb_many(y ~ x, dm, by = "nope")), fz_err(vb_many(y ~ x, dm, by = 1:3)),
+    fz_err(vb_many(y ~ x, dm, by = "u", fit = 1)), fz_err(vb_many(y ~ x, list(), family = poisson())),
+    fz_err(vb_many(y ~ x, "data", by = "u")),
+    fz_ok(vb_many(y ~ x, dm, by = "u", family = poisson(), approx = "meanfield"),
+          check = function(v, w) if (all(v$units$converged)) TRUE else "not converged"),
+    fz_err(elbo_table(many1)), fz_err(elbo_table(many1, many1)), fz_err(elbo_table(a = many1, b = "x")),
+    fz_ok(elbo_table(a = many0, b = many1), check = function(v, w) fz_finite(v))
+  )))
