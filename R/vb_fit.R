@@ -34,7 +34,11 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   weights <- d$weights; offset <- d$offset; exposure <- d$exposure
   if (!inherits(prior_precision, "vb_prior") || !identical(prior_precision[["dist"]], "gamma"))
     stop("vb_fit(): 'prior_precision' must be gamma_prior(shape, rate).", call. = FALSE)
-  pa <- prior_arrays(colnames(X), prior, prior_intercept)
+  ard <- inherits(prior, "vb_ard")
+  if (ard && (method != "cavi" || control$binomial_method == "jj" && family$family == "binomial"))
+    stop("vb(): prior = ard() is fitted by coordinate ascent: use method = \"cavi\" (and binomial_method = \"gva\").",
+         call. = FALSE)
+  pa <- prior_arrays(colnames(X), if (ard) normal(0, 1) else prior, prior_intercept)
   model <- glm_model(X, y, weights, offset, family, pa, prior_precision, control)
 
   if (method == "sgvb") {
@@ -47,7 +51,8 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   } else {
     blocks <- make_blocks(approx, colnames(X), assign, control$blocks)
     init <- glm_init(model, colnames(X))
-    core <- .Call(C_glm_cavi, model, init, blocks, control)
+    core <- if (ard) ard_cavi(model, prior, ard_groups(prior, colnames(X), assign), blocks, init, control)
+            else .Call(C_glm_cavi, model, init, blocks, control)
     core$blocks <- blocks
   }
   converged <- check_status(core$status, if (method == "sgvb") "vb() (SGVB)" else "vb()",
@@ -73,6 +78,12 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               y = y, x = X, rank = rank, approx = approx, method = method,
               blocks = core$blocks, prior = list(coef = pa, precision = prior_precision),
               control = control, mc_se = core$mc_se, separated = separated)
+  if (ard) { # the Gaussian prior the final q(beta) step used: alpha at E[alpha]
+    fit$ard <- ard_table(core$ard, cn)
+    jj <- !is.na(core$ard$groups)
+    fit$prior$coef$scale[jj] <- 1 / sqrt((core$ard$shape / core$ard$rate)[core$ard$groups[jj]])
+    fit$prior$ard <- prior
+  }
   if (!is.null(core$sgvb)) fit$sgvb <- core$sgvb # joint q over (beta, log tau), SGVB run data
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- c("vbfit", "vb_posterior")
