@@ -14,3 +14,15 @@ fuzz_topic_many <- list(
     fz_err(elbo_table(many1)), fz_err(elbo_table(many1, many1)), fz_err(elbo_table(a = many1, b = "x")),
     fz_ok(elbo_table(a = many0, b = many1), check = function(v, w) fz_finite(v))
   )))
+fuzz_topic_population <- list(
+  setup = function(fx, fixture) {
+    fx$Bp <- raised_cosine_basis(2, c(0.005, 0.02), 0.01, 0.005)
+    fx$Yp <- matrix(rpois(600, 0.3), 200, 3)
+  },
+  cases = function() list(population = list(
+    fz_err(vb_population(Yp[, 1], basis = Bp)), fz_err(vb_population(-Yp, basis = Bp)),
+    fz_err(vb_population(Yp, basis = NULL)), fz_err(vb_population(Yp, basis = Bp, trial = 1:3)),
+    fz_err(ard(-1)), fz_err(ard(1, NA)), fz_ok(ard(2, 3), check = function(v, w) inherits(v, "vb_ard")),
+    fz_ok(vb_population(Yp, basis = Bp), check = function(v, w) fz_finite(v$gain))
+  )),
+  workload = alist(vb(cnt ~ x + x2, data = d, family = poisson(), prior = ard(), control = quiet)))
