@@ -26,3 +26,22 @@ fuzz_topic_population <- list(
     fz_ok(vb_population(Yp, basis = Bp), check = function(v, w) fz_finite(v$gain))
   )),
   workload = alist(vb(cnt ~ x + x2, data = d, family = poisson(), prior = ard(), control = quiet)))
+fuzz_topic_chunks <- list(
+  setup = function(fx, fixture) {
+    fx$chunk_src <- local({
+      pieces <- split(fx$d, rep(1:2, each = 20))
+      i <- 0
+      function(reset) {
+        if (reset) { i <<- 0; return(NULL) }
+        i <<- i + 1
+        if (i > 2) NULL else pieces[[i]]
+      }
+    })
+  },
+  cases = function() list(chunks = list(
+    fz_err(vb_chunks(1)), fz_err(vb_chunks(NA_character_)), fz_err(vb_chunks("no-such-file.csv")),
+    fz_err(vb(cnt ~ x, data = vb_chunks(function(reset) if (reset) NULL else "x"), family = poisson())),
+    fz_err(vb(cnt ~ x, data = vb_chunks(chunk_src), family = poisson(), method = "sgvb")),
+    fz_ok(vb(cnt ~ x, data = vb_chunks(chunk_src), family = poisson(), control = quiet), check = fz_fit),
+    fz_ok(vb(y ~ x, data = vb_chunks(chunk_src), approx = "meanfield", control = quiet), check = fz_fit)
+  )))
