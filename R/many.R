@@ -55,6 +55,7 @@ vb_many <- function(formula, data, by, ..., fit = vb, keep_fits = TRUE) {
   if (!is.logical(keep_fits) || length(keep_fits) != 1L || is.na(keep_fits))
     stop("vb_many(): 'keep_fits' must be TRUE or FALSE.", call. = FALSE)
   units <- many_split(data, if (missing(by)) NULL else by, missing(by))
+  formula <- many_formula(formula, units[[1L]])
   fit_name <- if (is.name(cl$fit)) as.character(cl$fit) else "vb"
   dots <- match.call(expand.dots = FALSE)$...
   args <- many_args(dots, units[[1L]], parent.frame())
@@ -63,9 +64,25 @@ vb_many <- function(formula, data, by, ..., fit = vb, keep_fits = TRUE) {
   # one list, so that no symbol, call or formula in it is evaluated on the way
   spec <- list(formula = formula, fit = fit, args = args, keep = keep_fits, progress = p,
                record = as.call(c(list(as.name(fit_name), formula = formula, data = quote(unit_data)), dots)))
-  res <- future.apply::future_lapply(units, many_unit, spec = spec, future.seed = TRUE)
+  res <- future.apply::future_lapply(units, many_unit, spec = spec, future.seed = TRUE,
+                                     future.packages = "vbayes")
   names(res) <- names(units)
   many_result(res, formula, cl)
+}
+
+# Workers see the formula's environment only if it travels with the formula:
+# the objects the formula names (a basis matrix in history(spikes, B), say)
+# are copied into a small environment of their own, child of the original.
+many_formula <- function(formula, unit1) {
+  if (!inherits(formula, "formula")) stop("vb_many(): 'formula' must be a model formula.", call. = FALSE)
+  env <- environment(formula)
+  if (is.null(env)) env <- globalenv()
+  cols <- if (is.list(unit1)) names(unit1) else character(0)
+  nms <- setdiff(unique(all.names(formula)), cols)
+  fenv <- new.env(parent = env)
+  for (nm in nms) if (exists(nm, envir = env)) assign(nm, get(nm, envir = env), envir = fenv)
+  environment(formula) <- fenv
+  formula
 }
 
 # A data frame split by unit, or a list of data frames checked as one.

@@ -45,3 +45,14 @@ fuzz_topic_chunks <- list(
     fz_ok(vb(cnt ~ x, data = vb_chunks(chunk_src), family = poisson(), control = quiet), check = fz_fit),
     fz_ok(vb(y ~ x, data = vb_chunks(chunk_src), approx = "meanfield", control = quiet), check = fz_fit)
   )))
+fuzz_topic_lds_block <- list(
+  cases = function() list(lds_block = list(
+    fz_err(vb_lds(Y, 1, approx = "block")), fz_err(vb_lds(Y, 1, approx = "block", blocks = -1)),
+    fz_err(vb_lds(Y, 1, approx = "block", blocks = list(1:5))), fz_err(vb_lds(Y, 1, blocks = 3)),
+    fz_ok(vb_lds(Y, 1, approx = "block", blocks = 7, control = vb_control(maxit = 5, quiet = TRUE)),
+          check = function(v, w) fz_finite(v$elbo))
+  )),
+  workload = alist(
+    vb_lds(Y[1:30, ], 1, approx = "block", blocks = 4, control = vb_control(maxit = 3, quiet = TRUE)),
+    vb_lds(Ycnt[1:30, ], 1, family = poisson(), approx = "block", blocks = list(1:2, 3:30),
+           control = vb_control(maxit = 3, quiet = TRUE))))

@@ -129,3 +129,16 @@ test_that("summary() and plot() of many fits show every unit", {
   expect_equal(nrow(plot(m, "elbo")), 3L)
   expect_error(plot(m, term = "z"), "one of")
 })
+
+test_that("objects a formula names reach the workers of a multisession plan", {
+  skip_if_not_installed("future")
+  d <- many_data(3)
+  basis_for_test <- cbind(b1 = d$x * 0 + 1, b2 = seq_len(nrow(d)) / nrow(d))
+  shift <- function(v) v + basis_for_test[seq_along(v), 2]
+  ref <- vb_many(y ~ shift(x), d, by = "unit", family = poisson())
+  old <- future::plan(future::multisession, workers = 2)
+  on.exit(future::plan(old), add = TRUE)
+  m <- vb_many(y ~ shift(x), d, by = "unit", family = poisson())
+  expect_true(all(is.na(m$units$error)))
+  expect_identical(m$coefficients, ref$coefficients)
+})
