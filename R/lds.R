@@ -16,6 +16,14 @@
 #'   approximation), found by fixed-point natural-gradient steps with
 #'   E exp(c'z) = exp(c'm + c'Sc/2) in closed form and step halving, so the
 #'   ELBO never decreases.
+#' * `approx = "block"`: q = prod_k q(z_{B_k}) over a partition of the time
+#'   steps into contiguous runs B_k (`blocks`), each run a Gaussian Markov
+#'   chain (block-tridiagonal precision), runs independent: between
+#'   meanfield (runs of length 1) and structured (one run). Each run's update
+#'   is an exact coordinate update for gaussian observations (a
+#'   block-tridiagonal solve given the neighbouring runs' means) and a damped
+#'   natural-gradient step for poisson ones, so the ELBO never decreases; a
+#'   finer partition never has a higher optimal ELBO.
 #' * `approx = "meanfield"`: q = prod_t q(z_t), by coordinate ascent over time
 #'   steps. It ignores the temporal dependence of the posterior: a lower ELBO
 #'   and credible bands that are too narrow.
@@ -47,7 +55,10 @@
 #'   matrices, one per trial, with the same N columns.
 #' @param latent_dim The latent dimension d, a whole number with 1 <= d < N.
 #' @param family `gaussian()` or `poisson()` (log link).
-#' @param approx `"structured"` (default) or `"meanfield"`, see Details.
+#' @param approx `"structured"` (default), `"block"` or `"meanfield"`, see Details.
+#' @param blocks For `approx = "block"`: a run length L (runs of L time steps,
+#'   the last possibly shorter), or a list of contiguous time-step vectors
+#'   partitioning `1:T`, e.g. `list(1:2, 3, 4, 5)` for q(z_1, z_2) q(z_3) q(z_4) q(z_5).
 #' @param params Parameters: a list with `A` (d x d), `Q` (d x d, positive
 #'   definite), `C` (N x d), `d` (length N), `R` (length N, positive; gaussian
 #'   only), `m0` (length d) and `V0` (d x d, positive definite). With
@@ -81,8 +92,8 @@
 #' fit
 #' elbo(fit)
 #' @export
-vb_lds <- function(y, latent_dim, family = gaussian(), approx = c("structured", "meanfield"),
-                   params = NULL, learn = TRUE, exposure = NULL, control = vb_control()) {
+vb_lds <- function(y, latent_dim, family = gaussian(), approx = c("structured", "block", "meanfield"),
+                   params = NULL, learn = TRUE, exposure = NULL, control = vb_control(), blocks = NULL) {
   t0 <- proc.time()[["elapsed"]]
   cl <- match.call()
   approx <- match.arg(approx)
@@ -100,6 +111,7 @@ vb_lds <- function(y, latent_dim, family = gaussian(), approx = c("structured", 
     stop(sprintf("vb_lds(): 'latent_dim' (%d) must be smaller than the number of units N = %d; use fewer latent dimensions.",
                  latent_dim, N), call. = FALSE)
   Off <- lds_check_exposure(exposure, Y, pois)
+  starts <- lds_block_starts(approx, blocks, vapply(Y, nrow, 1L))
   learn <- lds_check_learn(learn, params)
   if (pois) learn <- setdiff(learn, "R")
   fixed <- setdiff(setdiff(lds_par_names, if (pois) "R"), learn)
@@ -113,7 +125,9 @@ vb_lds <- function(y, latent_dim, family = gaussian(), approx = c("structured", 
   params <- lds_check_params(params, N, latent_dim, pois)
   if ("R" %in% learn) params$R <- pmax(params$R, floor)
 
-  fit <- lds_em(Y, Off, params, pois, approx, learn, control, floor)
+  fit <- lds_em(Y, Off, params, pois, approx, learn, control, floor, starts)
+  fit$blocks <- starts
+  fit$block_spec <- blocks
   fit$time <- proc.time()[["elapsed"]] - t0
   fit$call <- cl
   fit$family <- family
@@ -321,16 +335,42 @@ lds_check_enough_data <- function(Y, learn, k, pois) {
 
 lds_estep <- function(Y, Off, params, pois, approx, state, control) {
   fam <- family_code(if (pois) stats::poisson() else stats::gaussian())
-  lapply(seq_along(Y), function(k) {
-    .Call(C_lds_estep, Y[[k]], Off[[k]], fam, params, state[[k]],
-          if (approx == "structured") 0L else 1L, control)
-  })
+  code <- match(approx, c("structured", "meanfield", "block")) - 1L
+  lapply(seq_along(Y), function(k) .Call(C_lds_estep, Y[[k]], Off[[k]], fam, params, state[[k]], code, control))
 }
 
-lds_em <- function(Y, Off, params, pois, approx, learn, control, floor) {
+# The runs of the block family, per trial, as 0-based starts: `blocks` is a
+# run length L (runs of L steps, the last possibly shorter) or a list of
+# contiguous index vectors partitioning 1:T (every trial the same T).
+lds_block_starts <- function(approx, blocks, Ts) {
+  if (approx != "block") {
+    if (!is.null(blocks)) stop("vb_lds(): 'blocks' is for approx = \"block\".", call. = FALSE)
+    return(NULL)
+  }
+  if (is.null(blocks)) stop("vb_lds(): approx = \"block\" needs 'blocks': a run length, or a list of contiguous time steps such as list(1:2, 3, 4).",
+                            call. = FALSE)
+  if (is.list(blocks)) {
+    if (length(unique(Ts)) != 1L)
+      stop("vb_lds(): a list of 'blocks' needs trials of equal length; give a run length instead.", call. = FALSE)
+    T <- Ts[1L]
+    ok <- vapply(blocks, function(b) is.numeric(b) && length(b) > 0L && !anyNA(b) && all(b == round(b)) &&
+                   all(diff(b) == 1), logical(1))
+    all <- unlist(blocks)
+    if (!all(ok) || !identical(as.numeric(all), as.numeric(seq_len(T))))
+      stop(sprintf("vb_lds(): 'blocks' must partition the time steps 1:%d into contiguous runs, in order (e.g. list(1:2, 3, 4, ...)).", T),
+           call. = FALSE)
+    s <- as.integer(vapply(blocks, min, 0) - 1)
+    return(rep(list(s), length(Ts)))
+  }
+  if (!is.numeric(blocks) || length(blocks) != 1L || !is.finite(blocks) || blocks < 1 || blocks != round(blocks))
+    stop("vb_lds(): 'blocks' must be a whole run length >= 1 or a list of contiguous time steps.", call. = FALSE)
+  lapply(Ts, function(T) as.integer(seq(0, T - 1, by = min(blocks, T))))
+}
+
+lds_em <- function(Y, Off, params, pois, approx, learn, control, floor, starts = NULL) {
   K <- length(Y)
   codes <- vb_status_codes
-  state <- vector("list", K)
+  state <- if (approx == "block") lapply(starts, function(s) list(starts = s)) else vector("list", K)
   trace <- numeric(0)
   t0 <- proc.time()[["elapsed"]]; last <- t0
   # with learning, a few fixed-point iterations per E-step (one is exact for gaussian)
@@ -354,7 +394,11 @@ lds_em <- function(Y, Off, params, pois, approx, learn, control, floor) {
     }
     E <- En; pE <- params
     trace <- c(trace, el)
-    state <- lapply(E, function(e) if (approx == "structured") e[c("D", "L", "b")] else e[c("m", "S")])
+    state <- lapply(seq_along(E), function(k) {
+      e <- E[[k]]
+      switch(approx, structured = e[c("D", "L", "b")], meanfield = e[c("m", "S")],
+             block = list(starts = starts[[k]], D = e$D, Ls = e$L, b = e$b))
+    })
     if (length(failed)) {
       status <- failed[1L]
       break
@@ -388,7 +432,7 @@ lds_em <- function(Y, Off, params, pois, approx, learn, control, floor) {
   loglik <- sum(vapply(E, `[[`, 0, "loglik"))
   post <- lapply(E, function(e) {
     po <- list(mean = t(e$m), cov = e$S, cross = e$Sc, logdet = e$logdet)
-    if (approx == "structured") c(po, list(D = e$D, L = e$L)) else po
+    if (approx != "meanfield") c(po, list(D = e$D, L = e$L)) else po
   })
   status <- as.integer(status)
   list(params = params, elbo = el, elbo_trace = trace,
@@ -619,7 +663,7 @@ predict.vblds <- function(object, newdata = NULL, type = c("response", "link", "
     }
     object <- vb_lds(newdata, object$latent_dim, object$family, object$approx,
                      params = object$params, learn = FALSE, exposure = exposure,
-                     control = object$control)
+                     control = object$control, blocks = object$block_spec)
   }
   out <- if (type == "latent") {
     lapply(object$posterior, function(po) {
@@ -796,13 +840,15 @@ q_sample.vblds <- function(fit, S) {
     if (fit$approx == "meanfield") {
       for (t in seq_len(T)) draw(chol(solve(po$cov[, , t])), t, m[, t])
     } else {
+      # L: one sub-diagonal block (structured) or one per step, zero where a run starts (block)
+      Lt <- if (length(dim(po$L)) == 3L) function(t) po$L[, , t] else function(t) po$L
       F <- array(0, c(k, k, T)); F[, , 1] <- po$D[, , 1]
       if (T > 1) for (t in 2:T)
-        F[, , t] <- po$D[, , t] - po$L %*% solve(F[, , t - 1], t(po$L))
+        F[, , t] <- po$D[, , t] - Lt(t) %*% solve(F[, , t - 1], t(Lt(t)))
       draw(chol((F[, , T] + t(F[, , T])) / 2), T, m[, T])
       if (T > 1) for (t in (T - 1):1) {
         Ft <- (F[, , t] + t(F[, , t])) / 2
-        draw(chol(Ft), t, m[, t] - solve(Ft, t(po$L) %*% (Z[, t + 1, ] - m[, t + 1])))
+        draw(chol(Ft), t, m[, t] - solve(Ft, t(Lt(t + 1)) %*% (Z[, t + 1, ] - m[, t + 1])))
       }
     }
     list(theta = matrix(Z, k * T), logq = logq)

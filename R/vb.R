@@ -105,6 +105,9 @@ vb <- function(formula, data, family = gaussian(), prior, prior_intercept, prior
   method <- match.arg(method)
   control <- as_vb_control(control)
   if (missing(data)) data <- environment(formula)
+  if (inherits(data, "vb_chunks")) return(vb_chunked(cl, formula, data, family, prior, prior_intercept,
+                                                     prior_precision, approx, method, control, contrasts,
+                                                     parent.frame()))
 
   # the model frame, as glm() builds it; a scalar exposure is recycled later
   mf <- match.call(expand.dots = FALSE)

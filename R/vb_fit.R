@@ -33,7 +33,14 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   d <- check_glm_data(X, y, family, weights, offset, exposure)
   X <- d$X; n <- nrow(X); p <- ncol(X)
   weights <- d$weights; offset <- d$offset; exposure <- d$exposure
-  pri <- resolve_priors(X, y, weights, offset, family, prior, prior_intercept, prior_precision)
+  ard <- inherits(prior, "vb_ard")
+  if (ard && (method != "cavi" || control$binomial_method == "jj" && family$family == "binomial"))
+    stop("vb(): prior = ard() is fitted by coordinate ascent: use method = \"cavi\" (and binomial_method = \"gva\").",
+         call. = FALSE)
+  # ARD: the coefficients' Gaussian prior scales are set by ard_cavi() from q(alpha)
+  pri <- resolve_priors(X, y, weights, offset, family, if (ard) normal(0, 1) else prior, prior_intercept,
+                        prior_precision)
+  if (ard) pri$specified$prior <- prior
   pa <- pri$coef
   # the engines work on the centred design when the default intercept prior
   # applies to the centred predictors (?priors); results come back uncentred
@@ -50,7 +57,8 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   } else {
     blocks <- make_blocks(approx, colnames(X), assign, control$blocks)
     init <- glm_init(model, colnames(X))
-    core <- .Call(C_glm_cavi, model, init, blocks, control)
+    core <- if (ard) ard_cavi(model, prior, ard_groups(prior, colnames(X), assign), blocks, init, control)
+            else .Call(C_glm_cavi, model, init, blocks, control)
     core$blocks <- blocks
   }
   if (!is.null(pri$centre)) core <- uncentre_core(core, pri$centre)
@@ -77,6 +85,12 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               y = y, x = X, rank = rank, approx = approx, method = method,
               blocks = core$blocks, prior = pri,
               control = control, mc_se = core$mc_se, separated = separated)
+  if (ard) { # the Gaussian prior the final q(beta) step used: alpha at E[alpha]
+    fit$ard <- ard_table(core$ard, cn)
+    jj <- !is.na(core$ard$groups)
+    fit$prior$coef$scale[jj] <- 1 / sqrt((core$ard$shape / core$ard$rate)[core$ard$groups[jj]])
+    fit$prior$ard <- prior
+  }
   if (!is.null(core$sgvb)) fit$sgvb <- core$sgvb # joint q over (beta, log tau), SGVB run data
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- c("vbfit", "vb_posterior")

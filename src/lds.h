@@ -1,7 +1,7 @@
 /*
  * lds.h — the latent linear dynamical system shared by its files:
  * lds_model.c (the model: unpacking, expectations, ELBO terms),
- * lds_structured.c and lds_meanfield.c (the two E-steps), lds_estep.c
+ * lds_structured.c, lds_block.c and lds_meanfield.c (the E-steps), lds_estep.c
  * (their .Call wrapper) and lds_mstep.c (the Poisson M-step).
  *
  * Model (one trial of T bins, N units, latent dimension d):
@@ -62,6 +62,14 @@ int lds_estep_structured(const lds_model *M, lds_q *cur, lds_q *try_, int maxit,
 int lds_estep_meanfield(const lds_model *M, double *m, double *S, double *logdetS, int maxit,
                         double tol, int *iter, double *elbo, double *loglik, double *Sc0,
                         double *work);
+
+/* lds_block.c: runs s[0..nb]; work of LDS_BLOCK_WORK(N, d, Lmax) doubles */
+#define LDS_BLOCK_WORK(N, d, Lmax)                                                                 \
+    (6 * (size_t)(Lmax) * (d) * (d) + 4 * (size_t)(Lmax) * (d) + VB_BTD_WORK(d) +                  \
+     LDS_OBS_WORK(N, d) + (size_t)(d) + 64)
+int lds_estep_block(const lds_model *M, int nb, const int *s, double *D, double *Ls, double *b,
+                    double *m, double *S, double *Sc, double *ld, int maxit, double tol, int *iter,
+                    double *elbo, double *loglik, double *work);
 
 /* small dense helpers (column-major) */
 static inline void lds_gemm(const char *ta, const char *tb, int n, int k, int m, double alpha,

@@ -8,10 +8,14 @@
  *   or VB_POISSON (integer); params list(A, Q, C, d, R, m0, V0);
  *   approx 0 structured (state NULL = start at the prior, or list(D d x d x T,
  *   L d x d, b d x T), the natural parameters of q) or 1 meanfield (state NULL
- *   = the prior's diagonal blocks at the prior mean path, or list(m, S));
+ *   = the prior's diagonal blocks at the prior mean path, or list(m, S)) or
+ *   2 block (state list(starts = the run starts, integer, 0-based, first 0)
+ *   to start at the prior mean path, plus D, Ls (d x d x T) and b (d x T),
+ *   the runs' natural parameters, to continue from a q);
  *   control the named vb_control() list (maxit: fixed-point iterations or
  *   sweeps; tol).
- * Returns list(m, S, Sc, logdet, D, L, b (structured; NULL for meanfield),
+ * Returns list(m, S, Sc, logdet, D, L, b (structured; block: D, L = Ls, b;
+ *   NULL for meanfield),
  *   elbo, loglik, iterations, passes, status, converged = status == VB_OK).
  *   A Q or V0 that is not positive definite (e.g. left by an M-step) is
  *   status VB_NOT_PD with elbo NA.  Cost: see the workers.
@@ -37,9 +41,9 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
     lds_model M;
     vb_settings s;
     lds_unpack(&M, y, off, family, params);
-    if (TYPEOF(approx) != INTSXP || XLENGTH(approx) != 1 ||
-        (INTEGER(approx)[0] != 0 && INTEGER(approx)[0] != 1))
-        Rf_error("lds: 'approx' must be 0L (structured) or 1L (meanfield)");
+    if (TYPEOF(approx) != INTSXP || XLENGTH(approx) != 1 || INTEGER(approx)[0] < 0 ||
+        INTEGER(approx)[0] > 2)
+        Rf_error("lds: 'approx' must be 0L (structured), 1L (meanfield) or 2L (block)");
     vb_settings_read(control, &s);
     if (!Rf_isNull(state) && TYPEOF(state) != VECSXP)
         Rf_error("lds: 'state' must be NULL or a list");
@@ -113,6 +117,71 @@ SEXP C_lds_estep(SEXP y, SEXP off, SEXP family, SEXP params, SEXP state, SEXP ap
         logdet = cur.logdet;
         elbo = cur.elbo;
         loglik = cur.loglik;
+    } else if (status == VB_OK && ap == 2) {
+        if (TYPEOF(state) != VECSXP)
+            Rf_error("lds: the block family needs state = list(starts = )");
+        SEXP st0 = vb_elt_req(state, "starts", "state");
+        if (TYPEOF(st0) != INTSXP || XLENGTH(st0) < 1 || XLENGTH(st0) > T)
+            Rf_error("lds: 'starts' must be an integer vector of run starts, at most one per step");
+        int nb = (int)XLENGTH(st0), *s0 = INTEGER(st0), Lmax = 0;
+        int *sb = (int *)R_alloc((size_t)nb + 1, sizeof(int));
+        for (int k = 0; k < nb; k++) {
+            if (s0[k] == NA_INTEGER || s0[k] >= T || (k == 0 ? s0[k] != 0 : s0[k] <= s0[k - 1]))
+                Rf_error("lds: 'starts' must increase from 0 and stay below T");
+            sb[k] = s0[k];
+        }
+        sb[nb] = T;
+        for (int k = 0; k < nb; k++)
+            if (sb[k + 1] - sb[k] > Lmax) Lmax = sb[k + 1] - sb[k];
+        SEXP D = dims(Rf_allocVector(REALSXP, Tdd), d, d, T);
+        SET_VECTOR_ELT(out, 4, D);
+        SEXP Ls = dims(Rf_allocVector(REALSXP, Tdd), d, d, T);
+        SET_VECTOR_ELT(out, 5, Ls);
+        SEXP b = dims(Rf_allocVector(REALSXP, Td), d, T, 0);
+        SET_VECTOR_ELT(out, 6, b);
+        double *ld = scratch(nb), *bw = scratch(VB_BTD_WORK(d)),
+               *wk = scratch(LDS_BLOCK_WORK(M.N, d, Lmax));
+        int warm = !Rf_isNull(vb_elt(state, "D"));
+        if (warm) {
+            const char *w = "state";
+            memcpy(REAL(D), vb_real_elt(state, "D", (R_xlen_t)Tdd, w), Tdd * sizeof(double));
+            memcpy(REAL(Ls), vb_real_elt(state, "Ls", (R_xlen_t)Tdd, w), Tdd * sizeof(double));
+            memcpy(REAL(b), vb_real_elt(state, "b", (R_xlen_t)Td, w), Td * sizeof(double));
+        } else { /* the prior restricted to each run, at the prior mean path */
+            double *mp = scratch(Td);
+            for (int t = 0; t < T; t++) {
+                if (t == 0)
+                    memcpy(mp, M.m0, (size_t)d * sizeof(double));
+                else
+                    lds_gemv("N", d, d, 1.0, M.A, mp + (size_t)(t - 1) * d, 0.0,
+                             mp + (size_t)t * d);
+            }
+            int k = 0;
+            for (int t = 0; t < T; t++) {
+                if (k + 1 < nb && t == sb[k + 1]) k++;
+                int first = t == sb[k], last = t == sb[k + 1] - 1;
+                double *Dt = REAL(D) + t * dd, *Lt = REAL(Ls) + t * dd,
+                       *bt = REAL(b) + (size_t)t * d;
+                lds_prior_diag(&M, t, Dt);
+                for (size_t q = 0; q < dd; q++)
+                    Lt[q] = first ? 0.0 : -M.QiA[q];
+                lds_gemv("N", d, d, 1.0, Dt, mp + (size_t)t * d, 0.0, bt); /* b = Lambda_k m */
+                if (!first) lds_gemv("N", d, d, 1.0, Lt, mp + (size_t)(t - 1) * d, 1.0, bt);
+                if (!last) lds_gemv("T", d, d, -1.0, M.QiA, mp + (size_t)(t + 1) * d, 1.0, bt);
+            }
+        }
+        for (int k = 0; k < nb && status == VB_OK; k++) {
+            size_t o1 = (size_t)sb[k] * d, o2 = (size_t)sb[k] * dd;
+            status =
+                vb_btd_solve(sb[k + 1] - sb[k], d, REAL(D) + o2, REAL(Ls) + o2, dd, REAL(b) + o1,
+                             REAL(m) + o1, REAL(S) + o2, REAL(Sc) + o2, &ld[k], bw);
+        }
+        if (status == VB_OK)
+            status = lds_estep_block(&M, nb, sb, REAL(D), REAL(Ls), REAL(b), REAL(m), REAL(S),
+                                     REAL(Sc), ld, s.maxit, s.tol, &iter, &elbo, &loglik, wk);
+        passes = iter;
+        for (int k = 0; k < nb; k++)
+            logdet += ld[k];
     } else if (status == VB_OK) {
         double *ldS = scratch(T), *P = work;
         if (Rf_isNull(state)) {
