@@ -206,7 +206,7 @@ raised_cosine_basis <- function(n, peaks, offset, binwidth) {
 #' @examples
 #' spike_history(c(0, 1, 0, 0, 2, 0), basis = diag(2))
 #' B <- raised_cosine_basis(4, c(0.005, 0.04), 0.01, 0.005)
-#' fit <- vb(spikes ~ stim + spike_spike_history(spikes, B, trial), data = neuron[1:4000, ],
+#' fit <- vb(spikes ~ stim + spike_history(spikes, B, trial), data = neuron[1:4000, ],
 #'           family = poisson(), exposure = 0.005)
 #' coef(fit)
 #' @export
