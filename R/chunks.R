@@ -24,7 +24,8 @@
 #' chunk; empty chunks are skipped. The fit keeps no data: `predict()` with
 #' `newdata` (for instance a chunk) works; `fitted()` and `residuals()` do
 #' not. Supported: `approx = "fullrank"`, `"block"` and `"meanfield"`,
-#' `method = "cavi"`, [normal()] and [laplace()] priors.
+#' `method = "cavi"`, [normal()] and [laplace()] priors, given explicitly
+#' (the autoscaled defaults of [priors] would need the data's scales).
 #'
 #' @param source A function `(reset)`, a DBI connection, or file names.
 #' @param query With a DBI connection: the SQL query giving the rows.
@@ -44,9 +45,10 @@
 #'   i <<- i + 1
 #'   if (i > length(pieces)) NULL else pieces[[i]]
 #' }
-#' fit <- vb(y ~ x, data = vb_chunks(src), family = poisson())
+#' pr <- normal(0, 2.5); pri <- normal(0, 10)
+#' fit <- vb(y ~ x, data = vb_chunks(src), family = poisson(), prior = pr, prior_intercept = pri)
 #' coef(fit)
-#' coef(vb(y ~ x, data = d, family = poisson()))
+#' coef(vb(y ~ x, data = d, family = poisson(), prior = pr, prior_intercept = pri))
 #' @export
 vb_chunks <- function(source, query = NULL, chunk_size = 100000L, reader = utils::read.csv, ...) {
   if (is.function(source)) {
@@ -178,6 +180,18 @@ chunk_scan <- function(spec, src) {
 vb_chunked <- function(cl, formula, src, family, prior, prior_intercept, prior_precision, approx, method,
                        control, contrasts, env) {
   if (method != "cavi") stop("vb(): chunked data are fitted by coordinate ascent: use method = \"cavi\".", call. = FALSE)
+  # the autoscaled defaults need the data's moments and centring (?priors);
+  # a streamed fit takes its priors as given
+  left <- c(prior = is.null(prior), prior_intercept = is.null(prior_intercept),
+            prior_precision = is.null(prior_precision) && family$family == "gaussian")
+  if (any(left))
+    stop(sprintf("vb(): with data = vb_chunks(), give the priors explicitly (%s): the autoscaled defaults would need a pass over the data for its scales; e.g. prior = normal(0, 2.5), prior_intercept = normal(0, 10)%s.",
+                 paste(names(left)[left], collapse = ", "),
+                 if (family$family == "gaussian") ", prior_precision = gamma_prior(1, 1)" else ""), call. = FALSE)
+  if (is.null(prior_precision)) prior_precision <- gamma_prior(1, 1) # unused outside gaussian
+  prior <- as_vb_prior(prior, "prior")
+  prior_intercept <- as_vb_prior(prior_intercept, "prior_intercept")
+  prior_precision <- as_vb_prior(prior_precision, "prior_precision", "gamma")
   mf <- cl
   m <- match(c("formula", "subset", "weights", "na.action", "offset", "exposure"), names(mf), 0L)
   mf <- mf[c(1L, m)]

@@ -120,7 +120,7 @@ child <- function(code) {
   list(time = as.numeric(r[1]), mb = as.numeric(r[2]) / 1024, out = out)
 }
 vbr <- child(c("t <- system.time(f <- vb(fml, data = vb_chunks(con, 'SELECT * FROM obs', chunk_size = 2e5),",
-               "  family = poisson()))[['elapsed']]", "saveRDS(coef(f), file.path(dirname(db), 'vb_coef.rds'))"))
+               "  family = poisson(), prior = normal(0, 2.5), prior_intercept = normal(0, 10)))[['elapsed']]", "saveRDS(coef(f), file.path(dirname(db), 'vb_coef.rds'))"))
 bgr <- child(c("src <- local({ res <- NULL; function(reset) { if (reset) { if (!is.null(res)) dbClearResult(res);",
                "  res <<- dbSendQuery(con, 'SELECT * FROM obs'); return(NULL) }",
                "  if (dbHasCompleted(res)) return(NULL); d <- dbFetch(res, n = 2e5); if (nrow(d)) d else NULL } })",

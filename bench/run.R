@@ -2,15 +2,16 @@
 #
 #   Rscript bench/run.R [script ...]      (`make bench` installs, then runs this)
 #
-# Benchmarks, in this order, each if present: glm.R, accuracy.R, sgvb.R,
-# lds.R (other bench/*.R files are helpers).  Names given on the command line
+# Benchmarks, in this order, each if present: the list `benchmarks` below
+# (other bench/*.R files are helpers).  Names given on the command line
 # run only those.  Each script is sourced in its own environment in this one R
 # session, so the Stan model of bench/glm.stan is compiled once for all.
 # Output is markdown on stdout (the tables of bench/RESULTS.md), preceded by a
 # description of the machine; a script that fails is reported and the others
 # still run; the exit status is non-zero if any failed.
 
-benchmarks <- c("glm.R", "accuracy.R", "sgvb.R", "lds.R")
+benchmarks <- c("glm.R", "accuracy.R", "sgvb.R", "lds.R", "speed.R", "density.R", "stan.R", "glmm.R",
+                "amortized.R", "predictive.R", "ecosys.R", "populations.R", "lds_block.R")
 
 args <- commandArgs(trailingOnly = TRUE)
 here <- local({

@@ -42,8 +42,11 @@ fuzz_topic_chunks <- list(
     fz_err(vb_chunks(1)), fz_err(vb_chunks(NA_character_)), fz_err(vb_chunks("no-such-file.csv")),
     fz_err(vb(cnt ~ x, data = vb_chunks(function(reset) if (reset) NULL else "x"), family = poisson())),
     fz_err(vb(cnt ~ x, data = vb_chunks(chunk_src), family = poisson(), method = "sgvb")),
-    fz_ok(vb(cnt ~ x, data = vb_chunks(chunk_src), family = poisson(), control = quiet), check = fz_fit),
-    fz_ok(vb(y ~ x, data = vb_chunks(chunk_src), approx = "meanfield", control = quiet), check = fz_fit)
+    fz_err(vb(cnt ~ x, data = vb_chunks(chunk_src), family = poisson())),
+    fz_ok(vb(cnt ~ x, data = vb_chunks(chunk_src), family = poisson(), prior = normal(0, 1),
+             prior_intercept = normal(0, 5), control = quiet), check = fz_fit),
+    fz_ok(vb(y ~ x, data = vb_chunks(chunk_src), approx = "meanfield", prior = normal(0, 1),
+             prior_intercept = normal(0, 5), prior_precision = gamma_prior(1, 1), control = quiet), check = fz_fit)
   )))
 fuzz_topic_lds_block <- list(
   cases = function() list(lds_block = list(

@@ -1,6 +1,10 @@
 # vb(data = vb_chunks(...)): the streamed fit against the in-memory fit of the
 # same rows (the reference: same model, same ELBO, one pass per iteration).
 
+# explicit priors: a streamed fit takes its priors as given (no autoscaling)
+vbp <- function(...) vb(..., prior = normal(0, 2.5), prior_intercept = normal(0, 10),
+                        prior_precision = gamma_prior(1, 1))
+
 chunk_data <- function(n = 2400, seed = 1) {
   set.seed(seed)
   d <- data.frame(x = rnorm(n), f = sample(c("a", "b", "c"), n, TRUE), w = runif(n, 0.5, 2),
@@ -39,20 +43,20 @@ test_that("streamed fits equal in-memory fits for every family and family of q",
   dd <- do.call(rbind, pieces)
   ctl <- vb_control(tol = 1e-10)
   for (a in c("fullrank", "meanfield")) {
-    same_fit(vb(cnt ~ x + f, data = vb_chunks(chunk_fun(pieces)), family = poisson(), exposure = 0.5,
+    same_fit(vbp(cnt ~ x + f, data = vb_chunks(chunk_fun(pieces)), family = poisson(), exposure = 0.5,
                 approx = a, control = ctl),
-             vb(cnt ~ x + f, data = dd, family = poisson(), exposure = 0.5, approx = a, control = ctl))
-    same_fit(vb(yg ~ x + f, data = vb_chunks(chunk_fun(pieces)), weights = w, approx = a, control = ctl),
-             vb(yg ~ x + f, data = dd, weights = w, approx = a, control = ctl))
-    same_fit(vb(yb ~ x + f, data = vb_chunks(chunk_fun(pieces)), family = binomial(), approx = a, control = ctl),
-             vb(yb ~ x + f, data = dd, family = binomial(), approx = a, control = ctl))
+             vbp(cnt ~ x + f, data = dd, family = poisson(), exposure = 0.5, approx = a, control = ctl))
+    same_fit(vbp(yg ~ x + f, data = vb_chunks(chunk_fun(pieces)), weights = w, approx = a, control = ctl),
+             vbp(yg ~ x + f, data = dd, weights = w, approx = a, control = ctl))
+    same_fit(vbp(yb ~ x + f, data = vb_chunks(chunk_fun(pieces)), family = binomial(), approx = a, control = ctl),
+             vbp(yb ~ x + f, data = dd, family = binomial(), approx = a, control = ctl))
   }
-  same_fit(vb(cbind(k, 5 - k) ~ x, data = vb_chunks(chunk_fun(pieces)), family = binomial(), control = ctl),
-           vb(cbind(k, 5 - k) ~ x, data = dd, family = binomial(), control = ctl))
-  f <- vb(cnt ~ x + f, data = vb_chunks(chunk_fun(pieces)), family = poisson(), exposure = 0.5)
+  same_fit(vbp(cbind(k, 5 - k) ~ x, data = vb_chunks(chunk_fun(pieces)), family = binomial(), control = ctl),
+           vbp(cbind(k, 5 - k) ~ x, data = dd, family = binomial(), control = ctl))
+  f <- vbp(cnt ~ x + f, data = vb_chunks(chunk_fun(pieces)), family = poisson(), exposure = 0.5)
   expect_equal(nobs(f), nrow(dd) - 2L)
   expect_equal(predict(f, newdata = d[1:5, ]),
-               predict(vb(cnt ~ x + f, data = dd, family = poisson(), exposure = 0.5), newdata = d[1:5, ]),
+               predict(vbp(cnt ~ x + f, data = dd, family = poisson(), exposure = 0.5), newdata = d[1:5, ]),
                tolerance = 1e-6)
   expect_error(fitted(f), "keeps no data")
   expect_error(residuals(f), "keeps no data")
@@ -61,17 +65,17 @@ test_that("streamed fits equal in-memory fits for every family and family of q",
 test_that("a database query and a set of files stream the same fit", {
   skip_if_not_installed("RSQLite")
   d <- chunk_data(1500, 2)
-  ref <- vb(cnt ~ x + f, data = d, family = poisson(), control = vb_control(tol = 1e-10))
+  ref <- vbp(cnt ~ x + f, data = d, family = poisson(), control = vb_control(tol = 1e-10))
   con <- DBI::dbConnect(RSQLite::SQLite(), tempfile(fileext = ".sqlite"))
   on.exit(DBI::dbDisconnect(con), add = TRUE)
   DBI::dbWriteTable(con, "bins", d)
-  f <- vb(cnt ~ x + f, data = vb_chunks(con, "SELECT * FROM bins", chunk_size = 400), family = poisson(),
+  f <- vbp(cnt ~ x + f, data = vb_chunks(con, "SELECT * FROM bins", chunk_size = 400), family = poisson(),
           control = vb_control(tol = 1e-10))
   same_fit(f, ref)
   files <- vapply(1:3, function(k) tempfile(fileext = ".csv"), "")
   idx <- split(seq_len(nrow(d)), rep(1:3, c(200, 700, 600)))
   for (k in 1:3) utils::write.csv(d[idx[[k]], ], files[k], row.names = FALSE)
-  same_fit(vb(cnt ~ x + f, data = vb_chunks(files), family = poisson(), control = vb_control(tol = 1e-10)), ref)
+  same_fit(vbp(cnt ~ x + f, data = vb_chunks(files), family = poisson(), control = vb_control(tol = 1e-10)), ref)
 })
 
 test_that("bad sources get clear errors", {
@@ -82,13 +86,14 @@ test_that("bad sources get clear errors", {
   on.exit(DBI::dbDisconnect(con))
   expect_error(vb_chunks(con), "SQL 'query'")
   bad <- function(reset) if (reset) NULL else 1:3
-  expect_error(vb(y ~ x, data = vb_chunks(bad)), "not a data frame")
+  expect_error(vbp(y ~ x, data = vb_chunks(bad)), "not a data frame")
   none <- function(reset) NULL
-  expect_error(vb(y ~ x, data = vb_chunks(none)), "no rows")
+  expect_error(vbp(y ~ x, data = vb_chunks(none)), "no rows")
+  expect_error(vb(y ~ x, data = vb_chunks(none)), "give the priors explicitly \\(prior, prior_intercept, prior_precision\\)")
   d <- chunk_data(300)
-  expect_error(vb(cnt ~ x, data = vb_chunks(chunk_fun(list(d))), family = poisson(), method = "sgvb"),
+  expect_error(vbp(cnt ~ x, data = vb_chunks(chunk_fun(list(d))), family = poisson(), method = "sgvb"),
                "coordinate ascent")
   neg <- d
   neg$cnt[4] <- -1
-  expect_error(vb(cnt ~ x, data = vb_chunks(chunk_fun(list(d, neg))), family = poisson()), "negative|non-negative")
+  expect_error(vbp(cnt ~ x, data = vb_chunks(chunk_fun(list(d, neg))), family = poisson()), "negative|non-negative")
 })
