@@ -128,5 +128,5 @@ if (length(rows)) {
   tab <- do.call(rbind, rows)
   cat("\n")
   print(tab, row.names = FALSE)
-  saveRDS(tab, file.path(cache, "results.rds"))
+  saveRDS(tab, file.path(cache, paste0("results_", paste(names(P), collapse = "_"), ".rds")))
 }
