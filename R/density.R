@@ -137,12 +137,15 @@ vb_density <- function(log_density, init, gradient = NULL, lower = -Inf, upper =
       what <- "'gradient'"
     } else what <- "the \"gradient\" attribute of 'log_density'"
     if (is.null(g)) return(f)
-    ok <- tryCatch(check_user_grad(g, d, v, what), error = function(e) e)
+    ok <- tryCatch(check_user_grad(g, d, v, what, finite = FALSE), error = function(e) e)
     if (inherits(ok, "error"))
       stop(errorCondition(sprintf("vb_density(): %s (at theta = c(%s)).", conditionMessage(ok),
                                   paste(format(x, digits = 4), collapse = ", ")),
                           class = "vb_density_error", call = NULL))
-    structure(f, gradient = as.double(g) * tf$dx_du(u) + tf$dlog_jac(u))
+    g <- as.double(g)
+    gu <- g * tf$dx_du(u) + tf$dlog_jac(u)
+    gu[!is.finite(g)] <- g[!is.finite(g)] # a non-finite gradient stays visible as such
+    structure(f, gradient = gu)
   }
   numeric_grad <- is.null(gr) && is.null(attr(f0, "gradient"))
   constrain <- if (tf$identity) NULL else function(U) {
@@ -154,12 +157,13 @@ vb_density <- function(log_density, init, gradient = NULL, lower = -Inf, upper =
   fit_density(ld_u, tf$unconstrain(x0), approx = approx, init_method = init_method,
               control = control, constrain = constrain, par_names = nm,
               estimator = estimator, numeric_grad = numeric_grad, what = "vb_density()",
+              extra_evals = 1 + (!is.null(gr) && is.null(attr(f0, "gradient"))),
               call = cl, unc_names = if (tf$identity) nm else tf$unc_names(nm))
 }
 
 # A user gradient must be a finite numeric vector of length d where the log
 # density is finite (an error otherwise: the draw is then rejected).
-check_user_grad <- function(g, d, f, what) {
+check_user_grad <- function(g, d, f, what, finite = TRUE) {
   if (!(is.numeric(g) || is.logical(g)) || length(g) != d)
     stop(sprintf("%s must return a numeric vector of length %d", what, d), call. = FALSE)
   if (!is.double(g) && anyNA(g))
@@ -167,7 +171,7 @@ check_user_grad <- function(g, d, f, what) {
                  what, typeof(g), f), call. = FALSE)
   if (!is.numeric(g))
     stop(sprintf("%s must return a numeric vector of length %d, not a %s vector", what, d, typeof(g)), call. = FALSE)
-  if (any(!is.finite(g)))
+  if (finite && any(!is.finite(g)))
     stop(sprintf("%s returned non-finite values (%s) where 'log_density' is %g; it must be finite wherever the log density is finite",
                  what, paste(format(g[!is.finite(g)]), collapse = ", "), f), call. = FALSE)
   invisible(g)
@@ -276,7 +280,21 @@ fit_density <- function(log_density, init, approx = c("fullrank", "meanfield"),
   # ---- the start: mode and Laplace approximation ----
   st <- density_start(ev, u0, approx, init_method, what)
   elbo_lap <- c(NA_real_, NA_real_)
-  if (isTRUE(st$laplace)) elbo_lap <- laplace_elbo(ev, st$mu, st$Lfull, control$elbo_samples)
+  if (isTRUE(st$laplace)) {
+    elbo_lap <- laplace_elbo(ev, st$mu, st$Lfull, control$elbo_samples)
+    # a mode with tiny curvature (a flat top) gives a Laplace q far too wide:
+    # compare with the safe scale, sds capped at 1
+    sdl <- sqrt(rowSums(st$Lfull^2))
+    safe <- if (!is.finite(elbo_lap[1]) || any(sdl > 1))
+      laplace_elbo(ev, st$mu, diag(pmin(sdl, 1), length(sdl)), min(control$elbo_samples, 200L))
+    else c(-Inf, 0)
+    if (!is.finite(elbo_lap[1]) ||
+        (is.finite(safe[1]) && safe[1] > elbo_lap[1] + 4 * sqrt(elbo_lap[2]^2 + safe[2]^2))) {
+      st <- density_start(ev, st$mu, approx, "given", what,
+                          note = sprintf("the Laplace approximation at the mode has ELBO %.4g, below that of a start with standard deviations of at most 1 (%.4g)",
+                                         elbo_lap[1], safe[1]))
+    }
+  }
 
   # ---- SGVB ----
   target <- list(type = "r", fn = ev$engine_fn, d = as.integer(d))
@@ -311,11 +329,12 @@ fit_density <- function(log_density, init, approx = c("fullrank", "meanfield"),
               target = ev$value_fn, constrain = constrain, par_names = par_names,
               unconstrained = list(mu = mu, Sigma = Sigma, L = r$L),
               summary_draws = sdraws, start = st[c("method", "laplace", "note", "mode", "optim")],
-              n_eval = cnt[["n_eval"]], n_grad = cnt[["n_grad"]],
+              n_eval = cnt[["n_eval"]] + (opt$extra_evals %||% 0), n_grad = cnt[["n_grad"]],
               n_rejected = cnt[["n_fail"]] + cnt[["n_nonfinite"]],
               last_failure = ev$last_failure(),
               sgvb = list(mu = mu, Sigma = Sigma, L = r$L, smooth = r$smooth,
                           eta = r$eta, n_grad = cnt[["n_grad"]], n_eval = cnt[["n_eval"]],
+                          n_averaged = r$n_averaged, decays = r$decays,
                           n_nonfinite = r$n_nonfinite, estimator = estimator))
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- c("vbdensity", "vb_posterior")
@@ -352,7 +371,9 @@ density_evaluator <- function(log_density, d, numeric_grad, constrain, what) {
     if (has_grad_arg) log_density(u, grad = grad) else log_density(u)
   }
   # value (a double, -Inf on failure) and, when grad, the gradient or NULL
-  evaluate <- function(u, grad) {
+  # strict = FALSE (the mode search): a non-finite gradient where the value
+  # is finite (overflow far out) makes the point unusable instead of an error
+  evaluate <- function(u, grad, strict = TRUE) {
     v <- tryCatch(call1(u, grad), error = function(e) e)
     if (inherits(v, "vb_density_error")) stop(v)
     if (inherits(v, "error")) return(list(f = fail(conditionMessage(v), u), g = NULL))
@@ -382,7 +403,11 @@ density_evaluator <- function(log_density, d, numeric_grad, constrain, what) {
     } else {
       # a gradient that is unusable where the value is finite breaks the
       # contract: an error (not a rejected draw, which would bias q)
-      ok <- tryCatch(check_user_grad(g, d, f, "the gradient"), error = function(e) e)
+      if (!strict && is.numeric(g) && length(g) == d && any(!is.finite(g))) {
+        n_nonfinite <<- n_nonfinite + 1
+        return(list(f = -Inf, g = NULL))
+      }
+      ok <- tryCatch(check_user_grad(g, d, f, "'gradient'"), error = function(e) e)
       if (inherits(ok, "error"))
         stop(errorCondition(sprintf("%s: %s (at %s).", what, conditionMessage(ok), where(u)),
                             class = "vb_density_error", call = NULL))
@@ -426,10 +451,10 @@ density_evaluator <- function(log_density, d, numeric_grad, constrain, what) {
 # definite.  Otherwise (and for "given"), a message, and the best point found
 # (or u0) with a safe diagonal scale: sd_j = 1 / sqrt(-H_jj) where finite and
 # positive, capped at 1 (the curvature far from the mode can be tiny).
-density_start <- function(ev, u0, approx, init_method, what) {
+density_start <- function(ev, u0, approx, init_method, what, note = NULL) {
   d <- length(u0)
-  fg <- function(u) ev$evaluate(u, TRUE)
-  mu <- u0; note <- NULL; op <- NULL; laplace <- FALSE
+  fg <- function(u) ev$evaluate(u, TRUE, strict = FALSE)
+  mu <- u0; op <- NULL; laplace <- FALSE
   if (init_method == "mode") {
     cache <- new.env()
     get_fg <- function(u) {
@@ -472,7 +497,7 @@ density_start <- function(ev, u0, approx, init_method, what) {
     Lfull <- NULL
     if (!is.null(note))
       message(sprintf("%s: %s; q starts at %s with standard deviations of at most 1 on the unconstrained scale.",
-                      what, note, if (identical(mu, u0)) "'init'" else "the best point found"))
+                      what, note, if (init_method == "given" || !identical(mu, u0)) "the best point found" else "'init'"))
   }
   list(method = init_method, laplace = laplace, note = note, mu = as.double(mu), L0 = L0,
        pre = pre, Lfull = Lfull, mode = if (init_method == "mode") mu else NULL,

@@ -34,7 +34,15 @@
 #' @param S Number of draws from q.
 #' @param K Group size(s) of the IWAE bound, each at most `S`.
 #' @param ... Unused.
-#' @return An object of class `vb_diagnosis`: `khat`, `khat_label`,
+#' The **effective sample size** of the Pareto-smoothed importance weights,
+#' ESS = (sum w)^2 / sum w^2, is reported beside k-hat, and the label never
+#' says "good" when it is below 10% of S (or "ok" below 1%): k-hat is fitted
+#' to the largest ratios and cannot see posterior mass that q misses.  Draws
+#' where the log density is -Inf (rejected) have weight 0; with fewer than 100
+#' finite log ratios k-hat is too noisy to read and is labelled so.
+#'
+#' @return An object of class `vb_diagnosis`: `khat`, `khat_label`, `ess`,
+#'   `n_finite` (draws with a finite log ratio),
 #'   `iwae` and `iwae_se` (one per `K`), `K`, `elbo` (the fit's ELBO),
 #'   `elbo_mc` and `elbo_mc_se` (mean of r and its standard error),
 #'   `logZ_psis`, `S`, and the log ratios `log_ratios`.
@@ -66,28 +74,53 @@ vb_diagnose <- function(fit, S = 4000, K = c(1, 10, 100), ...) {
   lr <- lj - qs[["logq"]]
   if (any(is.nan(lr)) || any(lr == Inf))
     stop("vb_diagnose(): the log joint density was NaN or infinite at draws from q.", call. = FALSE)
-  ps <- psis(lr)
-  iw <- vapply(K, function(k) iwae(lr, k), numeric(2))
   fin <- is.finite(lr)
-  out <- list(khat = ps$khat, khat_label = khat_label(ps$khat), iwae = iw[1, ], iwae_se = iw[2, ],
+  nfin <- sum(fin)
+  # k-hat from the finite ratios (a draw where log p = -Inf has weight 0);
+  # the ESS of the Pareto-smoothed weights over all S draws
+  ps <- if (nfin >= 10L) psis(lr[fin]) else list(khat = NA_real_, logZ = NA_real_, lw = lr[fin])
+  w <- if (nfin) exp(ps$lw - max(ps$lw)) else numeric(0)
+  ess <- if (nfin) sum(w)^2 / sum(w^2) else 0
+  logZ <- if (nfin) ps$logZ + log(nfin / S) else -Inf
+  iw <- vapply(K, function(k) iwae(lr, k), numeric(2))
+  out <- list(khat = ps$khat, khat_label = khat_label(ps$khat, ess, S, nfin), ess = ess,
+              n_finite = nfin, iwae = iw[1, ], iwae_se = iw[2, ],
               K = K, elbo = fit[["elbo"]], elbo_mc = mean(lr),
               elbo_mc_se = if (all(fin)) stats::sd(lr) / sqrt(S) else NA_real_,
-              logZ_psis = ps$logZ, S = S, log_ratios = lr)
+              logZ_psis = logZ, S = S, log_ratios = lr)
   class(out) <- "vb_diagnosis"
   out
 }
 
-khat_label <- function(k) {
+# The reading of k-hat (Yao et al. 2018; the sample-size threshold
+# min(1 - 1/log10 S, 0.7) of Vehtari et al. 2024), never "good" when the
+# effective sample size of the importance weights is small: k-hat is fitted
+# to the largest ratios and cannot see mass that q misses altogether.  With
+# fewer than 100 finite log ratios k-hat is too noisy to read.
+khat_label <- function(k, ess = NA, S = NA, nfin = S) {
+  if (is.finite(nfin) && nfin < 100)
+    return(sprintf("too noisy to read: only %d of %d log ratios are finite (q puts its mass where the log density is -Inf); do not trust q",
+                   as.integer(nfin), as.integer(S)))
   if (!is.finite(k)) return("not estimable")
-  if (k < 0.5) "good (k < 0.5): q is close to the posterior; importance sampling from q is reliable"
-  else if (k < 0.7) "ok (0.5 <= k < 0.7): q is imperfect, but PSIS can still correct it"
-  else "bad (k >= 0.7): q is far from the posterior; do not trust q or the importance weights"
+  thr <- if (is.finite(S)) min(1 - 1 / log10(S), 0.7) else 0.7
+  essf <- if (is.finite(ess) && is.finite(S)) ess / S else 1
+  es <- if (is.finite(ess)) sprintf("; importance-sampling ESS %.0f of %d", ess, as.integer(S)) else ""
+  if (k >= thr)
+    sprintf("bad (k >= %.2f): q is far from the posterior; do not trust q or the importance weights%s", thr, es)
+  else if (essf < 0.01)
+    sprintf("bad: k-hat %.2f, but the effective sample size is tiny%s; q misses much of the posterior", k, es)
+  else if (k < 0.5 && essf >= 0.1)
+    sprintf("good (k < 0.5): q is close to the posterior; importance sampling from q is reliable%s", es)
+  else sprintf("ok (k < %.2f): q is imperfect, but PSIS can still correct it%s", thr, es)
 }
 
 #' @export
 print.vb_diagnosis <- function(x, digits = 4, ...) {
   cat(sprintf("Importance-sampling diagnostics of q (%d draws)\n", x$S))
   cat(sprintf("  Pareto k-hat: %.3f  %s\n", x$khat, x$khat_label))
+  if (!is.null(x$ess))
+    cat(sprintf("  Effective sample size of the (smoothed) importance weights: %.1f of %d draws\n",
+                x$ess, x$S))
   cat(sprintf("  ELBO %.*f (Monte Carlo over the draws %.*f, se %.2g)\n", digits, x$elbo, digits,
               x$elbo_mc, x$elbo_mc_se))
   tab <- data.frame(K = x$K, IWAE = round(x$iwae, digits), se = signif(x$iwae_se, 2),

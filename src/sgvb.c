@@ -14,7 +14,7 @@
  *   reparam: d/dmu = a, d/dL_ij = a_i eps_j (i > j), d/dlog L_jj = a_j eps_j L_jj
  *            with a = grad f(theta) plus the entropy gradient (+1 per
  *            log L_jj); or, with stl ("sticking the landing", Roeder et al.
- *            2017, the default), a = grad f(theta) + L^{-T} eps, the path
+ *            2017, the default for fullrank q), a = grad f(theta) + L^{-T} eps, the path
  *            derivative of f - log q: the dropped score term has mean zero,
  *            and the estimate has zero variance when q equals a Gaussian
  *            target, small variance near one.
@@ -78,16 +78,54 @@
  * (fullrank) or O(S d) (meanfield); memory O(d^2 + S d + iterations).
  */
 #include "vbayes.h"
+#include <time.h>
 
 /* Halvings continue until eta is at most min(this, 0.1 / sqrt(P)): with
  * Adam's normalised steps the stationary jitter is of order eta posterior sds
  * per parameter, which the final averaging removes; much smaller steps would
  * only slow that averaging. */
 #define ETA_FINAL 0.0301
+/* Windows (at the current step size) over which the trend of the smoothed
+ * ELBO is tested before averaging starts and before the run stops. */
+#define TREND_K 5
 /* Consecutive steps with a non-finite draw that end the run (VB_NONFINITE). */
 #define SGVB_MAX_BAD 100
 /* The largest dimension the entry points accept (q stores d x d factors). */
 #define SGVB_MAX_D 10000
+
+/* --------------------------------------------------------- progress -- */
+
+/* Progress lines go through R's message(), so suppressMessages() silences
+ * them (quiet turns them off).  message() is evaluated under R_tryCatch, which
+ * keeps the calling handlers of the caller (suppressMessages) but catches an
+ * error or interrupt, so nothing longjmps through the engine; at most one line
+ * a second. */
+static SEXP progress_body(void *data) {
+    SEXP call = PROTECT(Rf_lang2(Rf_install("message"), Rf_mkString((const char *)data)));
+    Rf_eval(call, R_BaseEnv);
+    UNPROTECT(1);
+    return R_NilValue;
+}
+
+static SEXP progress_handler(SEXP cond, void *data) {
+    (void)cond;
+    (void)data;
+    return R_NilValue;
+}
+
+static void progress(vb_progress *pr, const char *what, int it, double elbo) {
+    if (pr->quiet) return;
+    double now = (double)clock() / CLOCKS_PER_SEC;
+    if (now - pr->last < 1.0) return;
+    pr->last = now;
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s: step %d, ELBO %.6g", what, it, elbo);
+    SEXP conds = PROTECT(Rf_allocVector(STRSXP, 2));
+    SET_STRING_ELT(conds, 0, Rf_mkChar("error"));
+    SET_STRING_ELT(conds, 1, Rf_mkChar("interrupt"));
+    R_tryCatch(progress_body, buf, conds, progress_handler, NULL, NULL, NULL);
+    UNPROTECT(1);
+}
 
 /* ----------------------------------------------- q and its estimators -- */
 
@@ -425,7 +463,7 @@ static int search_eta(sgvb *Q, adam *A, int adapt_iter, vb_progress *pr, double 
         double v;
         int st = trial(Q, &tmp, grid[gi], adapt_iter, &v);
         if (st != VB_OK) return st;
-        vb_progress_tick(pr, "sgvb step-size search", gi + 1, v);
+        progress(pr, "sgvb step-size search", gi + 1, v);
         if (v > bestv) {
             bestv = v;
             *eta = grid[gi];
@@ -450,6 +488,8 @@ typedef struct {
     double wsum, wss; /* window sums of the ELBO estimates           */
     double prev_mean, prev_se;
     int wn, nb, final, decays, bad_final;
+    double tm[TREND_K], tse[TREND_K]; /* window means and ses at the current eta */
+    int nt;
 } windows;
 
 static void windows_init(windows *W, const sgvb *Q) {
@@ -474,6 +514,42 @@ static void windows_init(windows *W, const sgvb *Q) {
     W->prev_mean = R_NaN;
     W->prev_se = 0;
     W->wn = W->nb = W->final = W->decays = W->bad_final = 0;
+    W->nt = 0;
+}
+
+static void trend_push(windows *W, double mean, double se) {
+    if (W->nt == TREND_K) {
+        memmove(W->tm, W->tm + 1, sizeof(double) * (TREND_K - 1));
+        memmove(W->tse, W->tse + 1, sizeof(double) * (TREND_K - 1));
+        W->nt--;
+    }
+    W->tm[W->nt] = mean;
+    W->tse[W->nt] = se;
+    W->nt++;
+}
+
+/* Is the smoothed ELBO still rising?  The least-squares slope over the last
+ * (up to TREND_K, at least 3) window means at the current step size, against
+ * its standard error from the windows' own standard errors: rising when the
+ * slope exceeds two standard errors and the rise over the span exceeds tol
+ * relative.  Fewer than 3 windows count as rising (not yet known). */
+static int still_rising(const windows *W, double tol) {
+    int n = W->nt;
+    if (n < 3) return 1;
+    double xb = 0.5 * (n - 1), mb = 0, sxx = 0, sxy = 0, v = 0;
+    for (int i = 0; i < n; i++)
+        mb += W->tm[i] / n;
+    for (int i = 0; i < n; i++) {
+        double dx = i - xb;
+        sxx += dx * dx;
+        sxy += dx * (W->tm[i] - mb);
+    }
+    for (int i = 0; i < n; i++) {
+        double dx = i - xb;
+        v += dx * dx * W->tse[i] * W->tse[i];
+    }
+    double b = sxy / sxx, sb = sqrt(v) / sxx;
+    return b > 2.0 * sb && b * (n - 1) > tol * fabs(mb);
 }
 
 static void window_add(windows *W, double e, const double *lam) {
@@ -491,6 +567,19 @@ static void window_add(windows *W, double e, const double *lam) {
 static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) {
     unpack(Q, lam);
     step_scale(Q, W->sc);
+    if (Q->pre) {
+        /* locations move in the whitened coordinates of pre: their precision
+         * is measured in its marginal sds (a mean-field q's own sds are
+         * smaller by the posterior correlations, and would demand averaging
+         * far beyond what the ELBO can see) */
+        int d = Q->d;
+        for (int i = 0; i < d; i++) {
+            double ss = 0;
+            for (int j = 0; j <= i; j++)
+                ss += Q->pre[i + (size_t)j * d] * Q->pre[i + (size_t)j * d];
+            if (ss > W->sc[i] * W->sc[i]) W->sc[i] = sqrt(ss);
+        }
+    }
     double worst = 0;
     int nb = W->nb;
     for (int k = 0; k < W->P; k++) {
@@ -527,14 +616,21 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
     }
     for (int k = 0; k < P; k++)
         W->avg[k] /= wn;
+    trend_push(W, mean, se);
     if (!W->final) {
         if (stall && *eta <= eta_final && W->decays >= C->decays) {
-            W->final = 1; /* averaging starts with the next window */
+            /* averaging starts with the next window, once the ELBO has
+             * stopped rising at this step size */
+            if (!still_rising(W, C->tol)) {
+                W->final = 1;
+                W->nt = 0;
+            }
         } else if (stall) {
             W->decays++;
             *eta *= 0.5;
             memcpy(A->lam, W->avg, sizeof(double) * P);
             adam_reset(A, P);
+            W->nt = 0;
         }
     } else {
         for (int k = 0; k < P; k++) {
@@ -542,7 +638,8 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
             W->bq[k] += W->avg[k] * W->avg[k];
         }
         W->nb++;
-        done = W->nb >= 3 && stall && averaged_enough(W, Q, A->lam, C->prec);
+        done = W->nb >= 3 && stall && !still_rising(W, C->tol) &&
+               averaged_enough(W, Q, A->lam, C->prec);
     }
     W->prev_mean = mean;
     W->prev_se = se;
@@ -556,7 +653,7 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
 
 typedef struct {
     double elbo, elbo_se, eta, n_nonfinite;
-    int iterations, aborted, consecutive_bad;
+    int iterations, aborted, consecutive_bad, n_averaged, decays;
     vb_trace trace, smooth;
 } run_result;
 
@@ -659,7 +756,7 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
             vb_trace_push(&R->trace, e);
             window_add(&W, e, A.lam);
             if (W.wn < C->window) continue;
-            vb_progress_tick(&pr, W.final ? "sgvb (averaging)" : "sgvb", it, W.wsum / W.wn);
+            progress(&pr, W.final ? "sgvb (averaging)" : "sgvb", it, W.wsum / W.wn);
             if (window_close(&W, Q, &A, C, eta_final, &eta, &R->smooth)) {
                 /* q has mass where the log density is not finite: no claim */
                 status = W.bad_final > 0 ? VB_NONFINITE : VB_OK;
@@ -681,6 +778,8 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
     /* stopped by rejected draws before the final phase: no q to report */
     R->aborted = status == VB_NONFINITE && !W.final;
     R->consecutive_bad = bad;
+    R->n_averaged = W.nb;
+    R->decays = W.decays;
     if (estimable) {
         int st = final_elbo(Q, C->elbo_samples, &R->elbo, &R->elbo_se);
         if (st != VB_OK) status = st;
@@ -810,7 +909,12 @@ static void engine_setup(SEXP model, SEXP holder, SEXP mu, SEXP L, const char *L
     check_q(mu, L, T->d, Lname);
     read_opts(opts, &fullrank, &score, &S);
     int baseline = vb_flag_elt(flags, "baseline", fname);
-    int stl = vb_flag_elt(flags, "stl", fname);
+    /* sticking the landing pays where q can equal the posterior (fullrank);
+     * for a mean-field q of a correlated posterior its dropped score term is
+     * what keeps the iterates' noise unbiased: there the averaged means
+     * drifted by half a standard deviation, so mean-field uses plain
+     * reparameterisation gradients */
+    int stl = vb_flag_elt(flags, "stl", fname) && fullrank;
     sgvb_alloc(Q, T, fullrank, score, S, baseline, stl);
 }
 
@@ -837,10 +941,11 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
     int status = run(&Q, &C, lam, &R);
     PutRNGstate();
 
-    const char *nms[] = {
-        "mu",          "L",          "elbo",    "elbo_se",         "trace",  "smooth",
-        "eta",         "iterations", "status",  "converged",       "n_grad", "n_eval",
-        "n_nonfinite", "error",      "aborted", "consecutive_bad", ""};
+    const char *nms[] = {"mu",          "L",         "elbo",    "elbo_se",
+                         "trace",       "smooth",    "eta",     "iterations",
+                         "status",      "converged", "n_grad",  "n_eval",
+                         "n_nonfinite", "error",     "aborted", "consecutive_bad",
+                         "n_averaged",  "decays",    ""};
     SEXP out = vb_named_list(nms, &nprot);
     SET_VECTOR_ELT(out, 0, vb_real_vec(d, Q.mu));
     SET_VECTOR_ELT(out, 1, vb_real_mat(d, d, Q.L));
@@ -858,6 +963,8 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
     SET_VECTOR_ELT(out, 13, VECTOR_ELT(holder, 0));
     SET_VECTOR_ELT(out, 14, Rf_ScalarLogical(R.aborted));
     SET_VECTOR_ELT(out, 15, Rf_ScalarInteger(R.consecutive_bad));
+    SET_VECTOR_ELT(out, 16, Rf_ScalarInteger(R.n_averaged));
+    SET_VECTOR_ELT(out, 17, Rf_ScalarInteger(R.decays));
     UNPROTECT(nprot);
     return out;
 }
