@@ -2,8 +2,14 @@
 # same rows (the reference: same model, same ELBO, one pass per iteration).
 
 # explicit priors: a streamed fit takes its priors as given (no autoscaling)
-vbp <- function(...) vb(..., prior = normal(0, 2.5), prior_intercept = normal(0, 10),
-                        prior_precision = gamma_prior(1, 1))
+vbp <- function(...) {
+  cl <- match.call() # a call of vb(), so column arguments (weights = w) keep their meaning
+  cl[[1L]] <- quote(vb)
+  cl$prior <- quote(normal(0, 2.5))
+  cl$prior_intercept <- quote(normal(0, 10))
+  cl$prior_precision <- quote(gamma_prior(1, 1))
+  eval(cl, parent.frame())
+}
 
 chunk_data <- function(n = 2400, seed = 1) {
   set.seed(seed)

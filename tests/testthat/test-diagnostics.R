@@ -63,7 +63,8 @@ test_that("IWAE bounds increase with K towards the exact evidence of a conjugate
 
 test_that("vb_diagnose works on CAVI and SGVB fits; IS evidence matches quadrature", {
   set.seed(4)
-  fit <- vb(mpg ~ wt, data = mtcars)
+  fit <- vb(mpg ~ wt, data = mtcars, prior = normal(0, 1), prior_intercept = normal(0, 10),
+            prior_precision = gamma_prior(1, 1))
   d <- vb_diagnose(fit, S = 4000, K = c(1, 100))
   # exact log evidence: beta | tau in closed form, tau by quadrature
   X <- cbind(1, mtcars$wt); y <- mtcars$mpg; n <- nrow(X); S0 <- diag(c(100, 1))
@@ -79,7 +80,8 @@ test_that("vb_diagnose works on CAVI and SGVB fits; IS evidence matches quadratu
   expect_lt(abs(d$elbo_mc - d$elbo), 4 * d$elbo_mc_se)
   expect_output(print(d), "Pareto k-hat")
   # SGVB fit (joint q over beta and log tau) and a Poisson CAVI fit
-  f2 <- vb(mpg ~ wt, data = mtcars, method = "sgvb", control = vb_control(quiet = TRUE))
+  f2 <- vb(mpg ~ wt, data = mtcars, method = "sgvb", prior = normal(0, 1), prior_intercept = normal(0, 10),
+            prior_precision = gamma_prior(1, 1), control = vb_control(quiet = TRUE))
   d2 <- vb_diagnose(f2, S = 4000, K = 100)
   expect_lt(abs(d2$logZ_psis - logZ), 0.05)
   expect_lt(abs(d2$elbo_mc - elbo(f2)), 4 * d2$elbo_mc_se)

@@ -254,8 +254,9 @@ test_that("gaussian regression with a tight noise prior: SGVB matches the conjug
   n <- 40
   x <- rnorm(n); y <- 2 - 0.7 * x + rnorm(n, sd = 0.5)
   tau0 <- 4; a0 <- 1e5                          # tau ~ Gamma(a0, a0 / tau0): sd(tau) / tau = 0.003
-  f1 <- vb(y ~ x, data = data.frame(x = x, y = y), method = "sgvb",
-           prior_precision = gamma_prior(a0, a0 / tau0), control = vb_control(quiet = TRUE))
+  f1 <- vb(y ~ x, data = data.frame(x = x, y = y), method = "sgvb", prior = normal(0, 1),
+           prior_intercept = normal(0, 10), prior_precision = gamma_prior(a0, a0 / tau0),
+           control = vb_control(quiet = TRUE))
   expect_true(f1$converged)
   # beta ~ N(0, diag(100, 1)), y | beta ~ N(X beta, I / tau0): exact Gaussian posterior
   X <- cbind(1, x); S0 <- diag(c(100, 1))
