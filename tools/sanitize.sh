@@ -18,7 +18,7 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$l
 # gcc 12 combined with ASan ignores a UBSan log_path: UBSan reports go to
 # stderr, which is why the test output is grepped for them as well.
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-export R_LIBS="$lib" NOT_CRAN=true
+export R_LIBS="$lib" NOT_CRAN=true VBAYES_SANITIZE=1
 ${RSCRIPT:-Rscript} tools/run-tests.R 2>&1 | tee "$logs/../tests.log"
 status=${PIPESTATUS[0]}
 unset LD_PRELOAD
