@@ -61,7 +61,7 @@ vb_chunks <- function(source, query = NULL, chunk_size = 100000L, reader = utils
     if (!is.function(reader)) stop("vb_chunks(): 'reader' must be a function reading one file.", call. = FALSE)
     return(structure(list(type = "files", files = source, reader = reader, args = list(...)), class = "vb_chunks"))
   }
-  if (methods::is(source, "DBIConnection")) {
+  if (isS4(source) && inherits(source, "DBIConnection")) {
     if (!requireNamespace("DBI", quietly = TRUE))
       stop("vb_chunks(): reading from a database needs the DBI package: install.packages(\"DBI\").", call. = FALSE)
     if (!is.character(query) || length(query) != 1L || is.na(query))
