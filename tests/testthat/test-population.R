@@ -35,7 +35,7 @@ test_that("true couplings are recovered and absent ones pruned", {
     h
   }))
   X <- cbind("(Intercept)" = 1, H)
-  ref <- vb_fit(X, pc$Y[, 3], family = poisson(), exposure = 0.005,
+  ref <- vb_fit(X, pc$Y[, 3], family = poisson(), exposure = 0.005, prior_intercept = normal(0, 10),
                 prior = ard(groups = rep(paste0("n", 1:5), each = 3)))
   expect_equal(pop$units$elbo[3], elbo(ref), tolerance = 1e-10)
   w <- colSums(pc$B)

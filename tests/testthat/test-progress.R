@@ -23,9 +23,7 @@ test_that("every iteration's progress line is a message when the interval is 0",
   expect_message(vb(y ~ x, data = d), "vb: iteration")                      # gaussian path
   expect_message(vb(b ~ x, data = d, family = binomial(), control = vb_control(binomial_method = "jj")),
                  "vb \\(JJ\\): iteration")
-  expect_message(vb_density(function(th) -0.5 * sum(th^2), init = c(a = 1, b = 1),
-                            gradient = function(th) -th, control = vb_control(sgvb_maxit = 300)) |> suppressWarnings(),
-                 "sgvb")
+  # vb_density()'s progress messages: test-density.R
 })
 
 test_that("suppressMessages() and quiet silence progress; warnings stay", {
@@ -42,9 +40,6 @@ test_that("a handler that jumps ends the fit cleanly and the jump takes effect",
   expect_identical(tryCatch(fit_p(), message = function(m) "caught"), "caught")
   expect_error(withCallingHandlers(fit_p(), message = function(m) stop("stop from a handler")),
                "stop from a handler")
-  expect_error(withCallingHandlers(vb_density(function(th) -0.5 * sum(th^2), init = c(a = 1, b = 1),
-                                              control = vb_control(sgvb_maxit = 300)),
-                                   message = function(m) stop("sgvb handler")), "sgvb handler")
   # nothing is left pending: the next fit runs to convergence
   fit <- suppressMessages(fit_p())
   expect_true(fit$converged)

@@ -41,8 +41,8 @@ test_that("a logistic fit's ELBO is within 1e-10 (relative) of the quadrature EL
   d$y <- rbinom(n, 1, plogis(-0.3 + d$x1 - 0.5 * d$x2 + d$x3))
   pr <- list(type = rep("normal", 4), location = rep(0, 4), scale = c(10, 1, 1, 1))
   for (ap in c("fullrank", "meanfield")) {
-    fit <- vb(y ~ x1 + x2 + x3, data = d, family = binomial(), approx = ap,
-              control = vb_control(quiet = TRUE, tol = 1e-10))
+    fit <- vb(y ~ x1 + x2 + x3, data = d, family = binomial(), approx = ap, prior = normal(0, 1),
+              prior_intercept = normal(0, 10), control = vb_control(quiet = TRUE, tol = 1e-10))
     expect_true(fit$converged)
     # most rows are in the expansion's regime (v <= 0.034)
     expect_gt(mean(fit$linear.predictors.var <= 0.034), 0.9)
@@ -61,7 +61,7 @@ test_that("gaussian fullrank (sufficient statistics) is the CAVI fixed point by 
   off <- runif(n)
   y <- drop(X %*% c(1, -2, 0.5)) + off + rnorm(n, sd = 0.7)
   fit <- vb_fit(X, y, weights = w, offset = off, prior = normal(0, 2), prior_intercept = normal(0, 5),
-                control = vb_control(quiet = TRUE, tol = 1e-12))
+                prior_precision = gamma_prior(1, 1), control = vb_control(quiet = TRUE, tol = 1e-12))
   expect_true(fit$converged)
   # q(beta) was updated at the E tau before the last q(tau) step: at tol = 1e-12
   # on the ELBO (quadratic near the optimum) E tau has settled to about 1e-6
