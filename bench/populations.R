@@ -59,8 +59,8 @@ cat(sprintf("speed-up %.2fx; identical ELBOs on both plans: %s; bms() exceedance
             paste(sprintf("%s %.3f", colnames(tab), b$exceedance), collapse = ", ")))
 
 # ---- 2. ARD connectivity of a 50-neuron population against a glmnet lasso -------
-cat("## vb_population(): 50 neurons with sparse coupling\n\n")
 N <- if (quick) 8 else 50
+cat(sprintf("## vb_population(): %d neurons with sparse coupling\n\n", N))
 set.seed(3)
 A <- matrix(0, N, N)
 off <- which(row(A) != col(A))
