@@ -12,9 +12,9 @@
 #' it is complete (KL(q(alpha) || p(alpha)) included) and so comparable with
 #' any other fit of the same data by [compare_models()].
 #'
-#' A group the data do not support is pruned: E[alpha_g] grows and its
-#' coefficients shrink to zero. `summary()` reports E[alpha_g] and each
-#' group's relevance gamma_g / d_g, where gamma_g = d_g - E[alpha_g] tr(Sigma_gg)
+#' A group the data do not support is pruned: E(alpha_g) grows and its
+#' coefficients shrink to zero. The fit's `ard` table reports E(alpha_g) and each
+#' group's relevance gamma_g / d_g, where gamma_g = d_g - E(alpha_g) tr(Sigma_gg)
 #' is the number of its coefficients the data determine (MacKay's
 #' well-determined parameters): near 1 for a group the data pin down, near 0
 #' for a pruned one. The intercept keeps `prior_intercept`.

@@ -378,6 +378,7 @@ nlme::VarCorr
 #' @param condVar For `ranef()`: attach the posterior covariances
 #'   (`attr(, "postVar")`, d x d x groups as in lme4) and standard deviations
 #'   (`attr(, "postSD")`).
+#' @param sigma Unused (an argument of nlme's `VarCorr()` generic).
 #' @param level Credible level of the intervals in `VarCorr()`.
 #' @param ndraws Draws from q(Sigma) for the intervals of `VarCorr()`.
 #' @param ... Unused.
@@ -440,7 +441,7 @@ iw_draws <- function(cq, S) {
 
 #' @rdname vbglmm-effects
 #' @export
-VarCorr.vbglmm <- function(x, level = 0.95, ndraws = 4000, ...) {
+VarCorr.vbglmm <- function(x, sigma = 1, level = 0.95, ndraws = 4000, ...) {
   check_level(level)
   ndraws <- check_count(ndraws, "ndraws", 1e6)
   a <- (1 - level) / 2
