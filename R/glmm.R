@@ -378,6 +378,7 @@ nlme::VarCorr
 #' @param condVar For `ranef()`: attach the posterior covariances
 #'   (`attr(, "postVar")`, d x d x groups as in lme4) and standard deviations
 #'   (`attr(, "postSD")`).
+#' @param x For `VarCorr()`: a `vbglmm` fit (nlme's generic names it `x`).
 #' @param sigma Unused (an argument of nlme's `VarCorr()` generic).
 #' @param level Credible level of the intervals in `VarCorr()`.
 #' @param ndraws Draws from q(Sigma) for the intervals of `VarCorr()`.
