@@ -755,7 +755,7 @@ draws.vbglmm <- function(object, n = 1000, ...) {
 #'   keep, as in lme4.
 #' @param allow.new.levels If `TRUE` (default), levels of a grouping factor
 #'   not seen in the fit get no group-specific effect: their random effect is
-#'   integrated over its distribution N(0, E Sigma), which adds z' E[Sigma] z
+#'   integrated over its distribution N(0, E Sigma), which adds z' E(Sigma) z
 #'   to the variance of the linear predictor (and so changes the mean
 #'   response for non-identity links).  If `FALSE`, new levels are an error.
 #' @param type `"link"` or `"response"` (the posterior mean of the mean response).
