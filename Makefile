@@ -15,7 +15,8 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PKGS  := r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-generics \
              r-cran-testthat r-cran-lme4 r-cran-loo r-cran-posterior r-cran-rstantools \
              r-cran-bayesplot r-cran-broom r-cran-emmeans r-cran-future.apply \
-             r-cran-progressr r-cran-dbi r-cran-rsqlite r-cran-rstan r-cran-bh pandoc qpdf
+             r-cran-progressr r-cran-dbi r-cran-rsqlite r-cran-rstan r-cran-bh r-cran-rstanarm \
+             pandoc qpdf
 R_NEEDED  := c("roxygen2","knitr","rmarkdown","generics","testthat","MASS","boot","lme4", \
                "loo","posterior","rstantools","bayesplot","broom","emmeans","future.apply", \
                "progressr","DBI","RSQLite","rstan","BH","reformulas","KFAS")
