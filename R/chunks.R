@@ -134,15 +134,9 @@ chunk_frame <- function(spec, chunk) {
   if (!identical(colnames(X), spec$cn))
     stop("vb(): the chunks do not give the same design columns; check that every chunk has the same variables.",
          call. = FALSE)
-  w <- as.vector(model.weights(mf))
-  if (!is.null(w) && (!is.numeric(w) || any(!is.finite(w)) || any(w < 0)))
-    stop("vb(): 'weights' must be finite and non-negative.", call. = FALSE)
-  off <- as.vector(model.offset(mf))
-  expo <- if (!is.null(spec$expo_scalar)) rep(spec$expo_scalar, n) else model.extract(mf, "exposure")
-  if (!is.null(expo) && (!is.numeric(expo) || any(!is.finite(expo)) || any(expo <= 0)))
-    stop("vb(): 'exposure' must be finite and positive (a bin width or exposure time).", call. = FALSE)
-  resp <- family_response(model.response(mf, "any"), w, spec$family, n)
-  d <- check_glm_data(X, resp$y, spec$family, resp$weights, off, expo)
+  ex <- frame_extras(mf, spec$family, n, spec$expo_scalar)
+  resp <- family_response(model.response(mf, "any"), ex$w, spec$family, n)
+  d <- check_glm_data(X, resp$y, spec$family, resp$weights, ex$off, ex$expo)
   list(X = d$X, y = d$y, weights = d$weights, offset = d$offset)
 }
 

@@ -114,18 +114,8 @@ vb_glmm <- function(mc, formula, data, family, prior, prior_intercept, prior_pre
   yr <- model.response(mf, "any")
   X <- model.matrix(mt, mf, contrasts)
   n <- nrow(X)
-  w <- as.vector(model.weights(mf))
-  if (!is.null(w) && (!is.numeric(w) || any(!is.finite(w)) || any(w < 0)))
-    stop("vb(): 'weights' must be finite and non-negative.", call. = FALSE)
-  off <- as.vector(model.offset(mf))
-  expo <- if (!is.null(expo_scalar)) expo_scalar else model.extract(mf, "exposure")
-  if (!is.null(expo)) {
-    if (family$family != "poisson")
-      stop("vb(): 'exposure' is for poisson() models (bin width or exposure time); use 'offset' otherwise.", call. = FALSE)
-    if (!is.numeric(expo) || any(!is.finite(expo)) || any(expo <= 0))
-      stop("vb(): 'exposure' must be finite and positive (a bin width or exposure time).", call. = FALSE)
-    expo <- rep_len(as.numeric(expo), n)
-  }
+  ex <- frame_extras(mf, family, n, expo_scalar)
+  w <- ex$w; off <- ex$off; expo <- ex$expo
   resp <- family_response(yr, w, family, n)
   d <- check_glm_data(X, resp$y, family, resp$weights, off, expo)
   X <- d$X

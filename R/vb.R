@@ -132,20 +132,8 @@ vb <- function(formula, data, family = gaussian(), prior, prior_intercept, prior
   if (is.null(yr)) stop("vb(): the formula has no response.", call. = FALSE)
   X <- if (!is.empty.model(mt)) model.matrix(mt, mf, contrasts) else matrix(numeric(0), nrow(mf), 0L)
   n <- nrow(X)
-  w <- as.vector(model.weights(mf))
-  if (!is.null(w) && (!is.numeric(w) || any(!is.finite(w)) || any(w < 0)))
-    stop("vb(): 'weights' must be finite and non-negative.", call. = FALSE)
-  off <- as.vector(model.offset(mf))
-  if (!is.null(off) && length(off) != n)
-    stop(sprintf("vb(): 'offset' has length %d but the data have %d rows.", length(off), n), call. = FALSE)
-  expo <- if (!is.null(expo_scalar)) expo_scalar else model.extract(mf, "exposure")
-  if (!is.null(expo)) {
-    if (family$family != "poisson")
-      stop("vb(): 'exposure' is for poisson() models (bin width or exposure time); use 'offset' otherwise.", call. = FALSE)
-    if (!is.numeric(expo) || any(!is.finite(expo)) || any(expo <= 0))
-      stop("vb(): 'exposure' must be finite and positive (a bin width or exposure time).", call. = FALSE)
-    expo <- rep_len(as.numeric(expo), n)
-  }
+  ex <- frame_extras(mf, family, n, expo_scalar)
+  w <- ex$w; off <- ex$off; expo <- ex$expo
   resp <- family_response(yr, w, family, n)
 
   fit <- vb_fit(X, resp$y, family = family, weights = resp$weights,
@@ -216,4 +204,24 @@ family_response <- function(yr, w, family, n) {
   if (fam == "poisson" && (any(yr < 0) || any(yr != round(yr))))
     stop("vb(): a poisson response must be non-negative whole counts.", call. = FALSE)
   list(y = yr, weights = if (is.null(w)) rep(1, n) else w)
+}
+
+# Weights, offset and exposure of a model frame, checked as glm() would
+# (shared by vb(), the hierarchical front end and streamed chunks).
+frame_extras <- function(mf, family, n, expo_scalar = NULL) {
+  w <- as.vector(model.weights(mf))
+  if (!is.null(w) && (!is.numeric(w) || any(!is.finite(w)) || any(w < 0)))
+    stop("vb(): 'weights' must be finite and non-negative.", call. = FALSE)
+  off <- as.vector(model.offset(mf))
+  if (!is.null(off) && length(off) != n)
+    stop(sprintf("vb(): 'offset' has length %d but the data have %d rows.", length(off), n), call. = FALSE)
+  expo <- if (!is.null(expo_scalar)) expo_scalar else model.extract(mf, "exposure")
+  if (!is.null(expo)) {
+    if (family$family != "poisson")
+      stop("vb(): 'exposure' is for poisson() models (bin width or exposure time); use 'offset' otherwise.", call. = FALSE)
+    if (!is.numeric(expo) || any(!is.finite(expo)) || any(expo <= 0))
+      stop("vb(): 'exposure' must be finite and positive (a bin width or exposure time).", call. = FALSE)
+    expo <- rep_len(as.numeric(expo), n)
+  }
+  list(w = w, off = off, expo = expo)
 }
