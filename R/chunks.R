@@ -13,7 +13,13 @@
 #'   `reset = TRUE` it rewinds to the first chunk; with `reset = FALSE` it
 #'   returns the next chunk as a data frame, or `NULL` after the last;
 #' * a DBI connection with a `query`: rows are fetched `chunk_size` at a time
-#'   (any DBI backend; tested with RSQLite);
+#'   (any DBI backend; tested with RSQLite). With `connect`, a function that
+#'   opens a new connection to the same database, the chunks are read in
+#'   parallel instead: chunk k is `SELECT * FROM (query) LIMIT chunk_size
+#'   OFFSET (k - 1) chunk_size`, each read by a worker on its own connection
+#'   (a connection cannot travel to another process). Give the query a
+#'   deterministic row order (`ORDER BY` a key) so that the chunks partition
+#'   the rows;
 #' * a character vector of file names, each file one chunk read by `reader`.
 #'   File chunks are processed in parallel through \pkg{future.apply} on the
 #'   user's `plan()`: each worker reads its own files and only p x p statistics
@@ -30,6 +36,10 @@
 #' @param source A function `(reset)`, a DBI connection, or file names.
 #' @param query With a DBI connection: the SQL query giving the rows.
 #' @param chunk_size With a DBI connection: rows per fetch.
+#' @param connect With a DBI connection: `NULL` (read the chunks in turn on
+#'   `source`), or a function of no arguments returning a new connection to
+#'   the same database, for reading the chunks in parallel on the user's
+#'   `plan()`, e.g. `function() DBI::dbConnect(RSQLite::SQLite(), path)`.
 #' @param reader With files: the function reading one file into a data
 #'   frame (`utils::read.csv` by default).
 #' @param ... Further arguments of `reader`.
@@ -50,7 +60,7 @@
 #' coef(fit)
 #' coef(vb(y ~ x, data = d, family = poisson(), prior = pr, prior_intercept = pri))
 #' @export
-vb_chunks <- function(source, query = NULL, chunk_size = 100000L, reader = utils::read.csv, ...) {
+vb_chunks <- function(source, query = NULL, chunk_size = 100000L, reader = utils::read.csv, ..., connect = NULL) {
   if (is.function(source)) {
     return(structure(list(type = "function", source = source), class = "vb_chunks"))
   }
@@ -67,7 +77,11 @@ vb_chunks <- function(source, query = NULL, chunk_size = 100000L, reader = utils
     if (!is.character(query) || length(query) != 1L || is.na(query))
       stop("vb_chunks(): with a database connection, give the SQL 'query' that returns the rows.", call. = FALSE)
     chunk_size <- check_count(chunk_size, "chunk_size")
-    return(structure(list(type = "dbi", con = source, query = query, chunk_size = chunk_size), class = "vb_chunks"))
+    if (!is.null(connect) && !is.function(connect))
+      stop("vb_chunks(): 'connect' must be NULL or a function of no arguments that opens a new connection to the same database.",
+           call. = FALSE)
+    return(structure(list(type = "dbi", con = source, query = query, chunk_size = chunk_size, connect = connect),
+                     class = "vb_chunks"))
   }
   stop("vb_chunks(): 'source' must be a function(reset), a DBI connection with a query, or file names.",
        call. = FALSE)
@@ -77,12 +91,14 @@ vb_chunks <- function(source, query = NULL, chunk_size = 100000L, reader = utils
 print.vb_chunks <- function(x, ...) {
   cat(switch(x$type, "function" = "chunked data from a function(reset)",
              files = sprintf("chunked data from %d file(s)", length(x$files)),
-             dbi = sprintf("chunked data from a database query, %d rows a chunk", x$chunk_size)), "\n")
+             dbi = sprintf("chunked data from a database query, %d rows a chunk%s", x$chunk_size,
+                           if (is.null(x$connect)) "" else ", read in parallel")), "\n")
   invisible(x)
 }
 
 # Visit every chunk: f(chunk) for each non-empty data frame, results in a list.
-# Files go through future.apply (each worker reads its own); the others in turn.
+# Files, and database chunks with a connect() function, go through
+# future.apply (each worker reads its own); the others in turn.
 chunk_map <- function(src, f) {
   check_chunk <- function(ch, k) {
     if (!is.data.frame(ch)) stop(sprintf("vb(): chunk %d of the data source is not a data frame (a %s).", k,
@@ -106,7 +122,18 @@ chunk_map <- function(src, f) {
       }
       out
     },
-    dbi = {
+    dbi = if (!is.null(src$connect)) {
+      nrows <- DBI::dbGetQuery(src$con, sprintf("SELECT COUNT(*) AS n FROM (%s)", src$query))$n
+      K <- ceiling(nrows / src$chunk_size)
+      if (!K) return(list())
+      future.apply::future_lapply(seq_len(K), function(k) {
+        con <- src$connect()
+        on.exit(DBI::dbDisconnect(con))
+        ch <- check_chunk(DBI::dbGetQuery(con, sprintf("SELECT * FROM (%s) LIMIT %d OFFSET %.0f", src$query,
+                                                       src$chunk_size, (k - 1) * src$chunk_size)), k)
+        if (nrow(ch)) f(ch) else NULL
+      }, future.seed = TRUE, future.packages = "vbayes")
+    } else {
       res <- DBI::dbSendQuery(src$con, src$query)
       on.exit(DBI::dbClearResult(res))
       out <- list()

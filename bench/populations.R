@@ -7,6 +7,8 @@
 # Markdown on stdout.  Peers: future (multisession), glmnet, biglm, RSQLite.
 suppressPackageStartupMessages(library(vbayes))
 quick <- nzchar(Sys.getenv("BENCH_QUICK")) # a smoke run at small sizes
+# BENCH_PARTS=2,3 runs only those parts; BENCH_POP_T sets the bins of part 2
+parts <- as.integer(strsplit(Sys.getenv("BENCH_PARTS", "1,2,3"), ",")[[1]])
 cat(sprintf("machine: %d cores, %s; %s; load average at start: %s\n\n", parallel::detectCores(),
             R.version.string, format(Sys.time(), "%Y-%m-%d %H:%M UTC", tz = "UTC"),
             paste(readLines("/proc/loadavg", warn = FALSE), collapse = " ")))
@@ -27,12 +29,13 @@ sim_population <- function(Tn, B, W, b0, dt, seed) {
 }
 auc <- function(score, truth) (mean(rank(score)[truth]) - (sum(truth) + 1) / 2) / sum(!truth)
 
+dt <- 0.005
+B <- raised_cosine_basis(3, c(0.005, 0.03), 0.01, dt)
+if (1 %in% parts) {
 # ---- 1. vb_many: 200 neurons x 3 models, sequential against 2 workers -----------
 n_units <- if (quick) 10 else 200
 cat(sprintf("## vb_many(): %d neurons x 3 models\n\n", n_units))
 set.seed(1)
-dt <- 0.005
-B <- raised_cosine_basis(3, c(0.005, 0.03), 0.01, dt)
 many <- do.call(rbind, lapply(1:n_units, function(u) {
   Tn <- 4000
   stim <- as.numeric(stats::filter(rnorm(Tn), rep(1 / 5, 5), circular = TRUE))
@@ -57,7 +60,9 @@ cat(sprintf("| sequential | %.1f s | %.1f ms (engine %.1f ms) |\n", t_seq, 1000 
 cat(sprintf("| multisession, 2 workers | %.1f s | %.1f ms |\n\n", t_par, 1000 * t_par / (3 * n_units)))
 cat(sprintf("speed-up %.2fx; identical ELBOs on both plans: %s; bms() exceedance: %s\n\n", t_seq / t_par, same,
             paste(sprintf("%s %.3f", colnames(tab), b$exceedance), collapse = ", ")))
+}
 
+if (2 %in% parts) {
 # ---- 2. ARD connectivity of a 50-neuron population against a glmnet lasso -------
 N <- if (quick) 8 else 50
 cat(sprintf("## vb_population(): %d neurons with sparse coupling\n\n", N))
@@ -67,7 +72,7 @@ off <- which(row(A) != col(A))
 present <- sample(off, round(0.05 * length(off)))
 A[present] <- sample(c(-1, 1), length(present), TRUE) * runif(length(present), 0.5, 1.2)
 W <- lapply(1:N, function(i) lapply(1:N, function(j) if (i == j) c(-2, -0.5, 0) else A[i, j] * c(0.6, 0.8, 0.3)))
-Tn <- if (quick) 5000 else 30000
+Tn <- as.integer(Sys.getenv("BENCH_POP_T", if (quick) "5000" else "30000"))
 Y <- sim_population(Tn, B, W, rep(log(15), N), dt, 4)
 truth <- (A != 0)[off]
 t_vb <- system.time(pop <- vb_population(Y, basis = B))[["elapsed"]]
@@ -89,7 +94,9 @@ cat(sprintf("| vbayes ARD (|gain|/sd; 95%% credible) | %.3f | %d / %d | %d | %.1
             sum(cred & truth), sum(truth), sum(cred & !truth), t_vb))
 cat(sprintf("| glmnet Poisson lasso, cv lambda.min (|gain|; nonzero) | %.3f | %d / %d | %d | %.1f s |\n\n",
             auc(abs(gl_gain)[off], truth), sum(gl_sel & truth), sum(truth), sum(gl_sel & !truth), t_gl))
+}
 
+if (3 %in% parts) {
 # ---- 3. a streamed fit from SQLite against biglm::bigglm -----------------------
 n <- as.numeric(Sys.getenv("BENCH_STREAM_N", if (quick) "2e5" else "1e7"))
 p <- 20
@@ -134,3 +141,5 @@ cat(sprintf("writing the table took %.0f s (file %.0f MB); max |vb mean - bigglm
             t_write, file.size(db) / 2^20, dcoef))
 cat(sprintf("load average at the end: %s\n", paste(readLines("/proc/loadavg", warn = FALSE), collapse = " ")))
 unlink(db)
+}
+

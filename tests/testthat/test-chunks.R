@@ -84,6 +84,25 @@ test_that("a database query and a set of files stream the same fit", {
   same_fit(vbp(cnt ~ x + f, data = vb_chunks(files), family = poisson(), control = vb_control(tol = 1e-10)), ref)
 })
 
+test_that("database chunks read in parallel by workers with their own connections give the same fit", {
+  skip_if_not_installed("RSQLite")
+  skip_if_not_installed("future")
+  d <- chunk_data(1500, 5)
+  ref <- vbp(cnt ~ x + f, data = d, family = poisson(), control = vb_control(tol = 1e-10))
+  path <- tempfile(fileext = ".sqlite")
+  con <- DBI::dbConnect(RSQLite::SQLite(), path)
+  on.exit(DBI::dbDisconnect(con), add = TRUE)
+  DBI::dbWriteTable(con, "bins", d)
+  src <- vb_chunks(con, "SELECT * FROM bins ORDER BY rowid", chunk_size = 400,
+                   connect = function() DBI::dbConnect(RSQLite::SQLite(), path))
+  expect_output(print(src), "read in parallel")
+  old <- future::plan(future::multisession, workers = 2)
+  on.exit(future::plan(old), add = TRUE)
+  f <- vbp(cnt ~ x + f, data = src, family = poisson(), control = vb_control(tol = 1e-10))
+  same_fit(f, ref)
+  expect_error(vb_chunks(con, "SELECT * FROM bins", connect = path), "'connect' must be NULL or a function")
+})
+
 test_that("bad sources get clear errors", {
   expect_error(vb_chunks(3), "function\\(reset\\), a DBI connection")
   expect_error(vb_chunks(c("no/such/file.csv")), "not found")
