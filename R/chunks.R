@@ -25,6 +25,7 @@
 #'   user's `plan()`: each worker reads its own files and only p x p statistics
 #'   travel back.
 #'
+#' The fit records `passes`, the number of passes it made over the data.
 #' Factor levels are collected in a first pass over all chunks, so a level
 #' that appears only in a late chunk is handled; `na.action` applies chunk by
 #' chunk; empty chunks are skipped. The fit keeps no data: `predict()` with
@@ -80,6 +81,7 @@ vb_chunks <- function(source, query = NULL, chunk_size = 100000L, reader = utils
     if (!is.null(connect) && !is.function(connect))
       stop("vb_chunks(): 'connect' must be NULL or a function of no arguments that opens a new connection to the same database.",
            call. = FALSE)
+    if (!is.null(connect)) connect <- travelling(connect) # its globals (a path, say) go with it to the workers
     return(structure(list(type = "dbi", con = source, query = query, chunk_size = chunk_size, connect = connect),
                      class = "vb_chunks"))
   }
@@ -227,6 +229,12 @@ vb_chunked <- function(cl, formula, src, family, prior, prior_intercept, prior_p
   }
   if (!is.null(expo_scalar) && family$family != "poisson")
     stop("vb(): 'exposure' is for poisson() models (bin width or exposure time); use 'offset' otherwise.", call. = FALSE)
+  # the call, formula and the objects they name travel to future workers
+  # (file chunks, or database chunks with connect()) in an environment of
+  # their own; evaluated here they are the same objects
+  trav <- travelling(formula, all.names(mf))
+  mf$formula <- trav
+  env <- environment(trav)
   spec <- list(mf_call = mf, env = env, formula = formula, family = family, contrasts = contrasts,
                expo_scalar = expo_scalar)
   fit <- vb_stream(spec, src, prior, prior_intercept, prior_precision, approx, control)
@@ -249,6 +257,7 @@ vb_stream <- function(spec, src, prior, prior_intercept, prior_precision, approx
   t0 <- proc.time()[["elapsed"]]
   family <- spec$family
   scan <- chunk_scan(spec, src)
+  passes <- 1L # over all chunks: the scan, then one per ELBO evaluation
   spec$xlev <- scan$xlev
   first <- chunk_map_first(src)
   mfc <- spec$mf_call
@@ -267,6 +276,7 @@ vb_stream <- function(spec, src, prior, prior_intercept, prior_precision, approx
 
   # data part at q: loglik, gradient in mu, -2 x gradient in Sigma (curvature)
   if (gauss) {
+    passes <- passes + 1L
     st <- Reduce(function(a, b) Map(`+`, a, b), chunk_map(src, function(ch) {
       d <- chunk_frame(spec, ch)
       if (is.null(d)) return(NULL)
@@ -284,6 +294,7 @@ vb_stream <- function(spec, src, prior, prior_intercept, prior_precision, approx
     nobs <- st$n
   } else {
     data_part <- function(mu, Sigma, tau) {
+      passes <<- passes + 1L
       parts <- chunk_map(src, function(ch) {
         d <- chunk_frame(spec, ch)
         if (is.null(d)) return(NULL)
@@ -360,7 +371,7 @@ vb_stream <- function(spec, src, prior, prior_intercept, prior_precision, approx
               family = family, nobs = nobs, approx = approx, method = "cavi", blocks = blocks,
               prior = list(coef = pa, precision = prior_precision), control = control,
               rank = qr(cur$dp$H)$rank, separated = FALSE, terms = mt, xlevels = spec$xlev,
-              contrasts = attr(X1, "contrasts"), chunked = TRUE)
+              contrasts = attr(X1, "contrasts"), chunked = TRUE, passes = passes)
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- c("vbstream", "vbfit", "vb_posterior")
   fit

@@ -75,14 +75,22 @@ vb_many <- function(formula, data, by, ..., fit = vb, keep_fits = TRUE) {
 # are copied into a small environment of their own, child of the original.
 many_formula <- function(formula, unit1) {
   if (!inherits(formula, "formula")) stop("vb_many(): 'formula' must be a model formula.", call. = FALSE)
-  env <- environment(formula)
-  if (is.null(env)) env <- globalenv()
   cols <- if (is.list(unit1)) names(unit1) else character(0)
-  nms <- setdiff(unique(all.names(formula)), cols)
+  travelling(formula, setdiff(all.names(formula), cols))
+}
+
+# A function or formula with the objects it names (those found from its
+# environment, base R's own aside) copied into a small environment of its
+# own, child of the original: a global environment does not travel to a
+# future's worker, an environment of its own does.
+travelling <- function(x, names = all.names(if (is.function(x)) body(x) else x)) {
+  env <- environment(x)
+  if (is.null(env)) env <- globalenv()
   fenv <- new.env(parent = env)
-  for (nm in nms) if (exists(nm, envir = env)) assign(nm, get(nm, envir = env), envir = fenv)
-  environment(formula) <- fenv
-  formula
+  for (nm in unique(names))
+    if (exists(nm, envir = env) && !exists(nm, envir = baseenv())) assign(nm, get(nm, envir = env), envir = fenv)
+  environment(x) <- fenv
+  x
 }
 
 # A data frame split by unit, or a list of data frames checked as one.

@@ -121,22 +121,28 @@ child <- function(code) {
                sprintf("db <- '%s'; fml <- %s", db, paste(deparse(fml), collapse = "")),
                "con <- dbConnect(RSQLite::SQLite(), db)", code,
                "hwm <- grep('VmHWM', readLines('/proc/self/status'), value = TRUE)",
-               "cat(sprintf('RESULT %.3f %s\\n', t, gsub('[^0-9]', '', hwm)))"), f)
+               "cat(sprintf('RESULT %.3f %s %.3f %d\\n', t[['elapsed']], gsub('[^0-9]', '', hwm), t[['user.self']] + t[['sys.self']], passes))"), f)
   out <- system2(file.path(R.home("bin"), "Rscript"), f, stdout = TRUE, stderr = TRUE)
+  if (!any(grepl("^RESULT", out))) stop("a benchmark child failed:\n", paste(out, collapse = "\n"))
   r <- strsplit(sub("^RESULT ", "", grep("^RESULT", out, value = TRUE)), " ")[[1]]
-  list(time = as.numeric(r[1]), mb = as.numeric(r[2]) / 1024, out = out)
+  list(time = as.numeric(r[1]), mb = as.numeric(r[2]) / 1024, cpu = as.numeric(r[3]), passes = as.integer(r[4]), out = out)
 }
 vbr <- child(c("t <- system.time(f <- vb(fml, data = vb_chunks(con, 'SELECT * FROM obs', chunk_size = 2e5),",
-               "  family = poisson(), prior = normal(0, 2.5), prior_intercept = normal(0, 10)))[['elapsed']]", "saveRDS(coef(f), file.path(dirname(db), 'vb_coef.rds'))"))
+               "  family = poisson(), prior = normal(0, 2.5), prior_intercept = normal(0, 10)))", "passes <- f$passes", "saveRDS(coef(f), file.path(dirname(db), 'vb_coef.rds'))"))
+vbp <- child(c("future::plan(future::multisession, workers = 2)",
+               "src <- vb_chunks(con, 'SELECT * FROM obs ORDER BY rowid', chunk_size = 2e5, connect = function() DBI::dbConnect(RSQLite::SQLite(), db))",
+               "t <- system.time(f <- vb(fml, data = src, family = poisson(), prior = normal(0, 2.5), prior_intercept = normal(0, 10)))",
+               "passes <- f$passes"))
 bgr <- child(c("src <- local({ res <- NULL; function(reset) { if (reset) { if (!is.null(res)) dbClearResult(res);",
                "  res <<- dbSendQuery(con, 'SELECT * FROM obs'); return(NULL) }",
                "  if (dbHasCompleted(res)) return(NULL); d <- dbFetch(res, n = 2e5); if (nrow(d)) d else NULL } })",
-               "t <- system.time(g <- biglm::bigglm(fml, data = src, family = poisson(), chunksize = 2e5, maxit = 20))[['elapsed']]",
+               "t <- system.time(g <- biglm::bigglm(fml, data = src, family = poisson(), chunksize = 2e5, maxit = 20))", "passes <- g$iterations",
                "saveRDS(coef(g), file.path(dirname(db), 'bg_coef.rds'))"))
 dcoef <- max(abs(readRDS(file.path(dirname(db), "vb_coef.rds")) - readRDS(file.path(dirname(db), "bg_coef.rds"))))
-cat("| method | time | peak resident memory |\n|---|---|---|\n")
-cat(sprintf("| vb(data = vb_chunks(con, query)) fullrank | %.1f s | %.0f MB |\n", vbr$time, vbr$mb))
-cat(sprintf("| biglm::bigglm (Poisson IRLS, ML only) | %.1f s | %.0f MB |\n\n", bgr$time, bgr$mb))
+cat("| method | elapsed | CPU | passes over the data (bigglm: IRLS iterations) | peak resident memory |\n|---|---|---|---|---|\n")
+cat(sprintf("| vb(data = vb_chunks(con, query)) fullrank | %.1f s | %.1f s | %d | %.0f MB |\n", vbr$time, vbr$cpu, vbr$passes, vbr$mb))
+cat(sprintf("| the same, chunks read by 2 multisession workers (`connect =`) | %.1f s | %.1f s (this process only) | %d | %.0f MB (this process only) |\n", vbp$time, vbp$cpu, vbp$passes, vbp$mb))
+cat(sprintf("| biglm::bigglm (Poisson IRLS, ML only) | %.1f s | %.1f s | %d | %.0f MB |\n\n", bgr$time, bgr$cpu, bgr$passes, bgr$mb))
 cat(sprintf("writing the table took %.0f s (file %.0f MB); max |vb mean - bigglm MLE| = %.2g (n is large: the prior is negligible)\n",
             t_write, file.size(db) / 2^20, dcoef))
 cat(sprintf("load average at the end: %s\n", paste(readLines("/proc/loadavg", warn = FALSE), collapse = " ")))

@@ -93,8 +93,13 @@ test_that("database chunks read in parallel by workers with their own connection
   con <- DBI::dbConnect(RSQLite::SQLite(), path)
   on.exit(DBI::dbDisconnect(con), add = TRUE)
   DBI::dbWriteTable(con, "bins", d)
-  src <- vb_chunks(con, "SELECT * FROM bins ORDER BY rowid", chunk_size = 400,
-                   connect = function() DBI::dbConnect(RSQLite::SQLite(), path))
+  # as a user writes it at top level: the path is a global, which does not
+  # travel to a worker by itself
+  assign(".vbayes_chunk_test_path", path, envir = globalenv())
+  on.exit(rm(".vbayes_chunk_test_path", envir = globalenv()), add = TRUE)
+  connect <- function() DBI::dbConnect(RSQLite::SQLite(), .vbayes_chunk_test_path)
+  environment(connect) <- globalenv()
+  src <- vb_chunks(con, "SELECT * FROM bins ORDER BY rowid", chunk_size = 400, connect = connect)
   expect_output(print(src), "read in parallel")
   old <- future::plan(future::multisession, workers = 2)
   on.exit(future::plan(old), add = TRUE)
