@@ -6,7 +6,14 @@
 #    smoother pass), and the ratio between the two T (linear: 10x).
 # 2. Gaussian LDS against KFAS on the same data and parameters: log-likelihood
 #    agreement (our structured ELBO is the exact log-likelihood) and time ratio.
+# 3. The meanfield E-step (issue 18), Poisson, N = 50, d = 5, T = 1e4 and 1e5,
+#    fixed parameters: CPU time, iterations and smoother passes of the joint
+#    steps (the default) against plain coordinate sweeps (joint_means = 0,
+#    the engine before issue 18) and against the structured family.
+# VBAYES_BENCH_LDS=meanfield runs only part 3 (about 6 minutes, most of it the
+# plain sweeps at T = 1e5, run once).
 library(vbayes)
+only_mf <- identical(Sys.getenv("VBAYES_BENCH_LDS"), "meanfield")
 set.seed(20261124)
 N <- 50; k <- 5
 rot <- function(th) matrix(c(cos(th), sin(th), -sin(th), cos(th)), 2)
@@ -28,6 +35,7 @@ timeit <- function(f, reps = 3) {
   min(tm)
 }
 
+if (!only_mf) {
 cat("== Poisson LDS, N = 50, d = 5, bin 10 ms, about 20 Hz ==\n")
 # Marginal costs, so that setup (input checks, starting values, the first
 # steps away from the prior) does not blur the scaling in T:
@@ -75,3 +83,29 @@ if (requireNamespace("KFAS", quietly = TRUE)) {
                 t_ours, t_ll, t_ours / t_ll, t_kfs, t_ours / t_kfs))
   }
 } else cat("KFAS not installed: skipped (install.packages(\"KFAS\") to run).\n")
+}
+
+cat("\n== Meanfield E-step, Poisson, N = 50, d = 5, fixed parameters, default tol ==\n")
+cat(sprintf("%s; nproc %s; load before: %s\n", format(Sys.time(), tz = "UTC", usetz = TRUE),
+            parallel::detectCores(), paste(readLines("/proc/loadavg"), collapse = " ")))
+mf <- data.frame()
+for (T in c(1e4, 1e5)) {
+  y <- sim(T, "poisson", 0.01)
+  run <- function(approx, joint = 500L, reps = 2)
+    timeit(function() vb_lds(y, k, poisson(), params = p, learn = FALSE, exposure = 0.01,
+                             approx = approx, control = vb_control(quiet = TRUE, maxit = 1000,
+                                                                   joint_means = joint)), reps)
+  row <- function(what, sec, f) data.frame(T = T, method = what, cpu_sec = sec, elapsed_sec = .elapsed,
+                                           iterations = f$iterations, passes = f$passes,
+                                           converged = f$converged, elbo = f$elbo)
+  s_st <- run("structured"); f_st <- .last; r1 <- row("structured", s_st, f_st)
+  s_mj <- run("meanfield"); f_mj <- .last; r2 <- row("meanfield, joint steps", s_mj, f_mj)
+  s_mp <- run("meanfield", 0L, reps = 1); f_mp <- .last; r3 <- row("meanfield, plain sweeps", s_mp, f_mp)
+  mf <- rbind(mf, r1, r2, r3)
+  cat(sprintf("T = %g: joint / plain CPU %.3f (%.1fx faster); joint / structured %.2f; ELBO joint - plain %.3g; max |mean diff| %.2g; monotone joint trace: %s\n",
+              T, s_mj / s_mp, s_mp / s_mj, s_mj / s_st, f_mj$elbo - f_mp$elbo,
+              max(abs(f_mj$posterior[[1]]$mean - f_mp$posterior[[1]]$mean)),
+              all(diff(f_mj$elbo_trace) >= -1e-10 * (1 + abs(f_mj$elbo)))))
+}
+print(mf, digits = 8, row.names = FALSE)
+cat(sprintf("load after: %s\n", paste(readLines("/proc/loadavg"), collapse = " ")))
