@@ -206,6 +206,13 @@ test_that("meanfield status is honest: maxit is not converged, for joint steps a
     expect_identical(e$status, 0L); expect_true(e$converged)
     expect_gt(e$elbo, f$elbo); expect_gte(e$trace[1], f$elbo)
   }
+  # progress lines from inside the E-step unless quiet
+  old <- options(vbayes.progress_interval = 0); on.exit(options(old))
+  expect_message(vb_lds(y, 2, family = poisson(), params = p, learn = FALSE, approx = "meanfield",
+                        control = vb_control(maxit = 50)),
+                 "meanfield E-step: iteration 1, ELBO")
+  expect_message(vb_lds(y, 2, family = poisson(), params = p, learn = FALSE, approx = "meanfield",
+                        control = quiet(maxit = 50)), NA)
   # variational EM with meanfield E-steps: the trace never decreases
   g <- vb_lds(y, 2, family = poisson(), approx = "meanfield", params = p, learn = c("C", "d"),
               control = quiet(maxit = 2000, tol = 1e-6))
