@@ -58,9 +58,18 @@ typedef struct {
 void lds_q_prior(const lds_model *M, lds_q *q);
 int lds_estep_structured(const lds_model *M, lds_q *cur, lds_q *try_, int maxit, double tol,
                          int *iter, int *passes, double *work);
-/* lds_meanfield.c */
-int lds_estep_meanfield(const lds_model *M, double *m, double *S, double *logdetS, int maxit,
-                        double tol, int *iter, double *elbo, double *loglik, double *Sc0,
+/* lds_meanfield.c: options of the meanfield E-step; joint = 0 for plain
+ * coordinate sweeps, else joint steps on all factors with scratch big of
+ * LDS_MF_JOINT_WORK(T, d) doubles; trace and progress may be NULL. */
+typedef struct {
+    int maxit, joint;
+    double tol, *big;
+    vb_trace *trace;
+    vb_progress *progress;
+} lds_mf_opts;
+#define LDS_MF_JOINT_WORK(T, d) (4 * (size_t)(T) * (d) * (d) + 4 * (size_t)(T) * (d) + (size_t)(T))
+int lds_estep_meanfield(const lds_model *M, double *m, double *S, double *logdetS, double *Sc0,
+                        const lds_mf_opts *o, int *iter, int *passes, double *elbo, double *loglik,
                         double *work);
 
 /* lds_block.c: runs s[0..nb]; work of LDS_BLOCK_WORK(N, d, Lmax) doubles */

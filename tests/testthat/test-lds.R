@@ -65,7 +65,7 @@ test_that("meanfield loses exactly the KL of the dense meanfield optimum", {
                   as.numeric(determinant(post$Lam)$modulus))
   expect_gt(gap, 0.1)
   expect_lt(mf$elbo, st$elbo)
-  expect_close(st$elbo - mf$elbo, gap, 1e-7)
+  expect_close(st$elbo - mf$elbo, gap, 1e-8)
   expect_close(as.vector(t(mf$posterior[[1]]$mean)), post$mean, 1e-6)
   expect_close(mf$posterior[[1]]$cov, array(apply(Ltt, 3, solve), dim(Ltt)), 1e-10)
 })
@@ -95,18 +95,129 @@ test_that("poisson structured fixed point equals the dense Gaussian VA", {
   mf <- vb_lds(y, 2, family = poisson(), params = p, learn = FALSE, exposure = 0.5,
                approx = "meanfield", control = quiet(tol = 1e-15, maxit = 5000))
   expect_lt(mf$elbo, fit$elbo)
-  # meanfield optimum, checked densely (coordinate ascent converges linearly, so at
-  # tol = 1e-15 the residuals are about 1e-7): for every t, S_t^{-1} = Lambda0_tt + C'W_tC and
-  # C'(y_t - w_t) = [Lambda0 (m - mu0)]_t, with w_ti = 0.5 exp(c_i'm_t + d_i + c_i'S_t c_i / 2)
+  # meanfield optimum, checked densely (the ELBO is stationary there, so at tol = 1e-15 on
+  # the ELBO the residuals of the stationarity equations are about 1e-7): for every t,
+  # S_t^{-1} = Lambda0_tt + C'W_tC and C'(y_t - w_t) = [Lambda0 (m - mu0)]_t, with
+  # w_ti = 0.5 exp(c_i'm_t + d_i + c_i'S_t c_i / 2)
   po <- mf$posterior[[1]]; m <- as.vector(t(po$mean))
   g <- drop(pr$Lam %*% (m - pr$mu))
   for (t in 1:T) {
     St <- po$cov[, , t]; mt <- po$mean[t, ]
     w <- 0.5 * exp(drop(p$C %*% mt) + p$d + 0.5 * rowSums((p$C %*% St) * p$C))
     ix <- (t - 1) * 2 + 1:2
-    expect_close(solve(St), pr$Lam[ix, ix] + t(p$C) %*% (w * p$C), 1e-5)
-    expect_close(drop(crossprod(p$C, y[t, ] - w)), g[ix], 1e-5)
+    expect_close(solve(St), pr$Lam[ix, ix] + t(p$C) %*% (w * p$C), 1e-6)
+    expect_close(drop(crossprod(p$C, y[t, ] - w)), g[ix], 1e-6)
   }
+})
+
+# The meanfield optimum by the joint steps (default) and by plain coordinate ascent
+# (joint_means = 0), both run to tol = 1e-14; and the reference: plain coordinate
+# ascent run on for up to 20 times as many sweeps (it converges linearly, so a criterion
+# on the ELBO change stops it while its means are still about 1e-6 away).
+lds_mf_pair <- function(y, p, family = gaussian(), exposure = NULL) {
+  f <- function(j, tol = 1e-14, maxit = 20000)
+    vb_lds(y, 2, family = family, params = p, learn = FALSE, exposure = exposure,
+           approx = "meanfield", control = quiet(tol = tol, maxit = maxit, joint_means = j))
+  out <- list(joint = f(500L), plain = f(0L))
+  # (it stops early, converged, only where a sweep leaves the ELBO exactly unchanged)
+  out$ref <- suppressWarnings(f(0L, 1e-300, 20L * out$plain$iterations))
+  expect_true(out$ref$status %in% 0:1)
+  out
+}
+
+expect_mf_agree <- function(pr, max_ratio = 1 / 10) {
+  a <- pr$joint; b <- pr$plain; r <- pr$ref
+  expect_true(a$converged); expect_true(b$converged)
+  expect_close(a$elbo, r$elbo, 1e-8)
+  expect_close(b$elbo, r$elbo, 1e-8)
+  for (k in seq_along(a$posterior)) {
+    expect_close(a$posterior[[k]]$mean, r$posterior[[k]]$mean, 1e-6)
+    expect_close(a$posterior[[k]]$cov, r$posterior[[k]]$cov, 1e-6)
+    expect_close(a$posterior[[k]]$cross, 0, 0)
+  }
+  expect_lte(a$iterations, max_ratio * b$iterations)
+  # the traces: one value per iteration, never decreasing, ending at the ELBO
+  for (f in list(a, b, r)) {
+    expect_length(f$elbo_trace, f$iterations)
+    expect_true(all(diff(f$elbo_trace) >= -1e-10 * (1 + abs(f$elbo))))
+    expect_equal(f$elbo_trace[f$iterations], f$elbo, tolerance = 1e-14)
+  }
+}
+
+test_that("meanfield joint steps reach the coordinate-ascent optimum in far fewer iterations: gaussian", {
+  p <- lds_test_params(2, 4, seed = 4)
+  set.seed(14)
+  T <- 30
+  y <- vbayes:::lds_sim(p, T, "gaussian")
+  pr <- lds_mf_pair(y, p)
+  expect_mf_agree(pr)
+  # given the variances the means solve a linear system, so the joint steps are exact
+  # after one iteration (the others confirm it)
+  expect_lte(pr$joint$iterations, 3)
+  # and against the dense meanfield optimum: exact posterior means, S_t = (Lambda_tt)^{-1},
+  # ELBO = log p(y) - (sum_t log|Lambda_tt| - log|Lambda|) / 2
+  post <- lds_dense_posterior(p, y)
+  Ltt <- lds_blocks(post$Lam, 2, T)
+  gap <- 0.5 * (sum(apply(Ltt, 3, function(B) as.numeric(determinant(B)$modulus))) -
+                  as.numeric(determinant(post$Lam)$modulus))
+  expect_close(pr$joint$elbo, lds_dense_loglik(p, y) - gap, 1e-8)
+  expect_close(as.vector(t(pr$joint$posterior[[1]]$mean)), post$mean, 1e-9)
+  expect_close(pr$joint$posterior[[1]]$cov, array(apply(Ltt, 3, solve), dim(Ltt)), 1e-10)
+  # missing bins and two trials
+  y[4, 2] <- NA; y[7, ] <- NA
+  y2 <- vbayes:::lds_sim(p, 9, "gaussian")
+  expect_mf_agree(lds_mf_pair(list(y, y2), p))
+})
+
+test_that("meanfield joint steps reach the coordinate-ascent optimum in far fewer iterations: poisson", {
+  p <- lds_test_params(2, 5, seed = 3); p$d <- p$d + 1
+  set.seed(5)
+  y <- vbayes:::lds_sim(p, 60, "poisson", 0.5)
+  expect_mf_agree(lds_mf_pair(y, p, poisson(), 0.5))
+  # high rates (the full step overshoots from the prior start), missing counts, two
+  # trials with per-bin exposures
+  p$d <- p$d + 2
+  ex <- list(runif(80, 0.5, 1.5), rep(1, 25))
+  Y <- list(vbayes:::lds_sim(p, 80, "poisson", ex[[1]]), vbayes:::lds_sim(p, 25, "poisson", 1))
+  Y[[1]][c(3, 50, 51), 2] <- NA; Y[[2]][5, ] <- NA
+  pr <- lds_mf_pair(Y, p, poisson(), ex)
+  expect_gt(mean(unlist(Y), na.rm = TRUE), 20)
+  # the data dominate the dynamics here, so coordinate ascent is quicker
+  expect_mf_agree(pr, max_ratio = 1 / 2)
+})
+
+test_that("meanfield status is honest: maxit is not converged, for joint steps and sweeps", {
+  p <- lds_test_params(2, 5, seed = 3)
+  set.seed(7)
+  y <- vbayes:::lds_sim(p, 50, "poisson")
+  storage.mode(y) <- "double"
+  for (j in c(500L, 0L)) {
+    expect_warning(f <- vb_lds(y, 2, family = poisson(), params = p, learn = FALSE,
+                               approx = "meanfield",
+                               control = quiet(maxit = 2, tol = 1e-14, joint_means = j)),
+                   "not converged after 2")
+    expect_identical(f$status, 1L); expect_false(f$converged)
+    expect_identical(f$iterations, 2L); expect_length(f$elbo_trace, 2)
+    # and continuing: the E-step alone (the .Call) from the q it left
+    fam <- vbayes:::family_code(poisson())
+    e <- .Call(vbayes:::C_lds_estep, y, rep(0, 50), fam, f$params,
+               list(m = t(f$posterior[[1]]$mean), S = f$posterior[[1]]$cov), 1L,
+               quiet(maxit = 1000, tol = 1e-14, joint_means = j))
+    expect_identical(e$status, 0L); expect_true(e$converged)
+    expect_gt(e$elbo, f$elbo); expect_gte(e$trace[1], f$elbo)
+  }
+  # progress lines from inside the E-step unless quiet
+  old <- options(vbayes.progress_interval = 0); on.exit(options(old))
+  expect_message(vb_lds(y, 2, family = poisson(), params = p, learn = FALSE, approx = "meanfield",
+                        control = vb_control(maxit = 50)),
+                 "meanfield E-step: iteration 1, ELBO")
+  expect_message(vb_lds(y, 2, family = poisson(), params = p, learn = FALSE, approx = "meanfield",
+                        control = quiet(maxit = 50)), NA)
+  # variational EM with meanfield E-steps: the trace never decreases
+  g <- vb_lds(y, 2, family = poisson(), approx = "meanfield", params = p, learn = c("C", "d"),
+              control = quiet(maxit = 2000, tol = 1e-6))
+  expect_true(g$converged)
+  expect_true(all(diff(g$elbo_trace) >= -1e-10 * (1 + abs(g$elbo))))
 })
 
 test_that("poisson ELBO is below log p(y): quadrature and importance sampling", {
@@ -415,15 +526,16 @@ test_that("vb_diagnose() works on vb_lds fits once q_sample/log_joint are generi
 test_that("vb_lds answers an interrupt within a second", {
   skip_on_os("windows")
   skip_on_cran()
-  # a long single .Call: meanfield sweeps on a strongly correlated posterior, T < 1024
-  # (main polled for interrupts only every 1024 bins: it ignored SIGINT and ran on for 9 s)
+  # a long single .Call: plain meanfield sweeps (joint_means = 0) on a strongly correlated
+  # posterior, T < 1024 (main polled for interrupts only every 1024 bins: it ignored SIGINT
+  # and ran on for 9 s)
   p <- list(A = matrix(0.999), Q = matrix(1e-3), C = matrix(c(1, 0.5, -0.7), 3), d = c(0, 0, 0),
             R = c(4, 4, 4), m0 = 0, V0 = matrix(1))
   set.seed(1)
   y <- vbayes:::lds_sim(p, 300, "gaussian")
   job <- parallel::mcparallel(tryCatch(
     vb_lds(y, 1, params = p, learn = FALSE, approx = "meanfield",
-           control = vb_control(maxit = 1e7, tol = 1e-300, quiet = TRUE)),
+           control = vb_control(maxit = 1e7, tol = 1e-300, quiet = TRUE, joint_means = 0)),
     error = function(e) conditionMessage(e), interrupt = function(e) "R interrupt"))
   Sys.sleep(1.5)
   tools::pskill(job$pid, tools::SIGINT)
