@@ -138,9 +138,6 @@ vb_glmm <- function(mc, formula, data, family, prior, prior_intercept, prior_pre
   if (!inherits(prior_precision, "vb_prior") || !identical(prior_precision[["dist"]], "gamma"))
     stop("vb(): 'prior_precision' must be gamma_prior(shape, rate).", call. = FALSE)
   covs <- glmm_covs(re, prior_covariance, family, d$y)
-  if (approx == "partial" && length(re$factors) > 1L)
-    stop(sprintf("vb(): approx = \"partial\" takes one grouping factor; this model has %d (%s). Use approx = \"block\", \"meanfield\" or (small problems) \"fullrank\".",
-                 length(re$factors), paste(names(re$factors), collapse = ", ")), call. = FALSE)
   D <- ncol(X) + sum(vapply(re$factors, function(f) f$ngroups * ncol(f$Z), numeric(1)))
   if (approx == "fullrank" && D > 3000)
     stop(sprintf("vb(): approx = \"fullrank\" keeps a dense %d x %d covariance; it is meant for small problems (at most 3000 coefficients). Use approx = \"partial\" or \"block\".", D, D), call. = FALSE)

@@ -48,11 +48,18 @@ typedef struct {
     double A, B;
     cell *cells;
     int uc; /* the unit being updated */
-    /* partial */
+    /* partial: A (p x p); per factor j at offsets bo[j] (B, K: p d_j G_j) and
+     * dof[j] (D, Rg, Sg: d_j^2 G_j); Tc, Ti: J blocks of p x p */
     double *A0, *B0, *D0, *As, *Bs, *Ds, *Ac, *Bc, *Dc, *Rg, *K, *Sb, *Sg, *gvec, *mu0, *work;
+    double *RA, *Ai, *Tc, *Ti;
+    size_t nB, nDD, *bo, *dof;
+    int dmax;
     double ldet, pred;
     int *idx;
     double *val, *u;
+    /* parameter-expansion step */
+    double *mupx, *pxbuf;
+    int px;
 } gstate;
 
 static double *dalloc(size_t n) {
@@ -147,15 +154,18 @@ static int q_moments(gstate *S) {
     for (int j = 0; j < G->J; j++)
         memset(G->F[j].E, 0, sizeof(double) * G->F[j].d * G->F[j].d);
     if (G->approx == GLMM_PARTIAL) {
-        glmm_factor *F = G->F;
-        int d = F->d;
         for (int k = 0; k < p; k++)
             S->s2b[k] = S->Sb[k + (size_t)k * p];
-        for (int g = 0; g < F->G; g++) {
-            const double *Sg = S->Sg + (size_t)g * d * d, *mg = S->mu + F->off + (size_t)g * d;
-            for (int a = 0; a < d; a++)
-                for (int b = 0; b < d; b++)
-                    F->E[a + b * d] += Sg[a + b * d] + mg[a] * mg[b];
+        for (int j = 0; j < G->J; j++) {
+            glmm_factor *F = G->F + j;
+            int d = F->d;
+            for (int g = 0; g < F->G; g++) {
+                const double *Sg = S->Sg + S->dof[j] + (size_t)g * d * d,
+                             *mg = S->mu + F->off + (size_t)g * d;
+                for (int a = 0; a < d; a++)
+                    for (int b = 0; b < d; b++)
+                        F->E[a + b * d] += Sg[a + b * d] + mg[a] * mg[b];
+            }
         }
         return VB_OK;
     }
@@ -307,17 +317,35 @@ static int cells_try(double a, void *ctx, double *value) {
 }
 
 /* --------------------------------------------------------- partial path -- */
+/*
+ * The precision of q(beta, b) is Lambda = [[A, B], [B', blockdiag_j(Q_j) +
+ * B'A^-1 B]] with B = [B_1 .. B_J] (B_j = [B_j1 .. B_jG], p x d_j each),
+ * D_j = blockdiag_g(D_jg) and Q_j = D_j - B_j'A^-1 B_j: the family
+ * q(beta | b) prod_j q(b_j), q(beta | b) = N(mu_beta - A^-1 B (b - m), A^-1),
+ * q(b_j) = N(m_j, Q_j^-1).  Given the surrogate curvature H* (A*, B*_j, D*_j:
+ * X'WX + P, X'W Z_j, Z_j'W Z_j + Om blockwise) its best member has exactly
+ * these blocks; the cross-factor blocks Z_j'W Z_k never enter.  With
+ * T_j = A - B_j D_j^-1 B_j' (p x p, the Schur complement of the two-block
+ * arrowhead of factor j), Woodbury gives
+ *   Q_j^-1 = D_j^-1 + D_j^-1 B_j' T_j^-1 B_j D_j^-1,
+ *   Cov(beta) = sum_j T_j^-1 - (J - 1) A^-1,  Cov(beta, b_jg) = -T_j^-1 B_jg D_jg^-1,
+ *   log|Lambda| = log|A| + sum_j (sum_g log|D_jg| + log|T_j| - log|A|),
+ *   Var(eta_i) = x'A^-1 x (1 - J) + sum_j [z'D_jg^-1 z + u_j'T_j^-1 u_j],
+ *                u_j = x - B_jg D_jg^-1 z,
+ * and the step Lambda^-1 g by
+ *   delta_bj = Q_j^-1 (g_bj - B_j'A^-1 g_beta),  delta_beta = A^-1 (g_beta - B delta_b).
+ * All of it is O(sum_j G_j (d_j^3 + p d_j^2) + J p^3) per factorisation.
+ */
 
 /* Lambda* (As, Bs, Ds) and the gradient at the current q; back up Lambda. */
 static int partial_prepare(gstate *S) {
-    glmm_factor *F = S->G->F;
+    glmm_model *G = S->G;
     vb_glm *M = S->M;
-    int n = S->n, p = S->p, d = F->d, G = F->G;
-    size_t pd = (size_t)p * d, dd = (size_t)d * d;
+    int n = S->n, p = S->p;
     memcpy(S->mu0, S->mu, sizeof(double) * S->D);
     memcpy(S->A0, S->Ac, sizeof(double) * p * p);
-    memcpy(S->B0, S->Bc, sizeof(double) * pd * G);
-    memcpy(S->D0, S->Dc, sizeof(double) * dd * G);
+    memcpy(S->B0, S->Bc, sizeof(double) * S->nB);
+    memcpy(S->D0, S->Dc, sizeof(double) * S->nDD);
     double *w = S->vt;
     for (int i = 0; i < n; i++)
         w[i] = -2 * S->dv[i];
@@ -330,169 +358,235 @@ static int partial_prepare(gstate *S) {
             gk += M->X[i + (size_t)k * n] * S->dm[i];
         S->gvec[k] = gk;
     }
-    memset(S->Bs, 0, sizeof(double) * pd * G);
-    for (int g = 0; g < G; g++) {
-        double *Dg = S->Ds + g * dd, *Bg = S->Bs + g * pd, *gg = S->gvec + F->off + (size_t)g * d;
-        const double *mg = S->mu + F->off + (size_t)g * d;
-        for (size_t r = 0; r < dd; r++)
-            Dg[r] = F->Om[r];
-        for (int a = 0; a < d; a++) {
-            gg[a] = 0;
-            for (int b = 0; b < d; b++)
-                gg[a] -= F->Om[a + b * d] * mg[b];
-        }
-        for (int t = F->gstart[g]; t < F->gstart[g + 1]; t++) {
-            int i = F->ord[t];
+    memset(S->Bs, 0, sizeof(double) * S->nB);
+    for (int j = 0; j < G->J; j++) {
+        glmm_factor *F = G->F + j;
+        int d = F->d;
+        size_t pd = (size_t)p * d, dd = (size_t)d * d;
+        for (int g = 0; g < F->G; g++) {
+            double *Dg = S->Ds + S->dof[j] + g * dd, *Bg = S->Bs + S->bo[j] + g * pd,
+                   *gg = S->gvec + F->off + (size_t)g * d;
+            const double *mg = S->mu + F->off + (size_t)g * d;
+            for (size_t r = 0; r < dd; r++)
+                Dg[r] = F->Om[r];
             for (int a = 0; a < d; a++) {
-                double za = F->Z[i + (size_t)a * n];
-                gg[a] += za * S->dm[i];
+                gg[a] = 0;
                 for (int b = 0; b < d; b++)
-                    Dg[a + b * d] += w[i] * za * F->Z[i + (size_t)b * n];
-                for (int k = 0; k < p; k++)
-                    Bg[k + (size_t)a * p] += w[i] * M->X[i + (size_t)k * n] * za;
+                    gg[a] -= F->Om[a + b * d] * mg[b];
+            }
+            for (int t = F->gstart[g]; t < F->gstart[g + 1]; t++) {
+                int i = F->ord[t];
+                for (int a = 0; a < d; a++) {
+                    double za = F->Z[i + (size_t)a * n], wz = w[i] * za;
+                    gg[a] += za * S->dm[i];
+                    for (int b = 0; b < d; b++)
+                        Dg[a + b * d] += wz * F->Z[i + (size_t)b * n];
+                    for (int k = 0; k < p; k++)
+                        Bg[k + (size_t)a * p] += wz * M->X[i + (size_t)k * n];
+                }
             }
         }
     }
     return VB_OK;
 }
 
-/* Factor the current arrowhead (Ac, Bc, Dc): Rg, K, Sb, Sg, ldet. */
+/* Factor the current (Ac, Bc, Dc): RA, Ai, Rg, K, Tc, Ti, Sb, Sg, ldet. */
 static int partial_factor(gstate *S) {
-    glmm_factor *F = S->G->F;
-    int p = S->p, d = F->d, G = F->G;
-    size_t pd = (size_t)p * d, dd = (size_t)d * d;
-    double *Sc = S->Sb, ld = 0;
-    memcpy(Sc, S->Ac, sizeof(double) * p * p);
-    for (int g = 0; g < G; g++) {
-        double *R = S->Rg + g * dd, *Kg = S->K + g * pd, *Bg = S->Bc + g * pd;
-        memcpy(R, S->Dc + g * dd, sizeof(double) * dd);
-        int info = vb_chol(d, R, d);
-        if (info != 0) return vb_lapack_status(info);
-        ld += vb_chol_logdet(d, R, d);
-        /* K_g = D_g^-1 B_g' (d x p) */
-        for (int k = 0; k < p; k++) {
-            for (int a = 0; a < d; a++)
-                Kg[a + (size_t)k * d] = Bg[k + (size_t)a * p];
-            vb_chol_solve(d, R, d, Kg + (size_t)k * d);
-        }
-        /* Schur complement: A - B_g K_g */
-        for (int k = 0; k < p; k++)
-            for (int l = 0; l < p; l++) {
-                double s = 0;
+    glmm_model *G = S->G;
+    int p = S->p, J = G->J;
+    size_t pp = (size_t)p * p;
+    memcpy(S->RA, S->Ac, sizeof(double) * pp);
+    int info = vb_chol(p, S->RA, p);
+    if (info != 0) return vb_lapack_status(info);
+    double ldA = vb_chol_logdet(p, S->RA, p), ld = ldA;
+    memcpy(S->Ai, S->RA, sizeof(double) * pp);
+    info = vb_chol_inv(p, S->Ai, p);
+    if (info != 0) return vb_lapack_status(info);
+    for (size_t r = 0; r < pp; r++)
+        S->Sb[r] = -(J - 1) * S->Ai[r];
+    double *KS = S->u; /* d x p scratch */
+    for (int j = 0; j < J; j++) {
+        glmm_factor *F = G->F + j;
+        int d = F->d;
+        size_t pd = (size_t)p * d, dd = (size_t)d * d;
+        double *Tc = S->Tc + j * pp, *Ti = S->Ti + j * pp;
+        memcpy(Tc, S->Ac, sizeof(double) * pp);
+        for (int g = 0; g < F->G; g++) {
+            double *R = S->Rg + S->dof[j] + g * dd, *Kg = S->K + S->bo[j] + g * pd,
+                   *Bg = S->Bc + S->bo[j] + g * pd;
+            memcpy(R, S->Dc + S->dof[j] + g * dd, sizeof(double) * dd);
+            info = vb_chol(d, R, d);
+            if (info != 0) return vb_lapack_status(info);
+            ld += vb_chol_logdet(d, R, d);
+            /* K_g = D_g^-1 B_g' (d x p) */
+            for (int k = 0; k < p; k++) {
                 for (int a = 0; a < d; a++)
-                    s += Bg[k + (size_t)a * p] * Kg[a + (size_t)l * d];
-                Sc[k + (size_t)l * p] -= s;
+                    Kg[a + (size_t)k * d] = Bg[k + (size_t)a * p];
+                vb_chol_solve(d, R, d, Kg + (size_t)k * d);
             }
-    }
-    int info = vb_chol(p, Sc, p);
-    if (info != 0) return vb_lapack_status(info);
-    ld += vb_chol_logdet(p, Sc, p);
-    memcpy(S->work, Sc, sizeof(double) * p * p); /* the Schur factor, for solves */
-    info = vb_chol_inv(p, Sc, p);
-    if (info != 0) return vb_lapack_status(info);
-    S->ldet = -ld;
-    /* marginal S_g = D_g^-1 + K_g Sb K_g' */
-    double *KS = S->u; /* d x p */
-    for (int g = 0; g < G; g++) {
-        double *Sg = S->Sg + g * dd, *Kg = S->K + g * pd, *R = S->Rg + g * dd;
-        memcpy(Sg, R, sizeof(double) * dd);
-        info = vb_chol_inv(d, Sg, d);
+            for (int k = 0; k < p; k++)
+                for (int l = 0; l <= k; l++) {
+                    double s = 0;
+                    for (int a = 0; a < d; a++)
+                        s += Bg[k + (size_t)a * p] * Kg[a + (size_t)l * d];
+                    Tc[k + (size_t)l * p] -= s;
+                    if (l != k) Tc[l + (size_t)k * p] -= s;
+                }
+        }
+        info = vb_chol(p, Tc, p);
         if (info != 0) return vb_lapack_status(info);
-        for (int a = 0; a < d; a++)
-            for (int l = 0; l < p; l++) {
-                double s = 0;
-                for (int k = 0; k < p; k++)
-                    s += Kg[a + (size_t)k * d] * Sc[k + (size_t)l * p];
-                KS[a + (size_t)l * d] = s;
-            }
-        for (int a = 0; a < d; a++)
-            for (int b = 0; b < d; b++) {
-                double s = 0;
-                for (int l = 0; l < p; l++)
-                    s += KS[a + (size_t)l * d] * Kg[b + (size_t)l * d];
-                Sg[a + b * d] += s;
-            }
+        ld += vb_chol_logdet(p, Tc, p) - ldA;
+        memcpy(Ti, Tc, sizeof(double) * pp);
+        info = vb_chol_inv(p, Ti, p);
+        if (info != 0) return vb_lapack_status(info);
+        for (size_t r = 0; r < pp; r++)
+            S->Sb[r] += Ti[r];
+        /* marginal S_g = D_g^-1 + K_g T^-1 K_g' */
+        for (int g = 0; g < F->G; g++) {
+            double *Sg = S->Sg + S->dof[j] + g * dd, *Kg = S->K + S->bo[j] + g * pd,
+                   *R = S->Rg + S->dof[j] + g * dd;
+            memcpy(Sg, R, sizeof(double) * dd);
+            info = vb_chol_inv(d, Sg, d);
+            if (info != 0) return vb_lapack_status(info);
+            for (int a = 0; a < d; a++)
+                for (int l = 0; l < p; l++) {
+                    double s = 0;
+                    for (int k = 0; k < p; k++)
+                        s += Kg[a + (size_t)k * d] * Ti[k + (size_t)l * p];
+                    KS[a + (size_t)l * d] = s;
+                }
+            for (int a = 0; a < d; a++)
+                for (int b = 0; b < d; b++) {
+                    double s = 0;
+                    for (int l = 0; l < p; l++)
+                        s += KS[a + (size_t)l * d] * Kg[b + (size_t)l * d];
+                    Sg[a + b * d] += s;
+                }
+        }
     }
+    S->ldet = -ld;
     return VB_OK;
 }
 
 static void partial_mv(gstate *S, double *m, double *v) {
-    glmm_factor *F = S->G->F;
+    glmm_model *G = S->G;
     vb_glm *M = S->M;
-    int n = S->n, p = S->p, d = F->d;
-    size_t pd = (size_t)p * d, dd = (size_t)d * d;
-    double *u = S->val, *zD = S->val + p;
+    int n = S->n, p = S->p, J = G->J;
+    size_t pp = (size_t)p * p;
+    double *u = S->val, *zD = S->val + p, *x = S->val + 2 * (size_t)p + S->dmax;
     for (int i = 0; i < n; i++) {
-        int g = F->grp[i];
-        const double *Kg = S->K + g * pd, *Sg0 = S->Rg + g * dd,
-                     *mg = S->mu + F->off + (size_t)g * d;
-        double mi = M->off[i];
-        for (int k = 0; k < p; k++)
-            mi += M->X[i + (size_t)k * n] * S->mu[k];
-        for (int a = 0; a < d; a++)
-            mi += F->Z[i + (size_t)a * n] * mg[a];
-        m[i] = mi;
-        /* z' D_g^-1 z = || R_g^-T z ||^2 */
-        for (int a = 0; a < d; a++) {
-            double s = F->Z[i + (size_t)a * n];
-            for (int b = 0; b < a; b++)
-                s -= Sg0[b + a * d] * zD[b];
-            zD[a] = s / Sg0[a + a * d];
-        }
-        double vi = 0;
-        for (int a = 0; a < d; a++)
-            vi += zD[a] * zD[a];
+        double mi = M->off[i], vi = 0;
         for (int k = 0; k < p; k++) {
-            double s = M->X[i + (size_t)k * n];
+            x[k] = M->X[i + (size_t)k * n];
+            mi += x[k] * S->mu[k];
+        }
+        if (J > 1) {
+            double q = 0;
+            for (int k = 0; k < p; k++) {
+                double s = 0;
+                for (int l = 0; l < p; l++)
+                    s += S->Ai[k + (size_t)l * p] * x[l];
+                q += x[k] * s;
+            }
+            vi = (1 - J) * q;
+        }
+        for (int j = 0; j < J; j++) {
+            const glmm_factor *F = G->F + j;
+            int d = F->d, g = F->grp[i];
+            size_t pd = (size_t)p * d, dd = (size_t)d * d;
+            const double *Kg = S->K + S->bo[j] + g * pd, *Rg = S->Rg + S->dof[j] + g * dd,
+                         *mg = S->mu + F->off + (size_t)g * d, *Ti = S->Ti + j * pp;
             for (int a = 0; a < d; a++)
-                s -= Kg[a + (size_t)k * d] * F->Z[i + (size_t)a * n];
-            u[k] = s;
+                mi += F->Z[i + (size_t)a * n] * mg[a];
+            /* z' D_g^-1 z = || R_g^-T z ||^2 */
+            for (int a = 0; a < d; a++) {
+                double s = F->Z[i + (size_t)a * n];
+                for (int b = 0; b < a; b++)
+                    s -= Rg[b + a * d] * zD[b];
+                zD[a] = s / Rg[a + a * d];
+                vi += zD[a] * zD[a];
+            }
+            for (int k = 0; k < p; k++) {
+                double s = x[k];
+                for (int a = 0; a < d; a++)
+                    s -= Kg[a + (size_t)k * d] * F->Z[i + (size_t)a * n];
+                u[k] = s;
+            }
+            for (int k = 0; k < p; k++) {
+                double s = 0;
+                for (int l = 0; l < p; l++)
+                    s += Ti[k + (size_t)l * p] * u[l];
+                vi += u[k] * s;
+            }
         }
-        for (int k = 0; k < p; k++) {
-            double s = 0;
-            for (int l = 0; l < p; l++)
-                s += S->Sb[k + (size_t)l * p] * u[l];
-            vi += u[k] * s;
-        }
+        m[i] = mi;
         v[i] = vi;
     }
 }
 
+static void partial_blend(gstate *S, double a) {
+    size_t pp = (size_t)S->p * S->p;
+    for (size_t r = 0; r < pp; r++)
+        S->Ac[r] = (1 - a) * S->A0[r] + a * S->As[r];
+    for (size_t r = 0; r < S->nB; r++)
+        S->Bc[r] = (1 - a) * S->B0[r] + a * S->Bs[r];
+    for (size_t r = 0; r < S->nDD; r++)
+        S->Dc[r] = (1 - a) * S->D0[r] + a * S->Ds[r];
+}
+
 static int partial_try(double a, void *ctx, double *value) {
     gstate *S = (gstate *)ctx;
-    glmm_factor *F = S->G->F;
-    int p = S->p, d = F->d, G = F->G;
-    size_t pd = (size_t)p * d, dd = (size_t)d * d;
-    for (size_t r = 0; r < (size_t)p * p; r++)
-        S->Ac[r] = (1 - a) * S->A0[r] + a * S->As[r];
-    for (size_t r = 0; r < pd * G; r++)
-        S->Bc[r] = (1 - a) * S->B0[r] + a * S->Bs[r];
-    for (size_t r = 0; r < dd * G; r++)
-        S->Dc[r] = (1 - a) * S->D0[r] + a * S->Ds[r];
+    glmm_model *G = S->G;
+    int p = S->p;
+    size_t pp = (size_t)p * p;
+    partial_blend(S, a);
     int st = partial_factor(S);
     if (st != VB_OK) return st;
-    /* delta = Lambda_a^-1 g by the Schur complement */
-    double *h = S->u + pd, *dl = S->mt; /* mt is free until partial_mv */
-    for (int k = 0; k < p; k++)
-        h[k] = S->gvec[k];
-    for (int g = 0; g < G; g++) {
-        const double *Kg = S->K + g * pd, *gg = S->gvec + F->off + (size_t)g * d;
-        for (int k = 0; k < p; k++)
+    /* delta = Lambda_a^-1 g (see the block comment above) */
+    double *h0 = S->u, *hb = S->u + p, *acc = S->u + 2 * (size_t)p, *sol = S->u + 3 * (size_t)p;
+    double *dl = S->mt; /* mt is free until partial_mv */
+    memcpy(h0, S->gvec, sizeof(double) * p);
+    vb_chol_solve(p, S->RA, p, h0);
+    memcpy(hb, S->gvec, sizeof(double) * p);
+    for (int j = 0; j < G->J; j++) {
+        glmm_factor *F = G->F + j;
+        int d = F->d;
+        size_t pd = (size_t)p * d, dd = (size_t)d * d;
+        const double *Ti = S->Ti + j * pp;
+        memset(acc, 0, sizeof(double) * p);
+        for (int g = 0; g < F->G; g++) {
+            const double *Bg = S->Bc + S->bo[j] + g * pd, *gg = S->gvec + F->off + (size_t)g * d;
+            double *dg = dl + F->off + (size_t)g * d;
+            for (int b = 0; b < d; b++) {
+                double s = gg[b];
+                for (int k = 0; k < p; k++)
+                    s -= Bg[k + (size_t)b * p] * h0[k];
+                dg[b] = s;
+            }
+            vb_chol_solve(d, S->Rg + S->dof[j] + g * dd, d, dg);
             for (int b = 0; b < d; b++)
-                h[k] -= Kg[b + (size_t)k * d] * gg[b];
+                for (int k = 0; k < p; k++)
+                    acc[k] += Bg[k + (size_t)b * p] * dg[b];
+        }
+        for (int k = 0; k < p; k++) {
+            double s = 0;
+            for (int l = 0; l < p; l++)
+                s += Ti[k + (size_t)l * p] * acc[l];
+            sol[k] = s;
+        }
+        for (int g = 0; g < F->G; g++) {
+            const double *Kg = S->K + S->bo[j] + g * pd, *Bg = S->Bc + S->bo[j] + g * pd;
+            double *dg = dl + F->off + (size_t)g * d;
+            for (int b = 0; b < d; b++)
+                for (int k = 0; k < p; k++)
+                    dg[b] += Kg[b + (size_t)k * d] * sol[k];
+            for (int b = 0; b < d; b++)
+                for (int k = 0; k < p; k++)
+                    hb[k] -= Bg[k + (size_t)b * p] * dg[b];
+        }
     }
-    vb_chol_solve(p, S->work, p, h);
-    for (int k = 0; k < p; k++)
-        dl[k] = h[k];
-    for (int g = 0; g < G; g++) {
-        const double *Kg = S->K + g * pd, *gg = S->gvec + F->off + (size_t)g * d;
-        double *dg = dl + F->off + (size_t)g * d;
-        memcpy(dg, gg, sizeof(double) * d);
-        vb_chol_solve(d, S->Rg + g * dd, d, dg);
-        for (int b = 0; b < d; b++)
-            for (int k = 0; k < p; k++)
-                dg[b] -= Kg[b + (size_t)k * d] * h[k];
-    }
+    vb_chol_solve(p, S->RA, p, hb);
+    memcpy(dl, hb, sizeof(double) * p);
     double pred = 0;
     for (int r = 0; r < S->D; r++) {
         pred += 0.5 * S->gvec[r] * dl[r];
@@ -543,10 +637,7 @@ static int glmm_run(gstate *S, const vb_settings *set, vb_trace *tr, int *iter, 
     if (partial) {
         st = partial_prepare(S);
         if (st != VB_OK) return st;
-        glmm_factor *F = G->F;
-        memcpy(S->Ac, S->As, sizeof(double) * S->p * S->p);
-        memcpy(S->Bc, S->Bs, sizeof(double) * S->p * F->d * F->G);
-        memcpy(S->Dc, S->Ds, sizeof(double) * F->d * F->d * F->G);
+        partial_blend(S, 1);
     } else {
         for (int u = 0; u < S->nunit; u++) {
             cells_prepare(S, u);
@@ -651,8 +742,6 @@ SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control) {
     vb_settings set;
     vb_settings_read(control, &set);
     int n = M.n, p = M.p, D = G.D;
-    if (G.approx == GLMM_PARTIAL && G.J != 1)
-        Rf_error("approx = \"partial\" takes one grouping factor");
     if (G.approx == GLMM_FULLRANK && D > 5000)
         Rf_error("approx = \"fullrank\" is for small problems (at most 5000 coefficients)");
     const double *mu_init = vb_real_elt(init, "mu", D, "init");
@@ -684,30 +773,45 @@ SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control) {
     S.idx = (int *)R_alloc(width + 1, sizeof(int));
     S.val = dalloc(2 * (size_t)width + p);
     if (G.approx == GLMM_PARTIAL) {
-        glmm_factor *F = G.F;
-        int d = F->d, Gn = F->G;
-        size_t pd = (size_t)p * d * Gn, dd = (size_t)d * d * Gn, pp = (size_t)p * p;
-        double **b[] = {&S.A0, &S.As, &S.Ac, &S.Sb};
-        for (int r = 0; r < 4; r++)
+        size_t pp = (size_t)p * p, nB = 0, nDD = 0;
+        S.bo = (size_t *)R_alloc(G.J + 1, sizeof(size_t));
+        S.dof = (size_t *)R_alloc(G.J + 1, sizeof(size_t));
+        S.dmax = 1;
+        for (int j = 0; j < G.J; j++) {
+            S.bo[j] = nB;
+            S.dof[j] = nDD;
+            nB += (size_t)p * G.F[j].d * G.F[j].G;
+            nDD += (size_t)G.F[j].d * G.F[j].d * G.F[j].G;
+            if (G.F[j].d > S.dmax) S.dmax = G.F[j].d;
+        }
+        S.nB = nB;
+        S.nDD = nDD;
+        double **b[] = {&S.A0, &S.As, &S.Ac, &S.Sb, &S.RA, &S.Ai};
+        for (int r = 0; r < 6; r++)
             *b[r] = dalloc(pp);
+        S.Tc = dalloc(pp * G.J);
+        S.Ti = dalloc(pp * G.J);
         double **bb[] = {&S.B0, &S.Bs, &S.Bc, &S.K};
         for (int r = 0; r < 4; r++)
-            *bb[r] = dalloc(pd);
+            *bb[r] = dalloc(nB);
         double **bd[] = {&S.D0, &S.Ds, &S.Dc, &S.Rg, &S.Sg};
         for (int r = 0; r < 5; r++)
-            *bd[r] = dalloc(dd);
+            *bd[r] = dalloc(nDD);
         S.gvec = dalloc(D);
         S.mu0 = dalloc(D);
         size_t wk = (size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p;
         S.work = dalloc(wk > pp ? wk : pp);
-        S.u = dalloc((size_t)p * d + p);
+        S.u = dalloc((size_t)p * S.dmax + 4 * (size_t)p);
+        S.val = dalloc(3 * (size_t)width + 3 * (size_t)p + S.dmax);
         /* starting precision: the prior's */
         for (int k = 0; k < p; k++)
             S.Ac[k + k * p] = 1.0 / (M.pscale[k] * M.pscale[k]);
         if (glmm_cov_moments(&G) != VB_OK)
             Rf_error("the starting covariance is not positive definite");
-        for (int g = 0; g < Gn; g++)
-            memcpy(S.Dc + (size_t)g * d * d, F->Om, sizeof(double) * d * d);
+        for (int j = 0; j < G.J; j++)
+            for (int g = 0; g < G.F[j].G; g++)
+                memcpy(S.Dc + S.dof[j] + (size_t)g * G.F[j].d * G.F[j].d, G.F[j].Om,
+                       sizeof(double) * G.F[j].d * G.F[j].d);
     } else {
         /* cells and units */
         int ncell = 0, nunit = 0, maxc, mf = G.approx == GLMM_MEANFIELD;
@@ -775,10 +879,10 @@ SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control) {
     if (status != VB_INTERRUPTED && status != VB_LAPACK_ARG) q_moments(&S);
 
     /* outputs: beta covariance, group marginals (d x d x G per factor) */
-    const char *names[] = {
-        "mu",         "beta_cov", "re_cov",    "Sigma_q",    "a_q",       "tau",
-        "eta_mean",   "eta_var",  "elbo",      "loglik",     "kl",        "trace",
-        "iterations", "status",   "converged", "Sigma_full", "cross_cov", ""};
+    const char *names[] = {"mu",         "beta_cov",  "re_cov",     "Sigma_q", "a_q",
+                           "tau",        "eta_mean",  "eta_var",    "elbo",    "loglik",
+                           "kl",         "trace",     "iterations", "status",  "converged",
+                           "Sigma_full", "cross_cov", "precision",  ""};
     int nprot = 0;
     SEXP out = vb_named_list(names, &nprot);
     SET_VECTOR_ELT(out, 0, vb_real_vec(D, S.mu));
@@ -802,22 +906,35 @@ SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control) {
     }
     SET_VECTOR_ELT(out, 16, xc);
     if (G.approx == GLMM_PARTIAL) {
-        /* Cov(beta, b_g) = -Sb K_g' */
-        glmm_factor *F = G.F;
-        int d = F->d;
-        double *x = REAL(VECTOR_ELT(xc, 0));
-        for (int g = 0; g < F->G; g++) {
-            const double *Kg = S.K + (size_t)g * p * d;
-            for (int k = 0; k < p; k++)
-                for (int a = 0; a < d; a++) {
-                    double s = 0;
-                    for (int l = 0; l < p; l++)
-                        s += S.Sb[k + (size_t)l * p] * Kg[a + (size_t)l * d];
-                    x[k + (size_t)a * p + (size_t)g * p * d] = -s;
-                }
+        /* Cov(beta, b_jg) = -T_j^-1 K_g' */
+        SEXP pr = PROTECT(Rf_allocVector(VECSXP, 3)), pB = PROTECT(Rf_allocVector(VECSXP, G.J)),
+             pD = PROTECT(Rf_allocVector(VECSXP, G.J));
+        nprot += 3;
+        for (int j = 0; j < G.J; j++) {
+            glmm_factor *F = G.F + j;
+            int d = F->d;
+            size_t pd = (size_t)p * d, dd = (size_t)d * d;
+            const double *Ti = S.Ti + (size_t)j * p * p;
+            double *x = REAL(VECTOR_ELT(xc, j));
+            for (int g = 0; g < F->G; g++) {
+                const double *Kg = S.K + S.bo[j] + g * pd;
+                for (int k = 0; k < p; k++)
+                    for (int a = 0; a < d; a++) {
+                        double s = 0;
+                        for (int l = 0; l < p; l++)
+                            s += Ti[k + (size_t)l * p] * Kg[a + (size_t)l * d];
+                        x[k + (size_t)a * p + (size_t)g * pd] = -s;
+                    }
+            }
+            memcpy(REAL(VECTOR_ELT(rc, j)), S.Sg + S.dof[j], sizeof(double) * dd * F->G);
+            SET_VECTOR_ELT(pB, j, vb_real_vec((R_xlen_t)(pd * F->G), S.Bc + S.bo[j]));
+            SET_VECTOR_ELT(pD, j, vb_real_vec((R_xlen_t)(dd * F->G), S.Dc + S.dof[j]));
         }
         memcpy(bcv, S.Sb, sizeof(double) * p * p);
-        memcpy(REAL(VECTOR_ELT(rc, 0)), S.Sg, sizeof(double) * G.F->d * G.F->d * G.F->G);
+        SET_VECTOR_ELT(pr, 0, vb_real_mat(p, p, S.Ac));
+        SET_VECTOR_ELT(pr, 1, pB);
+        SET_VECTOR_ELT(pr, 2, pD);
+        SET_VECTOR_ELT(out, 17, pr);
     } else {
         for (int j = 0; j < G.J; j++)
             memset(REAL(VECTOR_ELT(rc, j)), 0, sizeof(double) * G.F[j].d * G.F[j].d * G.F[j].G);
