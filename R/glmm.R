@@ -78,7 +78,7 @@ approx_codes <- c(fullrank = 0L, partial = 1L, block = 2L, meanfield = 3L)
 # The front end behind vb() for formulas with bars.  `mc` is vb()'s call.
 vb_glmm <- function(mc, formula, data, family, prior, prior_intercept, prior_precision,
                     prior_covariance, approx, control, x, y, contrasts, missing_prior,
-                    missing_intercept, env, fix_tau = NULL) {
+                    missing_intercept, env, fix_tau = NULL, expand = TRUE) {
   t0 <- proc.time()[["elapsed"]]
   family <- check_family(family)
   control <- as_vb_control(control)
@@ -147,6 +147,7 @@ vb_glmm <- function(mc, formula, data, family, prior, prior_intercept, prior_pre
   model$covs <- covs
   model$approx <- approx_codes[[approx]]
   model$fix_tau <- !is.null(fix_tau)
+  model$expand <- isTRUE(expand)
   ini <- glm_init(model, colnames(X))
   p <- ncol(X)
   init <- list(mu = c(ini[seq_len(p)], numeric(D - p)),
