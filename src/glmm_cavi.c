@@ -1256,10 +1256,8 @@ static int glmm_run(gstate *S, const vb_settings *set, vb_trace *tr, int *iter, 
         double val = old, a;
         S->pred = 0;
         int nu = partial ? 1 : S->nunit;
+        double cur = old; /* the ELBO at the current state, tracked through the units */
         for (int u = 0; u < nu; u++) {
-            double cur;
-            st = elbo_at(S, S->m, S->v, &cur, ll, kl);
-            if (st != VB_OK) return st;
             sum_obs(S, S->m, S->v, 1);
             if (partial) {
                 st = partial_prepare(S);
@@ -1275,7 +1273,9 @@ static int glmm_run(gstate *S, const vb_settings *set, vb_trace *tr, int *iter, 
                 double dummy;
                 int st0 = partial ? partial_try(0, S, &dummy) : cells_try(0, S, &dummy);
                 if (st0 != VB_OK) return st0;
-            }
+                cur = dummy;
+            } else
+                cur = val;
             memcpy(S->m, S->mt, sizeof(double) * S->n);
             memcpy(S->v, S->vt, sizeof(double) * S->n);
         }
@@ -1288,9 +1288,7 @@ static int glmm_run(gstate *S, const vb_settings *set, vb_trace *tr, int *iter, 
         st = elbo_at(S, S->m, S->v, &now, ll, kl);
         if (st != VB_OK) return st;
         if (S->px) {
-            st = px_sweep(S, &now);
-            if (st != VB_OK) return st;
-            st = elbo_at(S, S->m, S->v, &now, ll, kl);
+            st = px_sweep(S, &now); /* keeps now the ELBO of the state it leaves */
             if (st != VB_OK) return st;
         }
         vb_trace_push(tr, now);
@@ -1492,7 +1490,10 @@ SEXP C_glmm_cavi(SEXP model, SEXP init, SEXP control) {
     int it = 0;
     double elbo = R_NaN, ll = R_NaN, kl = R_NaN;
     int status = glmm_run(&S, &set, &tr, &it, &elbo, &ll, &kl);
-    if (status != VB_INTERRUPTED && status != VB_LAPACK_ARG) q_moments(&S);
+    if (status != VB_INTERRUPTED && status != VB_LAPACK_ARG) {
+        double e2;
+        if (elbo_at(&S, S.m, S.v, &e2, &ll, &kl) != VB_OK) q_moments(&S);
+    }
 
     /* outputs: beta covariance, group marginals (d x d x G per factor) */
     const char *names[] = {"mu",         "beta_cov",  "re_cov",     "Sigma_q", "a_q",
