@@ -301,6 +301,7 @@ glmm_fit_object <- function(core, X, d, family, re, covs, model, approx, pa, pri
               fitted.values = fitted, residuals = yresp - fitted,
               family = family, prior.weights = d$weights, offset = d$offset, exposure = d$exposure,
               y = d$y, x = X, approx = approx, Sigma_full = core$Sigma_full,
+              precision = if (length(re$factors) > 1L && !is.null(core$precision)) setNames(core$precision, c("A", "B", "D")),
               prior = list(coef = pa, precision = prior_precision, covariance = prior_covariance),
               control = control, call = mc, formula = formula, terms = mt, model = mf,
               xlevels = .getXlevels(mt, mf), contrasts = attr(X, "contrasts"),
@@ -605,6 +606,9 @@ q_sample.vbglmm <- function(fit, S) {
     mu <- c(fit$coefficients, unlist(lapply(fit$ranef, function(f) as.vector(t(f$mean)))))
     out <- gaussian_q_sample(mu, fit$Sigma_full, S)
     th <- out$theta; lq <- out$logq
+  } else if (!is.null(fit$precision) && length(fit$ranef) > 1L && p > 0L) {
+    out <- partial_q_sample(fit, S)
+    th <- out$theta; lq <- out$logq
   } else {
     qb <- gaussian_q_sample(fit$coefficients, fit$vcov, S)
     th <- qb$theta; lq <- qb$logq
@@ -650,6 +654,49 @@ q_sample.vbglmm <- function(fit, S) {
   }
   rownames(th) <- glmm_theta_names(fit)
   list(theta = th, logq = lq)
+}
+
+# Draws from approx = "partial" with several factors, q(beta | b) prod_j q(b_j),
+# from its precision blocks A, B_j, D_jg (src/glmm_cavi.c): b_j ~ q(b_j) as the
+# b-part of a draw from the two-block arrowhead [[A, B_j], [B_j', D_j]] (whose
+# b-marginal is q(b_j)), then beta | b ~ N(mu - A^-1 sum_j B_j (b_j - m_j), A^-1).
+# log q(b_j) = log(pair density) - log N(beta_j; -A^-1 B_j (b_j - m_j), A^-1).
+partial_q_sample <- function(fit, S) {
+  pr <- fit$precision
+  p <- length(fit$coefficients)
+  lnorm <- function(R, z) sum(log(diag(R))) - 0.5 * colSums(z^2) - 0.5 * nrow(R) * log(2 * pi)
+  A <- matrix(pr$A, p, p)
+  RA <- chol(A)
+  Ainv <- function(v) backsolve(RA, forwardsolve(t(RA), v))
+  lq <- numeric(S); acc_all <- matrix(0, p, S); blocks <- list()
+  for (j in seq_along(fit$ranef)) {
+    f <- fit$ranef[[j]]
+    d <- length(f$cnms); G <- length(f$levels)
+    B <- array(pr$B[[j]], c(p, d, G)); Dm <- array(pr$D[[j]], c(d, d, G))
+    Tm <- A
+    for (g in seq_len(G)) Tm <- Tm - matrix(B[, , g], p) %*% solve(matrix(Dm[, , g], d), t(matrix(B[, , g], p)))
+    RT <- chol((Tm + t(Tm)) / 2)
+    z <- matrix(stats::rnorm(p * S), p, S)
+    bj <- backsolve(RT, z)
+    lp <- lnorm(RT, z)
+    X <- matrix(0, G * d, S); acc <- matrix(0, p, S)
+    for (g in seq_len(G)) {
+      Bg <- matrix(B[, , g], p); Dg <- matrix(Dm[, , g], d)
+      Rg <- chol(Dg)
+      zg <- matrix(stats::rnorm(d * S), d, S)
+      x <- -solve(Dg, crossprod(Bg, bj)) + backsolve(Rg, zg)
+      lp <- lp + lnorm(Rg, zg)
+      X[(g - 1L) * d + seq_len(d), ] <- x
+      acc <- acc + Bg %*% x
+    }
+    lq <- lq + lp - lnorm(RA, RA %*% (bj + Ainv(acc)))
+    acc_all <- acc_all + acc
+    blocks[[j]] <- X + as.vector(t(f$mean))
+  }
+  z <- matrix(stats::rnorm(p * S), p, S)
+  beta <- fit$coefficients - Ainv(acc_all) + backsolve(RA, z)
+  lq <- lq + lnorm(RA, z)
+  list(theta = rbind(beta, do.call(rbind, blocks)), logq = lq)
 }
 
 #' @export

@@ -24,7 +24,7 @@ fuzz_topic_glmm <- list(
       fz_err(vb(y ~ x + (1 | one), data = gd, control = gq)),
       fz_err(vb(y ~ x + (1 + const | g), data = gd, control = gq)),
       fz_err(vb(y ~ x + (1 | g), data = gd, approx = "nope", control = gq)),
-      fz_err(vb(y ~ x + (1 | g) + (1 | h), data = gd, approx = "partial", control = gq)),
+      fz_ok(vb(y ~ x + (1 | g) + (1 | h), data = gd, approx = "partial", control = gq), check = fz_fit),
       fz_err(vb(y ~ x + (1 | g), data = gd, prior = laplace(0, 1), control = gq)),
       fz_err(vb(y ~ x + (1 | g), data = gd, prior_covariance = list(), control = gq)),
       fz_err(vb(y ~ x + (1 + x | g), data = gd, prior_covariance = huang_wand(scale = 1:3), control = gq)),
@@ -50,6 +50,7 @@ fuzz_topic_glmm <- list(
   workload = alist(
     vb(y ~ x + (1 + x | g), data = gd, control = gq),
     vb(cnt ~ x + (1 | g) + (1 | h), data = gd, family = poisson(), approx = "block", control = gq),
+    vb(cnt ~ x + (1 + x | g) + (1 | h), data = gd, family = poisson(), control = gq),
     vb(bin ~ x + (1 | g), data = gd, family = binomial(), approx = "fullrank", control = gq)
   )
 )
