@@ -328,15 +328,24 @@ glmm_fit_object <- function(core, X, d, family, re, covs, model, approx, pa, pri
 #'
 #' The posterior is approximated by q(beta, b) q(Sigma) q(a) (q(tau)) with
 #' q(beta, b) Gaussian:
-#' * `"partial"` (the default, one grouping factor): beta coupled to every
-#'   group's effects, the groups independent given beta (an arrowhead
-#'   precision).  With one factor the exact optimum of the whole Gaussian
-#'   family has this form, so this is the full Gaussian approximation at a
-#'   cost linear in the number of groups.
+#' * `"partial"` (the default): q(beta | b) prod_j q(b_j), beta coupled to
+#'   the effects of every grouping factor j, the factors independent of each
+#'   other; each q(b_j) has a precision that is block diagonal over groups
+#'   minus a rank-p term, the form the optimum takes.  With one factor this
+#'   is the whole Gaussian family (its optimum has an arrowhead precision);
+#'   with crossed or nested factors it lies between `"block"` and
+#'   `"fullrank"`.  The cost is linear in the number of groups (Schur
+#'   complements of the per-factor arrowheads, no dense matrix over the
+#'   random effects).
 #' * `"block"`: q(beta) prod_g q(b_g);  `"meanfield"`: every coefficient
 #'   independent;  `"fullrank"`: one dense Gaussian (small problems only).
 #' q(Sigma) (inverse Wishart) and q(a) (inverse gamma) are updated in closed
-#' form.  The ELBO includes every constant, so it is comparable across
+#' form.  Each sweep ends with a parameter-expansion step per grouping factor
+#' (at most 6 effects): the effects b_g are mapped to R b_g with the d x d
+#' matrix R that maximises a local model of the ELBO, q(Sigma) following in
+#' closed form, and the step is kept only when the ELBO rises.  It leaves the
+#' optimum unchanged and removes the slow coupling of q(b) and q(Sigma) when
+#' groups have few observations (tens of sweeps instead of hundreds).  The ELBO includes every constant, so it is comparable across
 #' random-effect structures and with fits without random effects of the same
 #' data ([compare_models()]).
 #'
