@@ -44,7 +44,9 @@ fuzz_topic_glmm <- list(
       fz_err(predict(gfit, data.frame(x = 1, g = "zz"), allow.new.levels = FALSE)),
       fz_err(predict(gfit, re.form = "g")), fz_err(predict(gfit, re.form = ~ (1 | nope))),
       fz_err(VarCorr(gfit, level = 2)), fz_err(simulate(gfit, nsim = -1)),
-      fz_ok(simulate(gfit, 2, seed = 1)), fz_ok(draws(gfit, 3)), fz_ok(summary(gfit)$coefficients)
+      fz_ok(simulate(gfit, 2, seed = 1)), fz_ok(draws(gfit, 3)), fz_ok(summary(gfit)$coefficients),
+      fz_ok(vcov(gfit, correction = "integrate", ndraws = 3), check = function(v, w) all(is.finite(v))),
+      fz_err(vcov(gfit, correction = "integrate", ndraws = -1)), fz_err(vcov(gfit, correction = "nope"))
     )
   ),
   workload = alist(

@@ -250,3 +250,35 @@ test_that("bad input: clear errors", {
                "one per dimension")
   expect_error(vb(y ~ x + (1 | g), data = d, approx = "structured", control = quiet), "approx")
 })
+
+test_that("vcov(correction = \"integrate\") recovers the exact posterior sd that the factorisation loses", {
+  # random intercept, tau fixed, Sigma ~ InvWishart(3, 0.8): Var(beta | y) by
+  # quadrature over Sigma of GLS conditionals, E Var(beta | Sigma) + Var E(beta | Sigma)
+  d <- glmm_data(G = 6, m = 4, seed = 7)
+  X <- cbind(1, d$x); Z <- glmm_Z(d$g, matrix(1, nrow(d)))
+  S0 <- diag(c(25, 4)); tau <- 2.5; df <- 3; psi <- 0.8
+  post_beta <- function(s) {
+    Vi <- solve(Z %*% t(Z) * s + diag(nrow(d)) / tau)
+    C <- solve(crossprod(X, Vi %*% X) + solve(S0))
+    list(m = drop(C %*% crossprod(X, Vi %*% d$y)), C = C)
+  }
+  u <- seq(-10, 5, length.out = 1500)
+  lw <- vapply(exp(u), function(s) exact_logev_gauss(d$y, X, Z, c(0, 0), S0, matrix(s), tau) +
+                 dgamma(1 / s, df / 2, psi / 2, log = TRUE) - 2 * log(s), 0) + u
+  w <- exp(lw - max(lw)); w <- w / sum(w)
+  pb <- lapply(exp(u), post_beta)
+  Em <- Reduce(`+`, Map(function(q, wi) wi * q$m, pb, w))
+  Vex <- Reduce(`+`, Map(function(q, wi) wi * (q$C + tcrossprod(q$m - Em)), pb, w))
+  f <- vbayes:::vb_glmm(mc = call("vb"), formula = y ~ x + (1 | g), data = d,
+                        family = gaussian(), prior = normal(0, 2), prior_intercept = normal(0, 5),
+                        prior_precision = gamma_prior(1, 1), prior_covariance = inv_wishart(df, sqrt(psi)),
+                        approx = "partial", control = quiet, x = TRUE, y = TRUE, contrasts = NULL,
+                        missing_prior = FALSE, missing_intercept = FALSE, env = environment(), fix_tau = tau)
+  r0 <- sqrt(diag(vcov(f))) / sqrt(diag(Vex))
+  set.seed(1)
+  r1 <- sqrt(diag(vcov(f, correction = "integrate", ndraws = 400))) / sqrt(diag(Vex))
+  expect_lt(r0[[1]], 0.92)
+  expect_true(all(abs(r1 - 1) < 0.03), label = paste(format(r1), collapse = ", "))
+  expect_identical(vcov(f), f$vcov)
+  expect_error(vcov(f, correction = "lr"), "should be one of")
+})
