@@ -3,10 +3,11 @@
  * covariance factors: glmm_model.c).
  *
  * q = q(beta, b) q(tau) prod_c q(Sigma_c) q(a_c), q(beta, b) Gaussian:
- *   partial   precision with the arrowhead pattern of one grouping factor
- *             (beta coupled to every group, groups independent given beta);
- *             with one factor this is the whole Gaussian family, since the
- *             optimum's precision C'WC + P has that pattern;
+ *   partial   q(beta | b) prod_j q(b_j): beta coupled to the effects of every
+ *             grouping factor, the factors independent of each other, groups
+ *             of a factor independent given beta (see "partial path"); with
+ *             one factor this is the whole Gaussian family, since the
+ *             optimum's precision C'WC + P has its arrowhead pattern;
  *   block     q(beta) prod_{j,g} q(b_jg);   meanfield: every coordinate alone;
  *   fullrank  one dense Gaussian (small problems, for checking).
  * The covariance of a factorised q is block diagonal over "cells"; a sweep
@@ -18,9 +19,10 @@
  * g = C_c' df/dm - [P (mu - mu0)]_c; Lambda_a = (1-a) Lambda + a Lambda*,
  * mu += a Lambda_a^-1 g, a = 1, 1/2, ... by vb_step_search, so the ELBO
  * never decreases; for the gaussian family a = 1 is the exact optimum.
- * partial solves the arrowhead system by the Schur complement on beta:
- *   S = A - sum_g B_g D_g^-1 B_g',  v_i = z'D_g^-1 z + u'S^-1 u,  u = x - B_g D_g^-1 z.
- * Then q(Sigma), q(a) (closed form) and q(tau) (gaussian, closed form).
+ * partial solves with per-factor Schur complements on beta (T_j = A -
+ * sum_g B_jg D_jg^-1 B_jg', Woodbury for q(b_j)).  Then q(Sigma), q(a) (closed
+ * form), q(tau) (gaussian, closed form) and a parameter-expansion step per
+ * factor (b_g -> R b_g, kept only when the ELBO rises).
  *
  * Convergence (VB_OK): every unit step accepted, ELBO finite and not
  * decreasing, its relative change and the gain the full Newton steps still
@@ -30,8 +32,9 @@
  * (list: mu of length D, tau = c(shape, rate)), control.  Outputs: mu, the
  * covariance of beta, the groups' marginal means/covariances, q(Sigma),
  * q(a), q(tau), eta mean/variance, ELBO, trace, status.
- * Cost per sweep O(n (p + d)^2 + G (d^3 + p d^2) + p^3) for partial and
- * block; fullrank O(n (p + sum d)^2 + D^3).  No D x D matrix but fullrank.
+ * Cost per sweep O(n (p + sum_j d_j)^2 + sum_j G_j (d_j^3 + p d_j^2) + J p^3)
+ * for partial and block (plus O(n d_j^2 + G_j d_j^4) per expansion step);
+ * fullrank O(n (p + sum d)^2 + D^3).  No D x D matrix but fullrank.
  */
 #include "glmm.h"
 
