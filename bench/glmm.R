@@ -17,10 +17,15 @@
 #   observations per group, G = 10^3, 10^4, 10^5: vb(approx = "partial")
 #   against glmer() and vglmer() (G <= VBAYES_BENCH_PEER_MAX, default 10^4);
 #   above that vb() runs VBAYES_BENCH_BIG_MAXIT sweeps (default 30) and only
-#   its time per sweep is reported (the run stays bounded).
+#   its time per sweep is reported (the run stays bounded).  vglmer runs
+#   for G <= VBAYES_BENCH_VGLMER_MAX (default 10^3).
+# Part 3 (the fixed effects' sd deficit on sleepstudy): vb's sd against the
+#   exact decomposition E Var(beta | Sigma, tau) + Var E(beta | Sigma, tau)
+#   over the NUTS draws of (Sigma, tau).
 #
 # Environment: VBAYES_BENCH_PARTS ("1,2"), VBAYES_BENCH_NUTS_ITER (default 2000 per chain, 2 chains, half
-# warm-up), VBAYES_BENCH_G ("1e3,1e4,1e5"), VBAYES_BENCH_PEER_MAX (1e4).
+# warm-up), VBAYES_BENCH_G ("1e3,1e4,1e5"), VBAYES_BENCH_PEER_MAX (1e4), VBAYES_BENCH_BIG_MAXIT (100),
+# VBAYES_BENCH_CACHE (a directory for the NUTS draws; reused when present).
 suppressPackageStartupMessages({
   library(vbayes)
   library(lme4)
@@ -30,7 +35,9 @@ has_vglmer <- requireNamespace("vglmer", quietly = TRUE)
 nuts_iter <- as.integer(Sys.getenv("VBAYES_BENCH_NUTS_ITER", "2000"))
 Gs <- as.numeric(strsplit(Sys.getenv("VBAYES_BENCH_G", "1e3,1e4,1e5"), ",")[[1]])
 peer_max <- as.numeric(Sys.getenv("VBAYES_BENCH_PEER_MAX", "1e4"))
-big_maxit <- as.integer(Sys.getenv("VBAYES_BENCH_BIG_MAXIT", "30"))
+big_maxit <- as.integer(Sys.getenv("VBAYES_BENCH_BIG_MAXIT", "100"))
+vglmer_max <- as.numeric(Sys.getenv("VBAYES_BENCH_VGLMER_MAX", "1e3"))
+cache <- Sys.getenv("VBAYES_BENCH_CACHE", "")  # a directory: NUTS draws are kept there and reused
 parts <- strsplit(Sys.getenv("VBAYES_BENCH_PARTS", "1,2"), ",")[[1]]
 here <- local({
   a <- grep("^--file=", commandArgs(FALSE), value = TRUE)
@@ -53,7 +60,7 @@ problems <- list(
   cbpp = list(f = cbind(incidence, size - incidence) ~ period + (1 | herd), data = cbpp, family = binomial(),
               approx = c("partial", "block", "meanfield"), vg = "binomial"),
   grouseticks = list(f = TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION), data = grouseticks,
-                     family = poisson(), approx = c("fullrank", "block", "meanfield"), vg = NULL))
+                     family = poisson(), approx = c("partial", "fullrank", "block", "meanfield"), vg = NULL))
 
 stan_mod <- NULL
 if (!"1" %in% parts) problems <- list()
@@ -80,7 +87,7 @@ stan_data <- function(fit) {
        has2 = as.integer(two), G2 = length(r2$levels), g2 = r2$group, nu2 = c2$df, A2 = c2$scale[1])
 }
 
-rows1 <- list(); rowsvc <- list()
+rows1 <- list(); rowsvc <- list(); nuts_ess <- list(); nuts_post <- list(); vbfits <- list()
 for (nm in names(problems)) {
   pb <- problems[[nm]]
   fits <- lapply(setNames(pb$approx, pb$approx), function(a) {
@@ -98,9 +105,20 @@ for (nm in names(problems)) {
   nuts <- NULL
   if (!is.null(stan_mod)) {
     sd0 <- stan_data(fits[[1]])
-    nuts <- el(rstan::sampling(stan_mod, data = sd0, chains = 2, iter = nuts_iter, refresh = 0, seed = 1,
-                                control = list(adapt_delta = 0.95)))
-    post <- rstan::extract(nuts$v)
+    cf <- if (nzchar(cache)) file.path(cache, sprintf("glmm-nuts-%s-%d.rds", nm, nuts_iter)) else ""
+    if (nzchar(cf) && file.exists(cf)) {
+      nuts <- readRDS(cf)
+      cat(sprintf("%s: NUTS draws from the cache (%s; sampled in %.0f s)\n", nm, cf, nuts$t))
+    } else {
+      nuts <- el(rstan::sampling(stan_mod, data = sd0, chains = 2, iter = nuts_iter, refresh = 0, seed = 1,
+                                  control = list(adapt_delta = 0.95)))
+      nuts$ess <- rstan::summary(nuts$v, pars = "beta")$summary[, "n_eff"]
+      nuts$v <- rstan::extract(nuts$v)
+      if (nzchar(cf)) { dir.create(cache, showWarnings = FALSE, recursive = TRUE); saveRDS(nuts, cf) }
+    }
+    post <- nuts$v
+    nuts_ess[[nm]] <- nuts$ess
+    nuts_post[[nm]] <- post
   }
   for (a in names(fits)) {
     f <- fits[[a]]
@@ -113,6 +131,9 @@ for (nm in names(problems)) {
       row$fe_err_max <- max(abs(fixef(f) - ms) / ss)
       row$fe_sd_ratio_min <- min(sqrt(diag(vcov(f))) / ss)
       row$fe_sd_ratio_max <- max(sqrt(diag(vcov(f))) / ss)
+      set.seed(2)
+      if (a %in% c("partial", "fullrank")) si <- sqrt(diag(vcov(f, correction = "integrate", ndraws = 200))) / ss
+      if (a %in% c("partial", "fullrank")) { row$fe_sd_ratio_integrated_min <- min(si); row$fe_sd_ratio_integrated_max <- max(si) }
       b1 <- post$b1                      # draws x d1 x G1
       mb <- apply(b1, c(2, 3), mean); sb <- apply(b1, c(2, 3), sd)
       r1 <- fits[[a]]$ranef[[1]]
@@ -152,15 +173,57 @@ for (nm in names(problems)) {
     }
     rowsvc[[nm]] <- vc
   }
+  vbfits[[nm]] <- fits
   cat(sprintf("done: %s\n", nm))
 }
 if (length(rows1)) {
-tab1 <- do.call(rbind, lapply(rows1, function(r) { for (k in c("fe_err_max", "fe_sd_ratio_min", "fe_sd_ratio_max", "re_err_median", "re_sd_ratio_median")) if (is.null(r[[k]])) r[[k]] <- NA; r }))
+tab1 <- do.call(rbind, lapply(rows1, function(r) { for (k in c("fe_err_max", "fe_sd_ratio_min", "fe_sd_ratio_max", "fe_sd_ratio_integrated_min", "fe_sd_ratio_integrated_max", "re_err_median", "re_sd_ratio_median")) if (is.null(r[[k]])) r[[k]] <- NA; r }))
 cat("\n## Part 1: lme4's data sets, against NUTS\n\n")
 print(knitr::kable(tab1, digits = 3))
 cat("\nVariance components (first grouping factor, posterior means of the variances):\n\n")
 for (vc in rowsvc) print(knitr::kable(vc, digits = 3))
 }
+
+# Where the fixed effects' sd deficit comes from (sleepstudy, gaussian: every
+# conditional is closed form).  Var(beta | y) = E[Var(beta | Sigma, tau, y)] +
+# Var(E[beta | Sigma, tau, y]) over the posterior of (Sigma, tau), computed
+# from the NUTS draws by generalised least squares with the prior; vb's
+# Cov(beta) is Var(beta | Sigma^-1 = E_q Sigma^-1, tau = E_q tau) exactly.
+# The MC error of the NUTS sd is about sd / sqrt(2 ESS).
+if (!is.null(nuts_post$sleepstudy)) {
+  post <- nuts_post$sleepstudy; f <- vbfits$sleepstudy$partial
+  X <- f$x; y <- f$y; n <- nrow(X); Zt <- f$ranef[[1]]$Z; g <- f$ranef[[1]]$group; G <- max(g)
+  Z <- matrix(0, n, 2 * G); for (k in 1:2) Z[cbind(seq_len(n), (g - 1L) * 2 + k)] <- Zt[, k]
+  P0 <- diag(1 / f$prior$coef$scale^2); b0 <- f$prior$coef$location
+  gls <- function(Sig, tau) {
+    V <- Z %*% kronecker(diag(G), Sig) %*% t(Z) + diag(n) / tau
+    Vi <- solve(V); Pm <- crossprod(X, Vi %*% X) + P0
+    C <- solve(Pm); list(mean = drop(C %*% (crossprod(X, Vi %*% y) + P0 %*% b0)), cov = C)
+  }
+  set.seed(3); idx <- sample(dim(post$Sigma1)[1], 400)
+  cond <- lapply(idx, function(s) gls(post$Sigma1[s, , ], post$tau[s]))
+  within <- Reduce(`+`, lapply(cond, `[[`, "cov")) / length(cond)
+  between <- stats::cov(do.call(rbind, lapply(cond, `[[`, "mean")))
+  sd_nuts <- apply(post$beta, 2, stats::sd)
+  cq <- f$cov_q[[1]]
+  plug <- gls(solve(cq$df * solve(cq$Psi)), f$tau[["shape"]] / f$tau[["rate"]])
+  ESig <- apply(post$Sigma1, c(2, 3), mean)
+  at_mean <- gls(ESig, mean(post$tau))
+  dec <- data.frame(coef = colnames(X), nuts_sd = sd_nuts,
+                    nuts_sd_mc_rel_se = 1 / sqrt(2 * nuts_ess$sleepstudy),
+                    vb_partial = sqrt(diag(vcov(f))) / sd_nuts,
+                    vb_partial_integrated = sqrt(diag(vcov(f, correction = "integrate", ndraws = 400))) / sd_nuts,
+                    gls_at_vb_plugin = sqrt(diag(plug$cov)) / sd_nuts,
+                    gls_at_nuts_mean_Sigma = sqrt(diag(at_mean$cov)) / sd_nuts,
+                    within_only = sqrt(diag(within)) / sd_nuts,
+                    within_plus_between = sqrt(diag(within + between)) / sd_nuts)
+  cat("\n## Part 3: the fixed effects' sd deficit, sleepstudy (ratios to the NUTS sd)\n\n")
+  print(knitr::kable(dec, digits = 3, row.names = FALSE))
+  cat(sprintf("\nE_q Sigma^-1 inverse (vb's plug-in) vs NUTS E Sigma: diag %s vs %s\n",
+              paste(format(diag(solve(cq$df * solve(cq$Psi))), digits = 4), collapse = ", "),
+              paste(format(diag(ESig), digits = 4), collapse = ", ")))
+}
+
 if (!"2" %in% parts) Gs <- numeric(0)
 
 cat("\n## Part 2: scaling in the number of groups (binomial, (1 + x | g), 5 observations per group)\n\n")
@@ -179,7 +242,7 @@ for (G in Gs) {
   if (G <= peer_max) {
     g <- el(glmer(y ~ x + (1 + x | g), data = d, family = binomial()))
     row$glmer_seconds <- g$t; row$glmer_intercept <- fixef(g$v)[[1]]
-    if (has_vglmer) {
+    if (has_vglmer && G <= vglmer_max) {
       v <- tryCatch(el(vglmer::vglmer(y ~ x + (1 + x | g), data = d, family = "binomial",
                                       control = vglmer::vglmer_control(factorization_method = "strong"))), error = function(e) NULL)
       if (!is.null(v)) row$vglmer_strong_seconds <- v$t

@@ -24,7 +24,7 @@ fuzz_topic_glmm <- list(
       fz_err(vb(y ~ x + (1 | one), data = gd, control = gq)),
       fz_err(vb(y ~ x + (1 + const | g), data = gd, control = gq)),
       fz_err(vb(y ~ x + (1 | g), data = gd, approx = "nope", control = gq)),
-      fz_err(vb(y ~ x + (1 | g) + (1 | h), data = gd, approx = "partial", control = gq)),
+      fz_ok(vb(y ~ x + (1 | g) + (1 | h), data = gd, approx = "partial", control = gq), check = fz_fit),
       fz_err(vb(y ~ x + (1 | g), data = gd, prior = laplace(0, 1), control = gq)),
       fz_err(vb(y ~ x + (1 | g), data = gd, prior_covariance = list(), control = gq)),
       fz_err(vb(y ~ x + (1 + x | g), data = gd, prior_covariance = huang_wand(scale = 1:3), control = gq)),
@@ -44,12 +44,15 @@ fuzz_topic_glmm <- list(
       fz_err(predict(gfit, data.frame(x = 1, g = "zz"), allow.new.levels = FALSE)),
       fz_err(predict(gfit, re.form = "g")), fz_err(predict(gfit, re.form = ~ (1 | nope))),
       fz_err(VarCorr(gfit, level = 2)), fz_err(simulate(gfit, nsim = -1)),
-      fz_ok(simulate(gfit, 2, seed = 1)), fz_ok(draws(gfit, 3)), fz_ok(summary(gfit)$coefficients)
+      fz_ok(simulate(gfit, 2, seed = 1)), fz_ok(draws(gfit, 3)), fz_ok(summary(gfit)$coefficients),
+      fz_ok(vcov(gfit, correction = "integrate", ndraws = 3), check = function(v, w) all(is.finite(v))),
+      fz_err(vcov(gfit, correction = "integrate", ndraws = -1)), fz_err(vcov(gfit, correction = "nope"))
     )
   ),
   workload = alist(
     vb(y ~ x + (1 + x | g), data = gd, control = gq),
     vb(cnt ~ x + (1 | g) + (1 | h), data = gd, family = poisson(), approx = "block", control = gq),
+    vb(cnt ~ x + (1 + x | g) + (1 | h), data = gd, family = poisson(), control = gq),
     vb(bin ~ x + (1 | g), data = gd, family = binomial(), approx = "fullrank", control = gq)
   )
 )

@@ -82,3 +82,42 @@ expect_abs <- function(object, expected, tol, label = NULL) {
                                    object, expected, d, tol))
   invisible(object)
 }
+
+# The ELBO of a Poisson model with b ~ N(0, P^-1) fixed, at a Gaussian q with
+# mean mu and covariance Sig, from its closed form.
+elbo_dense_pois_cov <- function(mu, Sig, C, y, P, m0) {
+  m <- drop(C %*% mu); v <- rowSums((C %*% Sig) * C)
+  D <- length(mu)
+  sum(y * m - exp(m + v / 2) - lgamma(y + 1)) -
+    0.5 * (sum((mu - m0) * (P %*% (mu - m0))) + sum(P * Sig)) +
+    0.5 * as.numeric(determinant(P)$modulus) - 0.5 * D * log(2 * pi) +
+    0.5 * as.numeric(determinant(Sig)$modulus) + 0.5 * D * (1 + log(2 * pi))
+}
+
+# Direct maximisation of that ELBO over the family q(beta | b) prod_j q(b_j):
+# q(b_j) = N(m_j, L_j L_j') dense within factor j, beta | b = mu_beta +
+# sum_j K_j (b_j - m_j) + L_beta eps, every K_j and L free.  `sizes` gives the
+# number of coefficients of each factor (the columns of C after the p fixed).
+brute_force_partial_pois <- function(C, y, P, m0, p, sizes) {
+  D <- ncol(C); q <- D - p
+  ltp <- which(lower.tri(diag(p), diag = TRUE))
+  lts <- lapply(sizes, function(s) which(lower.tri(diag(s), diag = TRUE)))
+  npar <- D + length(ltp) + sum(lengths(lts)) + p * q
+  unpack <- function(par) {
+    mu <- par[seq_len(D)]; k <- D
+    Lb <- matrix(0, p, p); Lb[ltp] <- par[k + seq_along(ltp)]; k <- k + length(ltp)
+    Sb <- matrix(0, q, q); pos <- 0
+    for (j in seq_along(sizes)) {
+      L <- matrix(0, sizes[j], sizes[j]); L[lts[[j]]] <- par[k + seq_along(lts[[j]])]; k <- k + length(lts[[j]])
+      ii <- pos + seq_len(sizes[j]); Sb[ii, ii] <- L %*% t(L); pos <- pos + sizes[j]
+    }
+    K <- matrix(par[k + seq_len(p * q)], p, q)
+    Sig <- rbind(cbind(Lb %*% t(Lb) + K %*% Sb %*% t(K), K %*% Sb), cbind(Sb %*% t(K), Sb))
+    list(mu = mu, Sig = Sig)
+  }
+  f <- function(par) { u <- unpack(par); -elbo_dense_pois_cov(u$mu, u$Sig, C, y, P, m0) }
+  start <- c(m0, diag(0.3, p)[ltp], unlist(lapply(sizes, function(s) diag(0.3, s)[lower.tri(diag(s), diag = TRUE)])), numeric(p * q))
+  o <- optim(start, f, method = "BFGS", control = list(maxit = 10000, reltol = 1e-15))
+  o <- optim(o$par, f, method = "BFGS", control = list(maxit = 10000, reltol = 1e-15))
+  -o$value
+}

@@ -46,16 +46,77 @@ test_that("the ELBO never decreases along a sweep, in every family and approxima
   }
 })
 
-test_that("crossed factors: meanfield <= block <= fullrank; partial refuses with a clear message", {
+test_that("crossed factors (grouseticks-like): meanfield <= block <= partial <= fullrank", {
   set.seed(5)
-  d <- expand.grid(a = factor(1:6), b = factor(1:5), rep = 1:2)
+  # broods nested in locations crossed with years, as in lme4::grouseticks (small)
+  d <- expand.grid(loc = factor(1:6), year = factor(1:3), rep = 1:3)
+  d$brood <- factor(paste(d$loc, d$year, sep = ":"))
+  d$h <- rnorm(nrow(d))
+  d$y <- rpois(nrow(d), exp(0.4 + 0.3 * d$h + rnorm(6, sd = 0.6)[d$loc] + rnorm(18, sd = 0.5)[d$brood]))
+  fits <- lapply(c(meanfield = "meanfield", block = "block", partial = "partial", fullrank = "fullrank"), function(a)
+    vb(y ~ year + h + (1 | brood) + (1 | loc), data = d, family = poisson(), approx = a, control = quiet))
+  e <- vapply(fits, elbo, 0)
+  for (f in fits) expect_true(f$converged)
+  expect_true(all(diff(e) >= -1e-8), label = paste(format(e, digits = 12), collapse = " <= "))
+  expect_gt(e[["partial"]], e[["block"]] + 0.1) # coupling beta to both factors matters here
+  # partial's fixed-effect sds close the gap between block and fullrank
+  sd <- sapply(fits, function(f) sqrt(diag(vcov(f))))
+  expect_true(all(abs(sd[, "partial"] / sd[, "fullrank"] - 1) < 0.1))
+  expect_true(all(sd[, "block"] < sd[, "partial"]))
+  # nested syntax (1 | loc/brood) fits the same model as (1 | loc) + (1 | loc:brood)
+  d$yr <- d$year
+  n1 <- vb(y ~ h + (1 | loc/yr), data = d, family = poisson(), control = quiet)
+  n2 <- vb(y ~ h + (1 | loc) + (1 | loc:yr), data = d, family = poisson(), control = quiet)
+  expect_equal(elbo(n1), elbo(n2), tolerance = 1e-10)
+  expect_equal(sort(names(n1$ranef)), c("loc", "yr:loc"))
+})
+
+test_that("partial with crossed factors equals a direct optimisation of its own ELBO (poisson, tiny)", {
+  set.seed(21)
+  d <- expand.grid(a = factor(1:3), b = factor(1:2), rep = 1:2)
   d$x <- rnorm(nrow(d))
-  d$y <- rpois(nrow(d), exp(0.3 + 0.5 * d$x + rnorm(6, sd = 0.5)[d$a] + rnorm(5, sd = 0.5)[d$b]))
-  e <- vapply(c("meanfield", "block", "fullrank"), function(a)
-    elbo(vb(y ~ x + (1 | a) + (1 | b), data = d, family = poisson(), approx = a, control = quiet)), 0)
-  expect_true(e[1] <= e[2] + 1e-8 && e[2] <= e[3] + 1e-8)
-  expect_error(vb(y ~ x + (1 | a) + (1 | b), data = d, family = poisson(), approx = "partial", control = quiet),
-               "one grouping factor")
+  d$y <- rpois(nrow(d), exp(0.3 + 0.5 * d$x + c(-0.4, 0.1, 0.5)[d$a] + c(0.3, -0.3)[d$b]))
+  f <- vbayes:::vb_glmm(mc = call("vb"), formula = y ~ x + (1 | a) + (1 | b), data = d, family = poisson(),
+                        prior = normal(0, 2), prior_intercept = normal(0, 5), prior_precision = NULL,
+                        prior_covariance = vbayes:::fixed_covariance(matrix(0.5)), approx = "partial",
+                        control = quiet, x = TRUE, y = TRUE, contrasts = NULL, missing_prior = FALSE,
+                        missing_intercept = FALSE, env = environment())
+  C <- cbind(1, d$x, glmm_Z(d$a, matrix(1, nrow(d))), glmm_Z(d$b, matrix(1, nrow(d))))
+  P <- diag(c(1 / 25, 1 / 4, rep(1 / 0.5, 5)))
+  ref <- brute_force_partial_pois(C, d$y, P, numeric(7), p = 2, sizes = c(3, 2))
+  expect_abs(f$elbo, ref, 1e-6)
+  # and the dense optimum lies above it (the family is smaller)
+  ref_full <- brute_force_pois(C, d$y, P, numeric(7))
+  expect_gt(ref_full, f$elbo - 1e-8)
+  # draws from q: their mean log p - log q is the ELBO, so sampler and density agree
+  fh <- vb(y ~ x + (1 | a) + (1 | b), data = d, family = poisson(), control = quiet)
+  set.seed(2)
+  dg <- vb_diagnose(fh, S = 2000)
+  expect_abs(dg$elbo_mc, fh$elbo, 4 * dg$elbo_mc_se + 1e-3)
+  th <- vbayes:::q_sample(fh, 10000)$theta
+  V <- cov(t(th[1:7, ]))
+  expect_equal(diag(V)[1:2], diag(vcov(fh)), tolerance = 0.05)
+  expect_equal(V[1, 3], fh$ranef$a$cross[1, 1, 1], tolerance = 0.1)
+  expect_lt(abs(cor(th[3, ], th[6, ])), 0.1) # factors independent under q
+})
+
+test_that("parameter expansion keeps the optimum and cuts the sweeps (binomial, 5 observations per group)", {
+  set.seed(31)
+  G <- 60; m <- 5
+  d <- data.frame(g = factor(rep(seq_len(G), each = m)), x = rnorm(G * m))
+  d$y <- rbinom(G * m, 1, plogis(-0.5 + 0.8 * d$x + rnorm(G, sd = 0.7)[d$g] + rnorm(G, sd = 0.3)[d$g] * d$x))
+  run <- function(expand, a) vbayes:::vb_glmm(mc = call("vb"), formula = y ~ x + (1 + x | g), data = d, family = binomial(),
+                                              prior = NULL, prior_intercept = NULL, prior_precision = NULL, prior_covariance = NULL,
+                                              approx = a, control = vb_control(quiet = TRUE, tol = 1e-10, maxit = 5000),
+                                              x = TRUE, y = TRUE, contrasts = NULL, missing_prior = TRUE,
+                                              missing_intercept = TRUE, env = environment(), expand = expand)
+  for (a in c("partial", "block", "meanfield")) {
+    fx <- run(TRUE, a); f0 <- run(FALSE, a)
+    expect_true(fx$converged && f0$converged, label = a)
+    expect_abs(fx$elbo, f0$elbo, 1e-5, label = a)
+    expect_lt(fx$iterations, f0$iterations / 3)
+    expect_true(all(diff(fx$elbo_trace) >= -1e-9 * abs(fx$elbo)), label = a)
+  }
 })
 
 test_that("the engine's optimum equals a direct optimisation of the same ELBO (poisson, tiny)", {
@@ -188,4 +249,36 @@ test_that("bad input: clear errors", {
   expect_error(vb(y ~ x + (1 + x | g), data = d, prior_covariance = huang_wand(scale = c(1, 2, 3)), control = quiet),
                "one per dimension")
   expect_error(vb(y ~ x + (1 | g), data = d, approx = "structured", control = quiet), "approx")
+})
+
+test_that("vcov(correction = \"integrate\") recovers the exact posterior sd that the factorisation loses", {
+  # random intercept, tau fixed, Sigma ~ InvWishart(3, 0.8): Var(beta | y) by
+  # quadrature over Sigma of GLS conditionals, E Var(beta | Sigma) + Var E(beta | Sigma)
+  d <- glmm_data(G = 6, m = 4, seed = 7)
+  X <- cbind(1, d$x); Z <- glmm_Z(d$g, matrix(1, nrow(d)))
+  S0 <- diag(c(25, 4)); tau <- 2.5; df <- 3; psi <- 0.8
+  post_beta <- function(s) {
+    Vi <- solve(Z %*% t(Z) * s + diag(nrow(d)) / tau)
+    C <- solve(crossprod(X, Vi %*% X) + solve(S0))
+    list(m = drop(C %*% crossprod(X, Vi %*% d$y)), C = C)
+  }
+  u <- seq(-10, 5, length.out = 1500)
+  lw <- vapply(exp(u), function(s) exact_logev_gauss(d$y, X, Z, c(0, 0), S0, matrix(s), tau) +
+                 dgamma(1 / s, df / 2, psi / 2, log = TRUE) - 2 * log(s), 0) + u
+  w <- exp(lw - max(lw)); w <- w / sum(w)
+  pb <- lapply(exp(u), post_beta)
+  Em <- Reduce(`+`, Map(function(q, wi) wi * q$m, pb, w))
+  Vex <- Reduce(`+`, Map(function(q, wi) wi * (q$C + tcrossprod(q$m - Em)), pb, w))
+  f <- vbayes:::vb_glmm(mc = call("vb"), formula = y ~ x + (1 | g), data = d,
+                        family = gaussian(), prior = normal(0, 2), prior_intercept = normal(0, 5),
+                        prior_precision = gamma_prior(1, 1), prior_covariance = inv_wishart(df, sqrt(psi)),
+                        approx = "partial", control = quiet, x = TRUE, y = TRUE, contrasts = NULL,
+                        missing_prior = FALSE, missing_intercept = FALSE, env = environment(), fix_tau = tau)
+  r0 <- sqrt(diag(vcov(f))) / sqrt(diag(Vex))
+  set.seed(1)
+  r1 <- sqrt(diag(vcov(f, correction = "integrate", ndraws = 400))) / sqrt(diag(Vex))
+  expect_lt(r0[[1]], 0.92)
+  expect_true(all(abs(r1 - 1) < 0.03), label = paste(format(r1), collapse = ", "))
+  expect_identical(vcov(f), f$vcov)
+  expect_error(vcov(f, correction = "lr"), "should be one of")
 })
