@@ -82,7 +82,9 @@ print.vb_mlp <- function(x, ...) {
 #'   size is halved (training then resumes from the best parameters so far).
 #' @param decays Step-size halvings before training stops; the fit has
 #'   converged when the stopping ELBO then still does not improve.
-#' @param tol Relative improvement that counts (see `patience`).
+#' @param tol Relative improvement of the stopping ELBO that counts (see
+#'   `patience`): with the default 1e-5 and a per-trial ELBO of -100 nats,
+#'   gains below 1e-3 nats per trial between checks count as a plateau.
 #' @param quiet If `FALSE`, runs longer than a second print their progress.
 #' @param estimator Gradient of the ELBO: `"closed_form"` (default; exact
 #'   expectations, only minibatch noise) or `"reparam"`, the reparameterised
@@ -95,7 +97,7 @@ print.vb_mlp <- function(x, ...) {
 #' @export
 amortized_control <- function(epochs = 1000L, batch_size = 128L, step_size = 0.005, check_every = 100L,
                               patience = 10L,
-                              decays = 4L, tol = 1e-7, quiet = FALSE,
+                              decays = 4L, tol = 1e-5, quiet = FALSE,
                               estimator = c("closed_form", "reparam"), draws = 1L) {
   estimator <- match.arg(estimator)
   whole <- function(x, nm, lo, hi) {
@@ -616,7 +618,7 @@ amz_as_y <- function(object, newdata, what) {
   if (ncol(newdata) != N)
     stop(sprintf("%s: 'newdata' must have the fit's %d units as columns; it has %d.", what, N, ncol(newdata)),
          call. = FALSE)
-  if (!is.double(newdata)) storage.mode(newdata) <- "double"
+  if (!is.double(newdata) && !is.integer(newdata)) storage.mode(newdata) <- "double"
   newdata
 }
 

@@ -722,17 +722,22 @@ typedef struct {
 } amz_input;
 
 /*
- * Block of B trials (rows i0.. of the n x N matrix y) into X (B x N,
+ * Block of B trials (rows i0.. of the n x N matrix y, double, or integer
+ * yint when y is NULL) into X (B x N,
  * transformed and standardised).  Returns 0, or 1 (not finite) / 2 (not a
  * count) with *bad the trial (0-based).
  */
-static int input_block(const double *y, int n, int N, int i0, int B, const amz_input *in, double *X,
-                       int *bad) {
+static int input_block(const double *y, const int *yint, int n, int N, int i0, int B,
+                       const amz_input *in, double *X, int *bad) {
     for (int j = 0; j < N; j++) {
-        const double *col = y + (size_t)j * n + i0;
+        size_t o = (size_t)j * n + i0;
         double *xj = X + (size_t)j * B, c = in->center[j], is = 1 / in->scale[j];
         for (int b = 0; b < B; b++) {
-            double a = col[b], t;
+            double a, t;
+            if (yint)
+                a = yint[o + b] == NA_INTEGER ? NA_REAL : (double)yint[o + b];
+            else
+                a = y[o + b];
             if (!R_FINITE(a) || (in->counts && (a < 0 || a != floor(a)))) {
                 *bad = i0 + b;
                 return R_FINITE(a) ? 2 : 1;
@@ -755,13 +760,14 @@ static int input_block(const double *y, int n, int N, int i0, int B, const amz_i
  * acts, out: the network's work for Bmax trials.  Returns VB_OK,
  * VB_BAD_INPUT (*kind, *bad set), VB_NONFINITE or VB_INTERRUPTED.
  */
-static int encode(const vb_mlp *net, const double *theta, int d, int r, const double *y, int n,
-                  int N, const amz_input *in, int Bmax, double *X, double *acts, double *out,
-                  double *mean, double *var, double *Do, double *Vo, int *kind, int *bad) {
+static int encode(const vb_mlp *net, const double *theta, int d, int r, const double *y,
+                  const int *yint, int n, int N, const amz_input *in, int Bmax, double *X,
+                  double *acts, double *out, double *mean, double *var, double *Do, double *Vo,
+                  int *kind, int *bad) {
     int nout = net->size[net->L];
     for (int i0 = 0; i0 < n; i0 += Bmax) {
         int B = n - i0 < Bmax ? n - i0 : Bmax;
-        *kind = input_block(y, n, N, i0, B, in, X, bad);
+        *kind = input_block(y, yint, n, N, i0, B, in, X, bad);
         if (*kind) return VB_BAD_INPUT;
         vb_mlp_forward(net, theta, B, X, B, 1, acts, out, nout);
         for (int b = 0; b < B; b++) {
@@ -819,8 +825,8 @@ SEXP C_amortized_encode(SEXP enc, SEXP theta, SEXP y) {
                  (double)nenc);
     for (size_t k = 0; k < nenc; k++)
         if (!R_FINITE(REAL(theta)[k])) Rf_error("'theta' must be finite");
-    if (TYPEOF(y) != REALSXP || !Rf_isMatrix(y) || Rf_ncols(y) != N)
-        Rf_error("'y' must be a double matrix with %d columns (units)", N);
+    if ((TYPEOF(y) != REALSXP && TYPEOF(y) != INTSXP) || !Rf_isMatrix(y) || Rf_ncols(y) != N)
+        Rf_error("'y' must be a double or integer matrix with %d columns (units)", N);
     int n = Rf_nrows(y), Bmax = n < 256 ? (n > 0 ? n : 1) : 256;
     double *X = (double *)R_alloc((size_t)N * Bmax, sizeof(double));
     double *acts = (double *)R_alloc(vb_mlp_nacts(net.L, net.size, Bmax) + 1, sizeof(double));
@@ -837,8 +843,10 @@ SEXP C_amortized_encode(SEXP enc, SEXP theta, SEXP y) {
     SEXP Vo = Rf_allocVector(REALSXP, (R_xlen_t)(r > 0 ? n : 0) * d * r);
     SET_VECTOR_ELT(res, 3, Vo);
     int kind = 0, bad = -1;
-    int status = encode(&net, REAL(theta), d, r, REAL(y), n, N, &in, Bmax, X, acts, out, REAL(mean),
-                        REAL(var), REAL(Do), REAL(Vo), &kind, &bad);
+    int isint = TYPEOF(y) == INTSXP;
+    int status =
+        encode(&net, REAL(theta), d, r, isint ? NULL : REAL(y), isint ? INTEGER(y) : NULL, n, N,
+               &in, Bmax, X, acts, out, REAL(mean), REAL(var), REAL(Do), REAL(Vo), &kind, &bad);
     SET_VECTOR_ELT(res, 4, Rf_ScalarInteger(status));
     SET_VECTOR_ELT(res, 5, Rf_ScalarInteger(bad + 1));
     SET_VECTOR_ELT(res, 6, Rf_ScalarInteger(kind));
@@ -1129,7 +1137,7 @@ static int refine_lr_one(refine_ctx *R, int steps, double tol, double *H, double
         memcpy(par + d, R->V, sizeof(double) * d * r);
         double fmin = -e;
         int fc = 0, gc = 0, fail = 0;
-        vmmin(np, par, &fmin, lr_fn, lr_gr, 200, 0, mask, R_NegInf, 1e-14, 1, R, &fc, &gc, &fail);
+        vmmin(np, par, &fmin, lr_fn, lr_gr, 1000, 0, mask, R_NegInf, 0, 1, R, &fc, &gc, &fail);
         if (R_FINITE(fmin) && -fmin >= e) {
             for (int k = 0; k < d; k++)
                 R->v[k] = exp(par[k]);

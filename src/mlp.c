@@ -43,12 +43,30 @@ int vb_mlp_maxwidth(int L, const int *size) {
     return w;
 }
 
+/*
+ * tanh through one exp (glibc's tanh goes through expm1, about three times
+ * slower, and the forward pass spends most of its non-BLAS time here):
+ * tanh|x| = (1 - t) / (1 + t), t = exp(-2|x|), relative error below 1e-14
+ * for |x| >= 0.02; below that the Taylor series to x^9 (error < x^11).
+ */
+static inline double fast_tanh(double x) {
+    double a = fabs(x), r;
+    if (a < 0.02) {
+        double x2 = x * x;
+        return x * (1 + x2 * (-1.0 / 3 + x2 * (2.0 / 15 + x2 * (-17.0 / 315 + x2 * 62.0 / 2835))));
+    }
+    if (a > 20) return x > 0 ? 1 : -1;
+    double t = exp(-2 * a);
+    r = (1 - t) / (1 + t);
+    return x > 0 ? r : -r;
+}
+
 /* the activation over a whole layer, one loop per kind (no switch per element) */
 static void activate(int act, double *x, size_t len) {
     switch (act) {
     case VB_ACT_TANH:
         for (size_t k = 0; k < len; k++)
-            x[k] = tanh(x[k]);
+            x[k] = fast_tanh(x[k]);
         break;
     case VB_ACT_RELU:
         for (size_t k = 0; k < len; k++)
