@@ -477,3 +477,29 @@ test_that("low-rank input errors", {
                             control = amortized_control(estimator = "reparam")), "diagonal")
   expect_error(amortized_control(check_every = 0), "check_every")
 })
+
+test_that("the forward pass agrees with an MLP written in R (tanh, relu, softplus)", {
+  s <- sim_pois(200, 6, 2, seed = 44)
+  for (act in c("tanh", "relu", "softplus")) {
+    set.seed(45)
+    fit <- suppressWarnings(vb_amortized(s$y, 2, encoder = mlp(hidden = c(7, 5), activation = act, covariance = "lowrank"),
+                                         control = amortized_control(epochs = 5, quiet = TRUE)))
+    f <- switch(act, tanh = tanh, relu = function(x) pmax(x, 0), softplus = function(x) log1p(exp(x)))
+    sz <- fit$model_info$sizes
+    inp <- fit$model_info$input
+    h <- t(sweep(sweep(log1p(s$y[1:30, ]), 2, inp$center), 2, inp$scale, "/"))
+    th <- fit$theta
+    o <- 0
+    for (l in seq_len(length(sz) - 1)) {
+      W <- matrix(th[o + seq_len(sz[l + 1] * sz[l])], sz[l + 1]); o <- o + sz[l + 1] * sz[l]
+      b <- th[o + seq_len(sz[l + 1])]; o <- o + sz[l + 1]
+      h <- W %*% h + b
+      if (l < length(sz) - 1) h <- f(h)
+    }
+    p <- predict(fit, s$y[1:30, ])
+    expect_equal(unname(p$mean), t(h[1:2, ]), tolerance = 1e-13)
+    expect_equal(unname(p$cov_diag), t(exp(h[3:4, ])), tolerance = 1e-13)
+    expect_equal(unname(p$cov_factor[, , 1]), t(h[5:6, ]), tolerance = 1e-13)
+    expect_equal(unname(p$var), t(exp(h[3:4, ]) + h[5:6, ]^2), tolerance = 1e-13)
+  }
+})
