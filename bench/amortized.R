@@ -1,5 +1,5 @@
 # Benchmark of vb_amortized() (issue 14): simulated Poisson populations,
-# N = 30-200 units, d = 2-10 latents, 10^3-3 x 10^4 trials.  For each:
+# N = 30-200 units, d = 2-10 latents, 10^3-2 x 10^4 trials.  For each:
 #  * training time (encoder mlp(c(64, 64)) and decoder learned jointly, the
 #    default amortized_control() but for an epoch cap that bounds the run);
 #  * per-trial inference time on new trials: one forward pass (predict(),
@@ -82,7 +82,7 @@ sim <- function(n, N, d, seed) {
   list(y = matrix(rpois(n * N, exp(z %*% t(C) + rep(dd, each = n))), n), C = C, d = dd)
 }
 
-configs <- data.frame(N = c(30, 100, 200), d = c(2, 5, 10), n = c(1e3, 1e4, 3e4), epochs = c(1000, 300, 60),
+configs <- data.frame(N = c(30, 100, 200), d = c(2, 5, 10), n = c(1e3, 1e4, 2e4), epochs = c(1000, 300, 40),
                       lowrank = c(TRUE, TRUE, FALSE))
 rows <- list(); tms <- list(); saved <- list()
 for (k in seq_len(nrow(configs))) {

@@ -11,20 +11,19 @@
  * s_ij = c_j'Sigma_i c_j = sum_k C_jk^2 D_ik + |V_i'c_j|^2, the per-trial ELBO is
  * closed form:
  *   ELBO_i = sum_j f(y_ij; mu_ij, s_ij) + const_i - KL_i,
- *   KL_i = 1/2 (tr Sigma + m'm - d - log|Sigma|),
- *   log|Sigma| = sum log D + log|I_r + V'D^-1 V|      (matrix determinant lemma)
+ *   KL_i = 1/2 (tr Sigma + m'm - d - log|Sigma|)   (log|Sigma| from a d x d Cholesky)
  *   poisson  f = y mu - exp(mu + s/2)                  (E e^eta exact)
  *   gaussian f = -1/2 log psi_j - ((y - mu)^2 + s) / (2 psi_j)
  * so its gradients are exact (no Monte Carlo): with F_mu = df/dmu, F_s = df/ds,
- * U = C V (N x r) and Sigma^-1 V = D^-1 V (I + V'D^-1 V)^-1 (Woodbury),
+ * U = C V (N x r),
  *   dELBO/dm = C'F_mu - m,
  *   dELBO/dD = (C o C)'F_s - 1/2 + 1/2 diag(Sigma^-1),
  *   dELBO/dV = 2 C'(F_s o U) - V + Sigma^-1 V,
  *   dELBO/dC = F_mu m' + 2 C o (F_s D') + 2 (F_s o U) V',   dELBO/dd = F_mu,
  *   dELBO/dlog psi_j = -1/2 + ((y - mu)^2 + s) / (2 psi_j),
  * summed over trials; for a minibatch every product above is one dgemm over
- * the batch (the V_i side by side, d x rB), only the r x r factorisations are
- * per trial.  The encoder gradient back-propagates (dm, D dELBO/dD, dELBO/dV).
+ * the batch (the V_i side by side, d x rB), only the d x d factorisations of Sigma_i are
+ * per trial (O(d^3)).  The encoder gradient back-propagates (dm, D dELBO/dD, dELBO/dV).
  * Parameters: one vector theta = (encoder, C (N x d), d (N), log psi (0, 1 or N)).
  *
  * Training (C_amortized_fit): Adam on minibatch means of ELBO_i over the
@@ -146,48 +145,36 @@ static const double *theta_elt(SEXP theta, const amz_model *M, const char *what)
  * KL(N(m, D + V V') || N(0, I)) without m'm (the caller adds it), and, when
  * gD != NULL, its negative gradient in D and V:
  *   gD = -1/2 + 1/2 diag(Sigma^-1),  gV = -V + Sigma^-1 V.
- * With Vt = D^-1 V, A = I_r + V'Vt = R'R: log|Sigma| = sum log D + log|A|,
- * Sigma^-1 V = Vt A^-1, diag(Sigma^-1)_k = 1/D_k - (Vt A^-1 Vt')_kk.
- * work: 2 r^2 + d r doubles.  O(d r^2 + r^3).  Returns VB_OK or VB_NOT_PD.
+ * Through the Cholesky factor of Sigma itself (d x d) rather than the
+ * Woodbury form: the optimum of a low-rank family often sends some D_k
+ * towards 0 (V carries that variance), where D^-1 V overflows but Sigma
+ * stays well conditioned.  work: d^2 doubles.  O(d^3 + d^2 r).  Returns VB_OK
+ * or VB_NOT_PD.
  */
 static int lr_kl(int d, int r, const double *D, const double *V, double *kl, double *gD, double *gV,
                  double *work) {
-    double *A = work, *Ai = work + (size_t)r * r, *Vt = Ai + (size_t)r * r;
-    double tr = 0, ld = 0;
-    for (int k = 0; k < d; k++) {
-        tr += D[k];
-        ld += log(D[k]);
-    }
-    for (int l = 0; l < r; l++)
-        for (int k = 0; k < d; k++) {
-            double v = V[k + (size_t)l * d];
-            tr += v * v;
-            Vt[k + (size_t)l * d] = v / D[k];
-        }
-    for (int a = 0; a < r; a++)
+    double *S = work, tr = 0;
+    for (int a = 0; a < d; a++)
         for (int b = 0; b <= a; b++) {
-            double s = a == b ? 1 : 0;
-            for (int k = 0; k < d; k++)
-                s += V[k + (size_t)a * d] * Vt[k + (size_t)b * d];
-            A[a + (size_t)b * r] = A[b + (size_t)a * r] = s;
+            double s = a == b ? D[a] : 0;
+            for (int l = 0; l < r; l++)
+                s += V[a + (size_t)l * d] * V[b + (size_t)l * d];
+            S[a + (size_t)b * d] = S[b + (size_t)a * d] = s;
         }
-    int info = vb_chol(r, A, r);
-    if (info != 0) return VB_NOT_PD;
-    ld += vb_chol_logdet(r, A, r);
-    *kl = 0.5 * (tr - d - ld);
+    for (int k = 0; k < d; k++)
+        tr += S[k + (size_t)k * d];
+    if (vb_chol(d, S, d) != 0) return VB_NOT_PD;
+    *kl = 0.5 * (tr - d - vb_chol_logdet(d, S, d));
     if (!gD) return VB_OK;
-    memcpy(Ai, A, sizeof(double) * r * r);
-    if (vb_chol_inv(r, Ai, r) != 0) return VB_NOT_PD;
+    if (vb_chol_inv(d, S, d) != 0) return VB_NOT_PD;
     for (int k = 0; k < d; k++) {
-        double dk = 1 / D[k];
+        gD[k] = -0.5 + 0.5 * S[k + (size_t)k * d];
         for (int l = 0; l < r; l++) {
-            double siv = 0; /* (Vt A^-1)_kl */
-            for (int b = 0; b < r; b++)
-                siv += Vt[k + (size_t)b * d] * Ai[b + (size_t)l * r];
-            dk -= siv * Vt[k + (size_t)l * d];
+            double siv = 0;
+            for (int b = 0; b < d; b++)
+                siv += S[k + (size_t)b * d] * V[b + (size_t)l * d];
             gV[k + (size_t)l * d] = siv - V[k + (size_t)l * d];
         }
-        gD[k] = -0.5 + 0.5 * dk;
     }
     return VB_OK;
 }
@@ -224,7 +211,7 @@ static void work_alloc(const amz_model *M, int B, amz_work *W) {
         W->gKV = (double *)R_alloc((size_t)d * rB, sizeof(double));
         W->U = (double *)R_alloc((size_t)N * rB, sizeof(double));
         W->Wt = (double *)R_alloc((size_t)N * rB, sizeof(double));
-        W->kw = (double *)R_alloc((size_t)2 * r * r + (size_t)d * r, sizeof(double));
+        W->kw = (double *)R_alloc((size_t)d * d, sizeof(double));
     } else
         W->Vall = W->G = W->gKV = W->U = W->Wt = W->kw = NULL;
 }
@@ -1094,8 +1081,10 @@ static int lr_try_m(double a, void *ctx, double *value) {
  * Up to `steps` low-rank refinement steps for one trial from (m, D = R->v,
  * V = R->V), updated in place: a Newton step in m (the ELBO is concave in m
  * for a fixed Sigma, -H = I + C'diag(w)C) with step halving, then BFGS in
- * (log D, V) with m fixed (vmmin, which never returns a worse point).  H: d x d,
- * g: d, xw: N x d, par: d (1 + r), mask: d (1 + r).  Status as refine_one().
+ * (log D, V) with m fixed (vmmin; a point that is not better is not taken).
+ * H: d x d, g: d, xw: N x d, par: 2 d (1 + r), mask: d (1 + r).  Status as
+ * refine_one(); VB_OK needs a step that changed the ELBO by at most tol after
+ * a BFGS run that met its own criterion.
  */
 static int refine_lr_one(refine_ctx *R, int steps, double tol, double *H, double *g, double *xw,
                          double *par, int *mask, double *e0, double *e1, int *used) {
@@ -1137,10 +1126,16 @@ static int refine_lr_one(refine_ctx *R, int steps, double tol, double *H, double
         memcpy(par + d, R->V, sizeof(double) * d * r);
         double fmin = -e;
         int fc = 0, gc = 0, fail = 0;
-        vmmin(np, par, &fmin, lr_fn, lr_gr, 1000, 0, mask, R_NegInf, 0, 1, R, &fc, &gc, &fail);
+        memcpy(par + np, par, sizeof(double) * np); /* the start, to fall back on */
+        vmmin(np, par, &fmin, lr_fn, lr_gr, 2 * np + 10, 0, mask, R_NegInf, 1e-15, 1, R, &fc, &gc,
+              &fail);
+        double enew = R_NegInf;
         if (R_FINITE(fmin) && -fmin >= e) {
-            for (int k = 0; k < d; k++)
-                R->v[k] = exp(par[k]);
+            lr_par(R, par);
+            enew = lr_trial_elbo(R, R->m, R->vt, par + d, NULL);
+        }
+        if (R_FINITE(enew) && enew >= e) {
+            memcpy(R->v, R->vt, sizeof(double) * d);
             memcpy(R->V, par + d, sizeof(double) * d * r);
         }
         e = lr_trial_elbo(R, R->m, R->v, R->V, NULL);
@@ -1149,7 +1144,7 @@ static int refine_lr_one(refine_ctx *R, int steps, double tol, double *H, double
             status = VB_NONFINITE;
             break;
         }
-        if (vb_tol_met(old, e, tol)) {
+        if (fail == 0 && vb_tol_met(old, e, tol)) {
             status = VB_OK;
             break;
         }
@@ -1223,10 +1218,10 @@ SEXP C_amortized_refine(SEXP model, SEXP theta, SEXP q, SEXP control) {
     int *mask = NULL;
     if (r > 0) {
         R.U = (double *)R_alloc((size_t)N * r, sizeof(double));
-        R.kw = (double *)R_alloc((size_t)2 * r * r + (size_t)d * r, sizeof(double));
+        R.kw = (double *)R_alloc((size_t)d * d, sizeof(double));
         R.gD = (double *)R_alloc(d, sizeof(double));
         R.gV = (double *)R_alloc((size_t)d * r, sizeof(double));
-        par = (double *)R_alloc((size_t)d * (1 + r), sizeof(double));
+        par = (double *)R_alloc((size_t)2 * d * (1 + r), sizeof(double));
         mask = (int *)R_alloc((size_t)d * (1 + r), sizeof(int));
         for (int k = 0; k < d * (1 + r); k++)
             mask[k] = 1;
