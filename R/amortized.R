@@ -509,7 +509,7 @@ check_refine <- function(refine, what) {
 # returns them; v is D for a low-rank fit).
 amz_refine <- function(fit, Y, off, q, steps, tol = 1e-12) {
   r <- .Call(C_amortized_refine, fit_model_amz(fit, Y, off), fit$theta,
-             list(m = q$m, v = if (amz_fit_rank(fit) > 0L) q$D else q$v, V = q$V),
+             list(m = q$m, v = if (amz_fit_rank(fit) > 0L) q$D else q$v, V = as.double(q$V)),
              list(steps = steps, tol = tol))
   if (any(r$status == 6L)) check_status(6L, "predict()")
   r
