@@ -6,7 +6,14 @@
 #' An inference network (encoder) for vb_amortized()
 #'
 #' A multilayer perceptron mapping the (transformed, standardised) responses
-#' of one trial to the mean and log variances of its Gaussian q(z | y).
+#' of one trial to the parameters of its Gaussian q(z | y) = N(m, Sigma):
+#' the mean m and either a diagonal covariance (`covariance = "diagonal"`,
+#' Sigma = diag(D), the network outputs log D) or a low-rank-plus-diagonal
+#' one (`"lowrank"`, Sigma = diag(D) + V V' with V a latent_dim x `rank`
+#' matrix, also an output of the network), which can follow the correlations
+#' between latent factors that the posterior of a trial has when loadings
+#' overlap.  The closed-form ELBO, its gradients, refinement and the gaps
+#' work with both.
 #'
 #' The input of the network is `t(y)` after `transform` and a per-unit
 #' standardisation (the training trials' mean and standard deviation; a
@@ -23,13 +30,23 @@
 #' @param transform Input transform: `NULL` (default: `"log1p"` for
 #'   `decoder = "poisson"`, `"identity"` for `"gaussian"`), `"log1p"`,
 #'   `"sqrt"` or `"identity"`.
+#' @param covariance `"diagonal"` (default) or `"lowrank"` (diagonal plus a
+#'   rank-`rank` factor).
+#' @param rank Rank of the factor V for `covariance = "lowrank"`: a whole
+#'   number from 1 to latent_dim (rank = latent_dim gives every Gaussian).
 #' @return An object of class `vb_mlp`.
 #' @examples
 #' mlp(hidden = c(32, 32), activation = "relu")
 #' mlp(hidden = integer(0)) # linear encoder
+#' mlp(covariance = "lowrank", rank = 2)
 #' @export
-mlp <- function(hidden = c(64, 64), activation = c("tanh", "relu", "softplus"), transform = NULL) {
+mlp <- function(hidden = c(64, 64), activation = c("tanh", "relu", "softplus"), transform = NULL,
+                covariance = c("diagonal", "lowrank"), rank = 1L) {
   activation <- match.arg(activation)
+  covariance <- match.arg(covariance)
+  if (!is.numeric(rank) || length(rank) != 1L || !is.finite(rank) || rank < 1 || rank != round(rank) ||
+      rank > 1e4)
+    stop("mlp(): 'rank' must be a whole number >= 1 (the rank of the low-rank covariance factor).", call. = FALSE)
   if (!is.numeric(hidden) || anyNA(hidden) || any(hidden < 1) || any(hidden != round(hidden)) ||
       any(hidden > 1e5) || length(hidden) > 60L)
     stop("mlp(): 'hidden' must be whole numbers between 1 and 100000 (at most 60 layers), or integer(0) for a linear encoder.",
@@ -37,15 +54,17 @@ mlp <- function(hidden = c(64, 64), activation = c("tanh", "relu", "softplus"), 
   if (!is.null(transform) && (!is.character(transform) || length(transform) != 1L ||
                               !transform %in% c("log1p", "sqrt", "identity")))
     stop("mlp(): 'transform' must be NULL, \"log1p\", \"sqrt\" or \"identity\".", call. = FALSE)
-  structure(list(hidden = as.integer(hidden), activation = activation, transform = transform),
+  structure(list(hidden = as.integer(hidden), activation = activation, transform = transform,
+                 covariance = covariance, rank = if (covariance == "lowrank") as.integer(rank) else 0L),
             class = "vb_mlp")
 }
 
 #' @export
 print.vb_mlp <- function(x, ...) {
-  cat(sprintf("Inference network: %s, %s activation, input transform %s\n",
+  cat(sprintf("Inference network: %s, %s activation, input transform %s, %s covariance\n",
               if (length(x$hidden)) paste("hidden layers", paste(x$hidden, collapse = " x ")) else "linear (no hidden layer)",
-              x$activation, if (is.null(x$transform)) "by decoder" else x$transform))
+              x$activation, if (is.null(x$transform)) "by decoder" else x$transform,
+              if (amz_rank(x) > 0L) sprintf("low-rank (rank %d) plus diagonal", amz_rank(x)) else "diagonal"))
   invisible(x)
 }
 
@@ -55,12 +74,17 @@ print.vb_mlp <- function(x, ...) {
 #' @param batch_size Trials per minibatch (at most the number of training
 #'   trials).
 #' @param step_size Adam step size.
-#' @param patience Epochs without a relative improvement of the stopping
-#'   ELBO by more than `tol` before the step size is halved (training then
-#'   resumes from the best parameters so far).
+#' @param check_every The stopping ELBO is evaluated after every pass over
+#'   the training trials, or after every `check_every` minibatches when a
+#'   pass has more (large data sets then need no more than a few passes).
+#' @param patience Checks (see `check_every`) without a relative
+#'   improvement of the stopping ELBO by more than `tol` before the step
+#'   size is halved (training then resumes from the best parameters so far).
 #' @param decays Step-size halvings before training stops; the fit has
 #'   converged when the stopping ELBO then still does not improve.
-#' @param tol Relative improvement that counts (see `patience`).
+#' @param tol Relative improvement of the stopping ELBO that counts (see
+#'   `patience`): with the default 1e-5 and a per-trial ELBO of -100 nats,
+#'   gains below 1e-3 nats per trial between checks count as a plateau.
 #' @param quiet If `FALSE`, runs longer than a second print their progress.
 #' @param estimator Gradient of the ELBO: `"closed_form"` (default; exact
 #'   expectations, only minibatch noise) or `"reparam"`, the reparameterised
@@ -71,8 +95,9 @@ print.vb_mlp <- function(x, ...) {
 #' @examples
 #' amortized_control(epochs = 200, batch_size = 64)
 #' @export
-amortized_control <- function(epochs = 1000L, batch_size = 128L, step_size = 0.005, patience = 10L,
-                              decays = 4L, tol = 1e-7, quiet = FALSE,
+amortized_control <- function(epochs = 1000L, batch_size = 128L, step_size = 0.005, check_every = 100L,
+                              patience = 10L,
+                              decays = 4L, tol = 1e-5, quiet = FALSE,
                               estimator = c("closed_form", "reparam"), draws = 1L) {
   estimator <- match.arg(estimator)
   whole <- function(x, nm, lo, hi) {
@@ -89,7 +114,8 @@ amortized_control <- function(epochs = 1000L, batch_size = 128L, step_size = 0.0
   if (!is.logical(quiet) || length(quiet) != 1L || is.na(quiet))
     stop("amortized_control(): 'quiet' must be TRUE or FALSE.", call. = FALSE)
   structure(list(epochs = whole(epochs, "epochs", 1, 1e7), batch_size = whole(batch_size, "batch_size", 1, 1e6),
-                 step_size = pos(step_size, "step_size", 1e6), patience = whole(patience, "patience", 1, 1e6),
+                 step_size = pos(step_size, "step_size", 1e6), check_every = whole(check_every, "check_every", 1, 1e7),
+                 patience = whole(patience, "patience", 1, 1e6),
                  decays = whole(decays, "decays", 0, 1000), tol = pos(tol, "tol", 1), quiet = quiet,
                  estimator = estimator,
                  draws = if (estimator == "reparam") whole(draws, "draws", 1, 1e5) else 0L),
@@ -201,6 +227,13 @@ vb_amortized <- function(y, latent_dim, decoder = c("poisson", "gaussian"), enco
       latent_dim != round(latent_dim) || latent_dim < 1)
     stop("vb_amortized(): 'latent_dim' must be a single whole number >= 1.", call. = FALSE)
   latent_dim <- as.integer(latent_dim)
+  rank <- amz_rank(encoder)
+  if (rank > latent_dim)
+    stop(sprintf("vb_amortized(): the low-rank covariance factor has rank %d, more than latent_dim = %d; use mlp(rank = ) <= latent_dim.",
+                 rank, latent_dim), call. = FALSE)
+  if (rank > 0L && control$estimator == "reparam")
+    stop("vb_amortized(): amortized_control(estimator = \"reparam\") is implemented for the diagonal covariance only; use mlp(covariance = \"diagonal\") or the closed-form estimator.",
+         call. = FALSE)
   if (latent_dim >= N)
     stop(sprintf("vb_amortized(): 'latent_dim' (%d) must be smaller than the number of units N = %d; use fewer latent dimensions.",
                  latent_dim, N), call. = FALSE)
@@ -216,17 +249,18 @@ vb_amortized <- function(y, latent_dim, decoder = c("poisson", "gaussian"), enco
   inp <- list(transform = tr, center = ctr, scale = scl)
   if (ncol(Y) > 1e5) stop("vb_amortized(): at most 100000 units.", call. = FALSE)
   params <- amz_init_decoder(Y[split$train, , drop = FALSE], off[split$train], latent_dim, decoder, noise, params)
-  sizes <- c(N, encoder$hidden, 2L * latent_dim)
-  theta0 <- c(amz_init_encoder(sizes), amz_pack_decoder(params, decoder))
-  model <- amz_model(Y, X, off, inp, decoder, noise, latent_dim, sizes, encoder$activation, learn_decoder)
-  ctl <- c(unclass(control)[c("epochs", "batch_size", "step_size", "patience", "decays", "tol", "quiet", "draws")],
+  sizes <- c(N, encoder$hidden, latent_dim * (2L + rank))
+  theta0 <- c(amz_init_encoder(sizes, latent_dim, rank), amz_pack_decoder(params, decoder))
+  model <- amz_model(Y, X, off, inp, decoder, noise, latent_dim, sizes, encoder$activation, learn_decoder, rank)
+  ctl <- c(unclass(control)[c("epochs", "batch_size", "step_size", "check_every", "patience", "decays", "tol",
+                              "quiet", "draws")],
            list(train = split$train, validation = split$validation))
   core <- .Call(C_amortized_fit, model, theta0, ctl)
-  converged <- check_status(core$status, "vb_amortized()", core$epochs, control$tol, "amortized_control(epochs)")
+  converged <- check_status(core$status, "vb_amortized()", core$checks, control$tol, "amortized_control(epochs)")
 
   encoder$transform <- tr
   fit <- list(theta = core$theta, model_info = list(sizes = sizes, activation = encoder$activation,
-                                                    input = inp, noise = noise),
+                                                    input = inp, noise = noise, rank = rank),
               decoder = decoder, latent_dim = latent_dim, encoder = encoder, learn_decoder = learn_decoder)
   fit$params <- amz_unpack_decoder(core$theta, sizes, N, latent_dim, decoder, noise)
   ev <- amz_eval(fit, Y, off)
@@ -235,15 +269,20 @@ vb_amortized <- function(y, latent_dim, decoder = c("poisson", "gaussian"), enco
   fit$elbo <- sum(ev$elbo[split$train])
   fit$elbo_validation <- if (length(split$validation)) sum(ev$elbo[split$validation]) else NA_real_
   fit$elbo_trace <- core$train_trace * ntr
-  fit$trace <- data.frame(epoch = seq_len(core$epochs), train = core$train_trace,
+  fit$trace <- data.frame(check = seq_len(core$checks), epoch = core$epoch_trace, train = core$train_trace,
                           validation = if (length(split$validation)) core$validation_trace else NA_real_)
   fit$posterior <- list(mean = t(ev$m), var = t(ev$v))
+  if (rank > 0L) {
+    fit$posterior$cov_diag <- t(ev$D)
+    fit$posterior$cov_factor <- aperm(array(ev$V, c(latent_dim, rank, n)), c(3L, 1L, 2L))
+  }
   fit$elbo_trials <- ev$elbo
   fit$train <- split$train
   fit$validation <- split$validation
   fit$converged <- converged
   fit$status <- core$status
-  fit$iterations <- core$epochs
+  fit$iterations <- core$checks
+  fit$epochs <- core$epochs
   fit$decays <- core$decays
   fit$data <- Y
   fit$offset_all <- off
@@ -376,16 +415,24 @@ amz_init_decoder <- function(Y, off, d, decoder, noise, params) {
 }
 
 # Glorot-scaled weights; the output layer starts small with log variances
-# at log(0.5), so q starts near the prior.
-amz_init_encoder <- function(sizes) {
+# at log(0.5), so q starts near the prior.  A low-rank factor starts small
+# but not at 0 (V = 0 is a stationary point of the ELBO in V).
+amz_init_encoder <- function(sizes, d, rank) {
   L <- length(sizes) - 1L
   unlist(lapply(seq_len(L), function(l) {
     ni <- sizes[l]; no <- sizes[l + 1L]
     sc <- sqrt(2 / (ni + no)) * if (l == L) 0.1 else 1
-    b <- if (l == L) c(rep(0, no / 2), rep(log(0.5), no / 2)) else rep(0, no)
+    b <- if (l == L) c(rep(0, d), rep(log(0.5), d), stats::rnorm(d * rank, sd = 0.1)) else rep(0, no)
     c(stats::rnorm(no * ni, sd = sc), b)
   }))
 }
+
+amz_epochs_text <- function(x) {
+  ep <- if (is.null(x$epochs)) x$iterations else x$epochs
+  sprintf("%s epochs (%d checks)", format(signif(ep, 3)), x$iterations)
+}
+
+amz_rank <- function(encoder) if (is.null(encoder$rank)) 0L else encoder$rank
 
 amz_nenc <- function(sizes) {
   L <- length(sizes) - 1L
@@ -412,11 +459,11 @@ amz_coef_matrix <- function(p, units) {
 }
 
 # The list src/amortized.c reads (amz_unpack).
-amz_model <- function(Y, X, off, inp, decoder, noise, d, sizes, activation, learn) {
+amz_model <- function(Y, X, off, inp, decoder, noise, d, sizes, activation, learn, rank) {
   storage.mode(Y) <- "double"
   Xs <- sweep(sweep(X, 2L, inp$center), 2L, inp$scale, "/")
   list(y = t(Y), x = t(Xs), offset = as.double(off), family = if (decoder == "poisson") 1L else 0L,
-       latent_dim = as.integer(d), npsi = if (decoder == "poisson") 0L else if (noise == "isotropic") 1L else ncol(Y),
+       latent_dim = as.integer(d), rank = as.integer(rank), npsi = if (decoder == "poisson") 0L else if (noise == "isotropic") 1L else ncol(Y),
        learn_decoder = learn, activation = match(activation, c("tanh", "relu", "softplus")) - 1L,
        sizes = as.integer(sizes))
 }
@@ -425,8 +472,10 @@ fit_model_amz <- function(fit, Y, off) {
   mi <- fit$model_info
   X <- amz_transform(Y, mi$input$transform)
   amz_model(Y, X, off, mi$input, fit$decoder, mi$noise, fit$latent_dim, mi$sizes, mi$activation,
-            fit$learn_decoder)
+            fit$learn_decoder, amz_fit_rank(fit))
 }
+
+amz_fit_rank <- function(fit) if (is.null(fit$model_info$rank)) 0L else fit$model_info$rank
 
 amz_eval <- function(fit, Y, off, grad = FALSE) {
   r <- .Call(C_amortized_eval, fit_model_amz(fit, Y, off), fit$theta, list(grad = grad, draws = 0L))
@@ -456,61 +505,133 @@ check_refine <- function(refine, what) {
   as.integer(refine)
 }
 
-amz_refine <- function(fit, Y, off, m, v, steps, tol = 1e-12) {
-  .Call(C_amortized_refine, fit_model_amz(fit, Y, off), fit$theta, m, v, list(steps = steps, tol = tol))
+# Refinement from q = list(m, v, V) (d x n, d x n, d r x n as C_amortized_eval
+# returns them; v is D for a low-rank fit).
+amz_refine <- function(fit, Y, off, q, steps, tol = 1e-12) {
+  r <- .Call(C_amortized_refine, fit_model_amz(fit, Y, off), fit$theta,
+             list(m = q$m, v = if (amz_fit_rank(fit) > 0L) q$D else q$v, V = as.double(q$V)),
+             list(steps = steps, tol = tol))
+  if (any(r$status == 6L)) check_status(6L, "predict()")
+  r
+}
+
+# The encoder alone on the trials of Y (C_amortized_encode): no likelihood.
+amz_encode <- function(fit, Y, what) {
+  mi <- fit$model_info
+  enc <- list(sizes = as.integer(mi$sizes), activation = match(mi$activation, c("tanh", "relu", "softplus")) - 1L,
+              latent_dim = fit$latent_dim, rank = amz_fit_rank(fit),
+              transform = match(mi$input$transform, c("identity", "log1p", "sqrt")) - 1L,
+              counts = fit$decoder == "poisson", center = as.double(mi$input$center),
+              scale = as.double(mi$input$scale))
+  r <- .Call(C_amortized_encode, enc, fit$theta, Y)
+  if (r$status == 8L) amz_check_y(Y, fit$decoder, what) # says what was wrong
+  if (r$status != 0L) check_status(r$status, what)
+  r
 }
 
 #' Posterior of the latent factors for (new) trials
 #'
-#' One forward pass of the inference network gives q(z | y) for each trial;
-#' `refine = k` then takes up to k Newton steps per trial on that trial's
-#' closed-form ELBO (semi-amortized inference), from the encoder's output
-#' towards the per-trial optimum of the diagonal Gaussian family.  Each step
-#' increases the ELBO (step halving).
+#' One forward pass of the inference network gives q(z | y) for each trial
+#' (all trials at once, blocks of trials through level-3 BLAS, in C; no
+#' likelihood is evaluated unless asked for).  `refine = k` then takes up to
+#' k steps per trial on that trial's closed-form ELBO (semi-amortized
+#' inference), from the encoder's output towards the per-trial optimum q*_i of
+#' the encoder's family: for the diagonal family Newton steps in (m, D), for
+#' the low-rank family a Newton step in m followed by BFGS in (log D, V).
+#' Each step increases the ELBO (step halving).
 #'
 #' @param object A fit from [vb_amortized()].
 #' @param newdata A trials x units matrix of new trials; `NULL` (default)
 #'   uses the fitted trials.
-#' @param exposure Poisson: exposure of the new trials (one, or one per trial).
-#' @param refine Newton steps per trial after the forward pass (0: none).
+#' @param exposure Poisson: exposure of the new trials (one, or one per
+#'   trial).  The encoder sees the counts only; the exposure enters the ELBO
+#'   and so refinement.
+#' @param refine Refinement steps per trial after the forward pass (0: none).
+#' @param elbo If `TRUE` (implied by `refine > 0`), also each trial's ELBO.
 #' @param ... Unused.
-#' @return A list with `mean` and `var` (trials x d: the Gaussian q of each
-#'   trial), `elbo` (each trial's ELBO after refinement), `elbo_encoder`
-#'   (before refinement) and `steps` (Newton steps taken per trial).
+#' @return A list with `mean` and `var` (trials x d: the mean and marginal
+#'   variances of each trial's Gaussian q); for a low-rank encoder also
+#'   `cov_diag` (trials x d, D) and `cov_factor` (trials x d x rank, V), so
+#'   that trial i's covariance is `diag(cov_diag[i, ]) + tcrossprod(cov_factor[i, , ])`.
+#'   With `elbo = TRUE` or `refine > 0` also `elbo` (each trial's ELBO after
+#'   refinement), `elbo_encoder` (before) and `steps` (steps taken per trial).
 #' @examples
 #' set.seed(1)
 #' y <- matrix(rpois(200 * 6, 3), 200)
 #' fit <- vb_amortized(y, 1, encoder = mlp(hidden = 8),
 #'                     control = amortized_control(patience = 3, decays = 1, quiet = TRUE))
+#' head(predict(fit, y[1:5, ])$mean)
 #' p <- predict(fit, y[1:5, ], refine = 2)
 #' p$elbo - p$elbo_encoder # the gain from refinement (>= 0)
 #' @export
-predict.vbamortized <- function(object, newdata = NULL, exposure = NULL, refine = 0, ...) {
+predict.vbamortized <- function(object, newdata = NULL, exposure = NULL, refine = 0, elbo = FALSE, ...) {
   what <- "predict()"
   refine <- check_refine(refine, what)
-  nd <- amz_newdata(object, newdata, exposure, what)
-  ev <- amz_eval(object, nd$Y, nd$off)
-  out <- list(mean = t(ev$m), var = t(ev$v), elbo = ev$elbo, elbo_encoder = ev$elbo,
-              steps = integer(nrow(nd$Y)))
-  if (refine > 0L) {
-    r <- amz_refine(object, nd$Y, nd$off, ev$m, ev$v, refine)
-    if (any(r$status == 6L)) check_status(6L, "predict()")
-    out$mean <- t(r$m); out$var <- t(r$v); out$elbo <- r$elbo; out$steps <- r$steps
+  if (!is.logical(elbo) || length(elbo) != 1L || is.na(elbo))
+    stop("predict(): 'elbo' must be TRUE or FALSE.", call. = FALSE)
+  d <- object$latent_dim
+  rank <- amz_fit_rank(object)
+  nms <- paste0("z", seq_len(d))
+  if (refine == 0L && !elbo) {
+    # the fast path: the encoder on the data as given, checks in C
+    if (is.null(newdata)) {
+      if (!is.null(exposure)) stop("predict(): 'exposure' goes with 'newdata'.", call. = FALSE)
+      Y <- object$data
+    } else {
+      Y <- amz_as_y(object, newdata, what)
+      if (!is.null(exposure)) amz_check_exposure(exposure, nrow(Y), object$decoder, what)
+    }
+    e <- amz_encode(object, Y, what)
+    out <- list(mean = e$mean, var = e$var)
+    if (rank > 0L) {
+      out$cov_diag <- e$D
+      out$cov_factor <- array(e$V, c(nrow(Y), d, rank))
+    }
+  } else {
+    nd <- amz_newdata(object, newdata, exposure, what)
+    ev <- amz_eval(object, nd$Y, nd$off)
+    q <- ev
+    out <- list(elbo = ev$elbo, elbo_encoder = ev$elbo, steps = integer(nrow(nd$Y)))
+    if (refine > 0L) {
+      q <- amz_refine(object, nd$Y, nd$off, ev, refine)
+      out$elbo <- q$elbo
+      out$steps <- q$steps
+    }
+    out <- c(list(mean = t(q$m), var = t(q$v)), out)
+    if (rank > 0L) {
+      out$cov_diag <- t(q$D)
+      out$cov_factor <- aperm(array(q$V, c(d, rank, nrow(nd$Y))), c(3L, 1L, 2L))
+    }
   }
-  colnames(out$mean) <- colnames(out$var) <- paste0("z", seq_len(object$latent_dim))
+  colnames(out$mean) <- colnames(out$var) <- nms
+  if (rank > 0L) colnames(out$cov_diag) <- nms
   out
+}
+
+# newdata for the fast path: shape and type here, values checked in C.
+amz_as_y <- function(object, newdata, what) {
+  N <- ncol(object$data)
+  if (is.data.frame(newdata)) newdata <- as.matrix(newdata)
+  if (is.null(dim(newdata)) && is.numeric(newdata) && length(newdata) == N) newdata <- matrix(newdata, 1L)
+  if (!is.matrix(newdata) || !(is.numeric(newdata) || is.logical(newdata)) || is.complex(newdata))
+    stop(sprintf("%s: 'newdata' must be a numeric matrix, trials x units.", what), call. = FALSE)
+  if (ncol(newdata) != N)
+    stop(sprintf("%s: 'newdata' must have the fit's %d units as columns; it has %d.", what, N, ncol(newdata)),
+         call. = FALSE)
+  if (!is.double(newdata) && !is.integer(newdata)) storage.mode(newdata) <- "double"
+  newdata
 }
 
 #' @rdname elbo
 #' @param newdata For [vb_amortized()] fits: new trials (a trials x units
 #'   matrix); their total ELBO under the trained encoder is returned.
 #' @param exposure For [vb_amortized()] fits with `newdata`: its exposure.
-#' @param refine For [vb_amortized()] fits: Newton steps per trial before
+#' @param refine For [vb_amortized()] fits: refinement steps per trial before
 #'   the ELBO is taken (see [predict.vbamortized()]).
 #' @export
 elbo.vbamortized <- function(object, newdata = NULL, exposure = NULL, refine = 0, terms = FALSE, ...) {
-  if (is.null(newdata) && refine == 0) return(object$elbo)
-  p <- predict.vbamortized(object, newdata = newdata, exposure = exposure, refine = refine)
+  if (is.null(newdata) && identical(refine, 0)) return(object$elbo)
+  p <- predict.vbamortized(object, newdata = newdata, exposure = exposure, refine = refine, elbo = TRUE)
   if (is.null(newdata)) sum(p$elbo[object$train]) else sum(p$elbo)
 }
 
@@ -527,8 +648,9 @@ print.vbamortized <- function(x, digits = max(3L, getOption("digits") - 3L), ...
   cat(sprintf("ELBO (training trials) %.3f, %.4f per trial", x$elbo, x$elbo / length(x$train)))
   if (length(x$validation)) cat(sprintf("; validation %.4f per trial", x$elbo_validation / length(x$validation)))
   cat("\n")
-  cat(if (isTRUE(x$converged)) sprintf("Converged (early stopping) after %d epochs", x$iterations)
-      else sprintf("NOT converged after %d epochs (%s)", x$iterations, vb_status_short(x$status)),
+  ep <- amz_epochs_text(x)
+  cat(if (isTRUE(x$converged)) sprintf("Converged (early stopping) after %s", ep)
+      else sprintf("NOT converged after %s (%s)", ep, vb_status_short(x$status)),
       sprintf(", %.3g s\n", x$time), sep = "")
   invisible(x)
 }
@@ -571,39 +693,48 @@ amz_optimum <- function(fit, Y, off, idx, start) {
   data.frame(opt = res[, 1], full = res[, 2], log_evidence = NA_real_)
 }
 
-# IWAE bound with K draws from each trial's q (Burda et al. 2016).
-amz_iwae <- function(fit, Y, off, m, v, K) {
+# IWAE bound with K draws from each trial's q (Burda et al. 2016); q as
+# C_amortized_refine returns it (m, v, D, V with trials in columns).
+amz_iwae <- function(fit, Y, off, q, K) {
   p <- fit$params
-  n <- nrow(Y); d <- ncol(m)
-  lw <- matrix(0, n, K)
+  n <- nrow(Y); d <- fit$latent_dim; rank <- amz_fit_rank(fit)
   psi <- if (!is.null(p$psi)) rep_len(p$psi, ncol(Y))
-  for (k in seq_len(K)) {
-    e <- matrix(stats::rnorm(n * d), n)
-    z <- m + sqrt(v) * e
-    eta <- sweep(z %*% t(p$C), 2L, p$d, "+")
-    ll <- if (fit$decoder == "poisson") rowSums(stats::dpois(Y, exp(eta + off), log = TRUE))
-          else rowSums(stats::dnorm(Y, eta, rep(sqrt(psi), each = n), log = TRUE))
-    lw[, k] <- ll + rowSums(stats::dnorm(z, log = TRUE)) -
-      rowSums(stats::dnorm(e, log = TRUE) - 0.5 * log(v))
-  }
-  mx <- apply(lw, 1L, max)
-  mx + log(rowMeans(exp(lw - mx)))
+  vapply(seq_len(n), function(i) {
+    m <- q$m[, i]
+    # z = m + R'e with Sigma = R'R; log q(z) = sum log phi(e) - log|R|
+    R <- if (rank > 0L) {
+      V <- matrix(q$V[, i], d, rank)
+      chol(diag(q$D[, i], d) + tcrossprod(V))
+    } else diag(sqrt(q$v[, i]), d)
+    e <- matrix(stats::rnorm(K * d), K)
+    z <- sweep(e %*% R, 2L, m, "+")
+    eta <- sweep(z %*% t(p$C), 2L, p$d + off[i], "+")
+    yi <- matrix(Y[i, ], K, ncol(Y), byrow = TRUE)
+    ll <- if (fit$decoder == "poisson") rowSums(stats::dpois(yi, exp(eta), log = TRUE))
+          else rowSums(stats::dnorm(yi, eta, rep(sqrt(psi), each = K), log = TRUE))
+    lw <- ll + rowSums(stats::dnorm(z, log = TRUE)) - rowSums(stats::dnorm(e, log = TRUE)) + sum(log(diag(R)))
+    mx <- max(lw)
+    mx + log(mean(exp(lw - mx)))
+  }, 0)
 }
 
 #' Summarise an amortized fit: training, amortization and approximation gaps
 #'
 #' For up to `trials` training trials (and as many validation trials, or
 #' `newdata`), computes per trial the ELBO of the encoder's q, after
-#' `refine` Newton steps, and of the per-trial optimum q*_i of the diagonal
-#' Gaussian family (poisson: the GLM CAVI engine of [vb_fit()], a Poisson
-#' GLM in z; gaussian: closed form), and the full-covariance optimum.
+#' `refine` refinement steps, and of the per-trial optimum q*_i of the
+#' encoder's family, and the full-covariance optimum.  For the diagonal
+#' family q*_i comes from the GLM CAVI engine of [vb_fit()] (poisson: a
+#' Poisson GLM in z with design C) or in closed form (gaussian); for the
+#' low-rank family from refinement run to convergence.
 #' * amortization gap = ELBO(q*_i) - ELBO(q_phi(. | y_i)) (>= 0), before
 #'   and after refinement;
-#' * approximation gap of the diagonal family: for the gaussian decoder the
-#'   exact 1/2 (sum log P_kk - log|P|), P = I + C' diag(1/psi) C (the full
-#'   Gaussian is the exact posterior); for poisson the ELBO gain of a full
-#'   covariance, ELBO(q*_full) - ELBO(q*_diag), the part of the gap due to
-#'   the diagonal restriction;
+#' * approximation gap of the family: for the gaussian decoder log p(y_i) -
+#'   ELBO(q*_i) (for the diagonal family the closed form 1/2 (sum log P_kk -
+#'   log|P|), P = I + C' diag(1/psi) C; the full Gaussian is the exact
+#'   posterior); for poisson ELBO(q*_full) - ELBO(q*_i), the part of the gap
+#'   due to the restricted covariance; for low-rank fits
+#'   `approximation_gap_diagonal` gives the diagonal family's gap beside it;
 #' * the IWAE bound (K draws from the refined q) on log p(y_i), and for the
 #'   gaussian decoder the exact log p(y_i).
 #' @param object A fit from [vb_amortized()].
@@ -641,27 +772,38 @@ summary.vbamortized <- function(object, newdata = NULL, exposure = NULL, trials 
     S <- sets[[s]]
     Y <- S$Y[S$idx, , drop = FALSE]; off <- S$off[S$idx]
     ev <- amz_eval(object, Y, off)
-    r <- amz_refine(object, Y, off, ev$m, ev$v, refine)
+    r <- amz_refine(object, Y, off, ev, refine)
     opt <- amz_optimum(object, Y, off, seq_along(S$idx), ev$m)
-    iw <- if (K > 0) amz_iwae(object, Y, off, t(r$m), t(r$v), K) else NA_real_
-    data.frame(set = s, trial = S$idx, elbo_encoder = ev$elbo, elbo_refined = r$elbo, elbo_optimum = opt$opt,
-               elbo_full = opt$full, iwae = iw, log_evidence = opt$log_evidence,
-               amortization_gap = opt$opt - ev$elbo, gap_refined = opt$opt - r$elbo,
-               approximation_gap = opt$full - opt$opt)
+    # the family's per-trial optimum: CAVI / closed form for the diagonal
+    # family; for the low-rank family refinement run to convergence
+    fam <- if (amz_fit_rank(object) > 0L) {
+      o <- amz_refine(object, Y, off, r, 1000L, tol = 1e-14)
+      if (any(!o$status %in% c(0L, 3L)))
+        warning(sprintf("summary(): the low-rank optimum was not reached on %d trial(s); their gaps are approximate.",
+                        sum(!o$status %in% c(0L, 3L))), call. = FALSE)
+      pmax(o$elbo, r$elbo)
+    } else opt$opt
+    iw <- if (K > 0) amz_iwae(object, Y, off, r, K) else NA_real_
+    data.frame(set = s, trial = S$idx, elbo_encoder = ev$elbo, elbo_refined = r$elbo, elbo_optimum = fam,
+               elbo_diagonal = opt$opt, elbo_full = opt$full, iwae = iw, log_evidence = opt$log_evidence,
+               amortization_gap = fam - ev$elbo, gap_refined = fam - r$elbo,
+               approximation_gap = opt$full - fam, approximation_gap_diagonal = opt$full - opt$opt)
   })
   per <- do.call(rbind, per)
   agg <- do.call(rbind, lapply(split(per, factor(per$set, levels = names(sets))), function(p)
     data.frame(set = p$set[1], trials = nrow(p), elbo_encoder = mean(p$elbo_encoder),
                elbo_refined = mean(p$elbo_refined), elbo_optimum = mean(p$elbo_optimum),
                amortization_gap = mean(p$amortization_gap), gap_refined = mean(p$gap_refined),
-               approximation_gap = mean(p$approximation_gap), iwae = mean(p$iwae),
+               approximation_gap = mean(p$approximation_gap),
+               approximation_gap_diagonal = mean(p$approximation_gap_diagonal), iwae = mean(p$iwae),
                log_evidence = mean(p$log_evidence))))
   rownames(agg) <- NULL
   structure(list(call = object$call, decoder = object$decoder, latent_dim = object$latent_dim,
+                 rank = amz_fit_rank(object),
                  units = ncol(object$data), encoder = object$encoder, elbo = object$elbo,
                  ntrain = length(object$train), nval = length(object$validation),
                  trace = object$trace, converged = object$converged, status = object$status,
-                 iterations = object$iterations, refine = refine, K = K, gaps = agg, trials = per),
+                 iterations = object$iterations, epochs = object$epochs, refine = refine, K = K, gaps = agg, trials = per),
             class = "summary.vbamortized")
 }
 
@@ -670,7 +812,7 @@ print.summary.vbamortized <- function(x, digits = max(3L, getOption("digits") - 
   cat(sprintf("Amortized variational inference (%s decoder, %d units, latent_dim %d)\n", x$decoder, x$units, x$latent_dim))
   print(x$encoder)
   tr <- x$trace
-  cat(sprintf("Training: %d epochs, %s; ELBO per trial %.4f (training)", x$iterations,
+  cat(sprintf("Training: %s, %s; ELBO per trial %.4f (training)", amz_epochs_text(x),
               if (isTRUE(x$converged)) "converged (early stopping)" else paste("NOT converged:", vb_status_short(x$status)),
               x$elbo / x$ntrain))
   if (x$nval) cat(sprintf(", best validation %.4f", max(tr$validation)))
@@ -680,14 +822,16 @@ print.summary.vbamortized <- function(x, digits = max(3L, getOption("digits") - 
                     `ELBO refined` = g$elbo_refined, `ELBO optimum` = g$elbo_optimum,
                     `amort. gap` = g$amortization_gap, `gap refined` = g$gap_refined,
                     `approx. gap` = g$approximation_gap, check.names = FALSE)
+  if (isTRUE(x$rank > 0L)) tab[["approx. gap diagonal"]] <- g$approximation_gap_diagonal
   if (x$K > 0) tab[[sprintf("IWAE-%d", x$K)]] <- g$iwae
   if (any(is.finite(g$log_evidence))) tab[["log p(y)"]] <- g$log_evidence
   rownames(tab) <- g$set
   print(tab, digits = digits)
   cat(sprintf("amortization gap = ELBO(q*_i) - ELBO(q_phi(.|y_i)); 'refined' after %d Newton step%s per trial;\n",
               x$refine, if (x$refine == 1) "" else "s"))
-  cat(if (x$decoder == "gaussian") "approximation gap of the diagonal family = log p(y_i) - ELBO(q*_i) (exact).\n"
-      else "approximation gap of the diagonal family: ELBO(full-covariance q*) - ELBO(diagonal q*).\n")
+  fam <- if (isTRUE(x$rank > 0L)) sprintf("low-rank (rank %d)", x$rank) else "diagonal"
+  cat(if (x$decoder == "gaussian") sprintf("approximation gap of the %s family = log p(y_i) - ELBO(q*_i) (exact).\n", fam)
+      else sprintf("approximation gap of the %s family: ELBO(full-covariance q*) - ELBO(%s q*).\n", fam, fam))
   invisible(x)
 }
 

@@ -33,7 +33,8 @@ SEXP C_pc_fit(SEXP y, SEXP model, SEXP control, SEXP holder);
 /* amortized.c (network in mlp.c) */
 SEXP C_amortized_fit(SEXP model, SEXP theta, SEXP control);
 SEXP C_amortized_eval(SEXP model, SEXP theta, SEXP opts);
-SEXP C_amortized_refine(SEXP model, SEXP theta, SEXP m, SEXP v, SEXP control);
+SEXP C_amortized_refine(SEXP model, SEXP theta, SEXP q, SEXP control);
+SEXP C_amortized_encode(SEXP enc, SEXP theta, SEXP y);
 
 /* util.c: a jump a progress handler asked for, resumed after the engine returned */
 SEXP C_vb_resume_unwind(SEXP status);
@@ -60,7 +61,8 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(pc_fit, 4),
     CALLDEF(amortized_fit, 3),
     CALLDEF(amortized_eval, 3),
-    CALLDEF(amortized_refine, 5),
+    CALLDEF(amortized_refine, 4),
+    CALLDEF(amortized_encode, 3),
     CALLDEF(vb_resume_unwind, 1),
     CALLDEF(glmm_cavi, 3),
     {NULL, NULL, 0}};

@@ -15,8 +15,9 @@ typedef struct {
 size_t vb_mlp_nparam(int L, const int *size);
 size_t vb_mlp_nacts(int L, const int *size, int B);
 int vb_mlp_maxwidth(int L, const int *size);
-void vb_mlp_forward(const vb_mlp *net, const double *theta, int B, const double *X, double *acts,
-                    double *out, int ldout);
+/* X: size[0] x B (ld ldx), or B x size[0] (ld ldx) when xtrans */
+void vb_mlp_forward(const vb_mlp *net, const double *theta, int B, const double *X, int ldx,
+                    int xtrans, double *acts, double *out, int ldout);
 void vb_mlp_backward(const vb_mlp *net, const double *theta, int B, const double *X,
                      const double *acts, const double *dout, int lddout, double *grad,
                      double *scratch);

@@ -10,6 +10,8 @@ fuzz_topic_amortized <- list(
     fixture("amz", vb_amortized(Yam, 1, encoder = mlp(hidden = 3), control = actl))
     fixture("amzg", vb_amortized(Gam, 2, decoder = "gaussian", encoder = mlp(hidden = integer(0)),
                                  noise = "isotropic", control = actl))
+    fixture("amzl", vb_amortized(Yam, 2, encoder = mlp(hidden = 3, covariance = "lowrank", rank = 1),
+                                 control = actl))
   },
   cases = function() list(
     vb_amortized = list(
@@ -34,6 +36,11 @@ fuzz_topic_amortized <- list(
       fz_err(amortized_control(epochs = 1e10)), fz_err(amortized_control(step_size = 0)),
       fz_err(amortized_control(quiet = NA)), fz_err(amortized_control(tol = NA)),
       fz_err(amortized_control(estimator = "bogus")), fz_err(amortized_control(estimator = "reparam", draws = 0)),
+      fz_err(amortized_control(check_every = 0)), fz_err(mlp(covariance = "lowrank", rank = 0)),
+      fz_err(mlp(covariance = "bogus")), fz_err(vb_amortized(Yam, 1, encoder = mlp(covariance = "lowrank", rank = 2))),
+      fz_err(vb_amortized(Yam, 2, encoder = mlp(covariance = "lowrank"), control = list(estimator = "reparam"))),
+      fz_ok(vb_amortized(Gam, 2, decoder = "gaussian", encoder = mlp(hidden = 2, covariance = "lowrank", rank = 2),
+                         control = actl), check = fz_fit),
       fz_ok(vb_amortized(Yam, 1, encoder = mlp(hidden = 2), control = list(epochs = 3, quiet = TRUE, estimator = "reparam")),
             check = fz_fit),
       fz_ok(amortized_control(epochs = 3), check = function(v, w) identical(v$epochs, 3L)),
@@ -56,12 +63,19 @@ fuzz_topic_amortized <- list(
       fz_ok(summary(amzg, trials = 5, K = 0)$trials[, c("amortization_gap", "approximation_gap")]),
       fz_err(predict(amz, Yam[, 1:3])), fz_err(predict(amz, refine = -1)), fz_err(predict(amz, refine = NA)),
       fz_err(predict(amz, replace(Yam, 2, NA))), fz_err(predict(amz, Yam, exposure = -1)),
+      fz_err(predict(amz, replace(Yam, 2, -1))), fz_err(predict(amz, replace(Yam, 2, 0.5))),
+      fz_err(predict(amz, list(Yam))), fz_err(predict(amz, Yam, elbo = NA)),
+      fz_ok(predict(amzl, Yam[1:3, ], refine = 2)), fz_ok(predict(amzl, Yam[1:3, ])$cov_factor),
+      fz_ok(elbo(amzl, Yam[1:4, ], refine = 1)),
+      fz_ok(summary(amzl, trials = 3, K = 3)$trials[, c("amortization_gap", "approximation_gap", "iwae")]),
       fz_err(predict(amz, exposure = 1)), fz_err(summary(amz, trials = 0)), fz_err(summary(amz, K = -1)),
       fz_err(vb_diagnose(amz))
     )),
   workload = alist(
     vb_amortized(Yam, 1, encoder = mlp(hidden = 3), control = actl),
     vb_amortized(Gam, 2, decoder = "gaussian", control = actl),
-    predict(amz, Yam[1:5, ], refine = 2)
+    predict(amz, Yam[1:5, ], refine = 2),
+    predict(amz, Yam[1:5, ]),
+    predict(amzl, Yam[1:5, ], refine = 2)
   )
 )

@@ -103,9 +103,9 @@ test_that("the closed-form Poisson ELBO agrees with 10^6-draw Monte Carlo", {
                       control = amortized_control(epochs = 2, quiet = TRUE)))
   m <- c(0.3, -0.2); v <- c(0.4, 0.7)
   y1 <- s$y[1, ]
-  cf <- predict(fit, rbind(y1), exposure = 0.8)
+  cf <- predict(fit, rbind(y1), exposure = 0.8, elbo = TRUE)
   r <- .Call(vbayes:::C_amortized_refine, vbayes:::fit_model_amz(fit, rbind(y1), log(0.8)), fit$theta,
-             matrix(m), matrix(v), list(steps = 0L, tol = 1e-8))
+             list(m = matrix(m), v = matrix(v), V = matrix(0, 0, 1)), list(steps = 0L, tol = 1e-8))
   S <- 1e6
   z <- matrix(m, S, 2, byrow = TRUE) + matrix(rnorm(2 * S), S) %*% diag(sqrt(v))
   eta <- z %*% t(s$C) + rep(s$d + log(0.8), each = S)
@@ -178,7 +178,7 @@ test_that("refinement reaches the per-trial CAVI optimum of vb_fit() to 1e-8", {
   set.seed(13)
   fit <- suppressWarnings(vb_amortized(s$y, 2, encoder = mlp(hidden = 8), exposure = expo,
                       control = amortized_control(epochs = 20, quiet = TRUE)))
-  p0 <- predict(fit, s$y[1:10, ], exposure = expo[1:10])
+  p0 <- predict(fit, s$y[1:10, ], exposure = expo[1:10], elbo = TRUE)
   p2 <- predict(fit, s$y[1:10, ], exposure = expo[1:10], refine = 2)
   p <- predict(fit, s$y[1:10, ], exposure = expo[1:10], refine = 100)
   expect_true(all(p2$elbo >= p0$elbo - 1e-10))
@@ -237,7 +237,7 @@ test_that("methods: coef, elbo with newdata, plot, compare_models across latent 
   expect_equal(dim(coef(f2)), c(8L, 3L))
   expect_equal(elbo(f1), sum(f1$elbo_trials[f1$train]))
   nd <- s$y[1:7, ]
-  expect_equal(elbo(f1, nd), sum(predict(f1, nd)$elbo))
+  expect_equal(elbo(f1, nd), sum(predict(f1, nd, elbo = TRUE)$elbo))
   expect_gte(elbo(f1, nd, refine = 3), elbo(f1, nd))
   cmp <- compare_models(one = f1, two = f2)
   expect_equal(cmp$elbo, c(f1$elbo, f2$elbo))
@@ -286,4 +286,226 @@ test_that("training can be interrupted", {
   skip_if(is.na(lat))
   expect_match(attr(lat, "how"), "interrupt")
   expect_lt(lat, 1)
+})
+
+# ---- low-rank-plus-diagonal covariance ---------------------------------------
+
+# KL(N(m*, Sigma) || N(m*, P^-1)) = 1/2 (tr(P Sigma) - d - log|P| - log|Sigma|)
+# for Sigma = diag(D) + V V' (rank r) as a function of (log D, V), with its
+# gradient (dKL/dSigma = (P - Sigma^-1) / 2), for optim()
+lowrank_kl <- function(P, r) {
+  d <- nrow(P)
+  sig <- function(par) diag(exp(par[1:d]), d) + tcrossprod(matrix(par[-(1:d)], d, r))
+  list(f = function(par) {
+    S <- sig(par)
+    0.5 * (sum(P * S) - d - as.numeric(determinant(P)$modulus) - as.numeric(determinant(S)$modulus))
+  }, g = function(par) {
+    G <- 0.5 * (P - solve(sig(par)))
+    c(exp(par[1:d]) * diag(G), 2 * G %*% matrix(par[-(1:d)], d, r))
+  })
+}
+lowrank_opt <- function(P, r, start) {
+  k <- lowrank_kl(P, r)
+  o <- optim(start, k$f, k$g, method = "BFGS", control = list(reltol = 1e-16, maxit = 1e4))
+  o <- optim(o$par, k$f, k$g, method = "BFGS", control = list(reltol = 1e-16, maxit = 1e4))
+  o$value
+}
+# the global minimum: the best of several starts
+lowrank_kl_min <- function(P, r) {
+  d <- nrow(P)
+  set.seed(99)
+  min(vapply(1:5, function(k) lowrank_opt(P, r, c(rep(log(0.5), d), rnorm(d * r, sd = 0.3))), 0))
+}
+
+test_that("pPCA, correlated posterior: a rank-1 low-rank encoder reaches log p(y) where the diagonal one cannot", {
+  N <- 6; d <- 2
+  s <- sim_ppca(1000, N, d, 0.5, seed = 2) # general loadings: the posterior is correlated
+  P <- diag(d) + crossprod(s$C) / s$psi
+  gap <- 0.5 * (sum(log(diag(P))) - as.numeric(determinant(P)$modulus))
+  expect_gt(gap, 0.01)
+  le <- ppca_logev(s$y, s$C, s$d, s$psi)
+  pr <- list(C = s$C, d = s$d, psi = s$psi)
+  set.seed(3)
+  fl <- vb_amortized(s$y, d, decoder = "gaussian", encoder = mlp(hidden = integer(0), covariance = "lowrank", rank = 1),
+                     learn_decoder = FALSE, params = pr, noise = "isotropic", control = quiet)
+  expect_true(fl$converged)
+  # d = 2, rank 1: the family holds every 2 x 2 covariance, so ELBO = log p(y)
+  expect_lt(max(abs(fl$elbo_trials - le)), 1e-3)
+  p <- predict(fl, s$y[1:5, ])
+  S <- diag(p$cov_diag[1, ]) + tcrossprod(p$cov_factor[1, , ])
+  expect_equal(S, solve(P), tolerance = 1e-3)
+  expect_equal(unname(p$var[1, ]), diag(solve(P)), tolerance = 1e-3)
+  # IWAE with the exact posterior as proposal: every weight is p(y), so IWAE = log p(y)
+  sm <- summary(fl, trials = 20, K = 50, refine = 2)
+  expect_equal(sm$trials$iwae, le[sm$trials$trial], tolerance = 1e-6)
+  expect_lt(max(abs(sm$trials$approximation_gap)), 1e-8)
+  expect_equal(sm$trials$approximation_gap_diagonal, rep(gap, 40), tolerance = 1e-8)
+})
+
+test_that("pPCA, d = 3: the low-rank gap lies between the family's optimum and the diagonal gap", {
+  N <- 7; d <- 3
+  set.seed(30)
+  C <- matrix(rnorm(N * d), N) %*% matrix(c(1, 0.8, 0.6, 0, 0.6, 0.5, 0, 0, 0.4), 3)
+  s <- sim_ppca(600, N, d, 0.4, C = C, seed = 31)
+  P <- diag(d) + crossprod(s$C) / s$psi
+  gap_diag <- 0.5 * (sum(log(diag(P))) - as.numeric(determinant(P)$modulus))
+  gap_lr <- lowrank_kl_min(P, 1) # global optimum of the rank-1 family (optim, restarts)
+  expect_gt(gap_lr, 1e-3)
+  expect_lt(gap_lr, gap_diag / 2)
+  le <- ppca_logev(s$y, s$C, s$d, s$psi)
+  set.seed(32)
+  fl <- vb_amortized(s$y, d, decoder = "gaussian", encoder = mlp(hidden = integer(0), covariance = "lowrank", rank = 1),
+                     learn_decoder = FALSE, params = list(C = s$C, d = s$d, psi = s$psi), noise = "isotropic",
+                     control = quiet)
+  expect_true(fl$converged)
+  gap_fit <- le - fl$elbo_trials
+  expect_true(all(gap_fit > gap_lr - 1e-8))
+  expect_lt(max(gap_fit), gap_diag - 0.05)
+  # KL(q || p(z | y)) of a rank-1 q has local optima: refinement run to
+  # convergence reaches the one optim() finds from the same start (here with
+  # one D_k on the boundary 0, which both approach only slowly in log D:
+  # hence 1e-6, not 1e-9)
+  p0 <- predict(fl, s$y[1:5, ])
+  p <- predict(fl, s$y[1:5, ], refine = 500)
+  for (i in 1:5) {
+    kmin <- lowrank_opt(P, 1, c(log(p0$cov_diag[i, ]), p0$cov_factor[i, , ]))
+    expect_equal(p$elbo[i], le[i] - kmin, tolerance = 1e-6)
+  }
+  sm <- summary(fl, trials = 10, K = 0)
+  expect_true(all(sm$trials$approximation_gap > gap_lr - 1e-8))
+  expect_true(all(sm$trials$approximation_gap < gap_diag - 0.05))
+  expect_equal(sm$trials$approximation_gap_diagonal, rep(gap_diag, 20), tolerance = 1e-8)
+})
+
+test_that("low-rank gradients agree with finite differences", {
+  s <- sim_pois(40, 6, 3, seed = 8)
+  for (rk in 1:3) {
+    set.seed(rk)
+    fit <- suppressWarnings(vb_amortized(s$y, 3, encoder = mlp(hidden = c(5, 4), covariance = "lowrank", rank = rk),
+                                         exposure = 0.5, control = amortized_control(epochs = 3, quiet = TRUE)))
+    expect_lt(fd_check(fit, s$y[1:15, ], rep(log(0.5), 15)), 1e-6)
+  }
+  g <- sim_ppca(40, 5, 2, 0.4, seed = 9)
+  for (nz in c("diagonal", "isotropic")) {
+    fit <- suppressWarnings(vb_amortized(g$y, 2, decoder = "gaussian", noise = nz,
+                                         encoder = mlp(hidden = 3, covariance = "lowrank", rank = 2),
+                                         control = amortized_control(epochs = 3, quiet = TRUE)))
+    expect_lt(fd_check(fit, g$y[1:15, ], rep(0, 15)), 1e-6)
+  }
+})
+
+test_that("the closed-form low-rank Poisson ELBO agrees with 10^6-draw Monte Carlo", {
+  s <- sim_pois(3, 5, 2, seed = 5)
+  set.seed(6)
+  fit <- suppressWarnings(vb_amortized(s$y, 2, encoder = mlp(hidden = 4, covariance = "lowrank", rank = 1),
+                                       learn_decoder = FALSE, params = list(C = s$C, d = s$d), validation = 0,
+                                       control = amortized_control(epochs = 2, quiet = TRUE)))
+  m <- c(0.3, -0.2); D <- c(0.4, 0.2); V <- c(0.5, -0.6)
+  Sig <- diag(D) + tcrossprod(V)
+  y1 <- s$y[1, ]
+  r <- .Call(vbayes:::C_amortized_refine, vbayes:::fit_model_amz(fit, rbind(y1), 0), fit$theta,
+             list(m = matrix(m), v = matrix(D), V = matrix(V)), list(steps = 0L, tol = 1e-8))
+  S <- 1e6
+  set.seed(7)
+  z <- matrix(m, S, 2, byrow = TRUE) + matrix(rnorm(2 * S), S) %*% chol(Sig)
+  eta <- z %*% t(s$C) + rep(s$d, each = S)
+  Si <- solve(Sig)
+  zc <- sweep(z, 2, m)
+  lq <- -log(2 * pi) - 0.5 * as.numeric(determinant(Sig)$modulus) - 0.5 * rowSums((zc %*% Si) * zc)
+  lp <- drop(eta %*% y1) - rowSums(exp(eta)) - sum(lgamma(y1 + 1)) + rowSums(dnorm(z, log = TRUE)) - lq
+  expect_lt(abs(mean(lp) - r$elbo_before), 4 * sd(lp) / sqrt(S))
+})
+
+test_that("low-rank refinement with rank = latent_dim reaches the full-rank CAVI optimum of vb_fit()", {
+  s <- sim_pois(300, 8, 2, seed = 12)
+  set.seed(13)
+  fit <- suppressWarnings(vb_amortized(s$y, 2, encoder = mlp(hidden = 8, covariance = "lowrank", rank = 2),
+                                       control = amortized_control(epochs = 20, quiet = TRUE)))
+  p0 <- predict(fit, s$y[1:8, ], elbo = TRUE)
+  p2 <- predict(fit, s$y[1:8, ], refine = 2)
+  p <- predict(fit, s$y[1:8, ], refine = 200)
+  expect_true(all(p2$elbo >= p0$elbo - 1e-10))
+  expect_true(all(p$elbo >= p2$elbo - 1e-10))
+  C <- fit$params$C
+  colnames(C) <- c("z1", "z2")
+  for (i in 1:8) {
+    ref <- vb_fit(C, s$y[i, ], family = poisson(), offset = fit$params$d, prior = normal(0, 1), approx = "fullrank",
+                  control = vb_control(tol = 1e-14, maxit = 5000, quiet = TRUE))
+    expect_equal(p$elbo[i], ref$elbo, tolerance = 1e-8 / abs(ref$elbo))
+    expect_equal(unname(p$mean[i, ]), unname(ref$coefficients), tolerance = 1e-5)
+    S <- diag(p$cov_diag[i, ]) + tcrossprod(p$cov_factor[i, , ])
+    expect_equal(S, unname(ref$vcov), tolerance = 1e-5)
+  }
+})
+
+test_that("the encoder-only prediction path (C) agrees with the ELBO path (R transforms)", {
+  s <- sim_pois(300, 7, 2, seed = 40)
+  for (enc in list(mlp(hidden = 6), mlp(hidden = c(5, 3), activation = "relu", transform = "sqrt"),
+                   mlp(hidden = 4, covariance = "lowrank", rank = 1, activation = "softplus"))) {
+    set.seed(41)
+    fit <- suppressWarnings(vb_amortized(s$y, 2, encoder = enc, control = amortized_control(epochs = 10, quiet = TRUE)))
+    yi <- s$y[1:50, ]
+    storage.mode(yi) <- "integer"
+    a <- predict(fit, yi)
+    b <- predict(fit, s$y[1:50, ], elbo = TRUE)
+    expect_equal(a$mean, b$mean, tolerance = 1e-12)
+    expect_equal(a$var, b$var, tolerance = 1e-12)
+    expect_equal(a$cov_factor, b$cov_factor, tolerance = 1e-12)
+    expect_null(a$elbo)
+  }
+  y <- s$y[1:5, ] + 1000 # beyond the table of transformed counts
+  expect_equal(predict(fit, y)$mean, predict(fit, y, elbo = TRUE)$mean, tolerance = 1e-12)
+  expect_error(predict(fit, replace(s$y, 7, NA)), "NA")
+  expect_error(predict(fit, replace(s$y, 7, -2)), "counts")
+  expect_error(predict(fit, replace(s$y, 7, 2.5)), "counts")
+  expect_error(predict(fit, replace(s$y, 7, Inf)), "infinite")
+  expect_error(predict(fit, s$y, elbo = NA), "elbo")
+  expect_error(predict(fit, s$y, exposure = -1), "exposure")
+})
+
+test_that("stopping checks every check_every minibatches when a pass is longer", {
+  s <- sim_pois(2000, 6, 1, seed = 42)
+  set.seed(43)
+  fit <- suppressWarnings(vb_amortized(s$y, 1, encoder = mlp(hidden = 4),
+                                       control = amortized_control(batch_size = 32, check_every = 14, quiet = TRUE)))
+  # 1800 training trials: 56 minibatches per pass, a check every 14 = a quarter pass
+  expect_equal(fit$trace$epoch[1:3], c(0.25, 0.5, 0.75))
+  expect_equal(fit$epochs, max(fit$trace$epoch))
+  expect_true(fit$converged)
+})
+
+test_that("low-rank input errors", {
+  s <- sim_pois(50, 5, 1, seed = 17)
+  expect_error(mlp(covariance = "lowrank", rank = 0), "rank")
+  expect_error(mlp(covariance = "lowrank", rank = NA), "rank")
+  expect_error(vb_amortized(s$y, 1, encoder = mlp(hidden = 2, covariance = "lowrank", rank = 2)), "rank")
+  expect_error(vb_amortized(s$y, 2, encoder = mlp(hidden = 2, covariance = "lowrank"),
+                            control = amortized_control(estimator = "reparam")), "diagonal")
+  expect_error(amortized_control(check_every = 0), "check_every")
+})
+
+test_that("the forward pass agrees with an MLP written in R (tanh, relu, softplus)", {
+  s <- sim_pois(200, 6, 2, seed = 44)
+  for (act in c("tanh", "relu", "softplus")) {
+    set.seed(45)
+    fit <- suppressWarnings(vb_amortized(s$y, 2, encoder = mlp(hidden = c(7, 5), activation = act, covariance = "lowrank"),
+                                         control = amortized_control(epochs = 5, quiet = TRUE)))
+    f <- switch(act, tanh = tanh, relu = function(x) pmax(x, 0), softplus = function(x) log1p(exp(x)))
+    sz <- fit$model_info$sizes
+    inp <- fit$model_info$input
+    h <- t(sweep(sweep(log1p(s$y[1:30, ]), 2, inp$center), 2, inp$scale, "/"))
+    th <- fit$theta
+    o <- 0
+    for (l in seq_len(length(sz) - 1)) {
+      W <- matrix(th[o + seq_len(sz[l + 1] * sz[l])], sz[l + 1]); o <- o + sz[l + 1] * sz[l]
+      b <- th[o + seq_len(sz[l + 1])]; o <- o + sz[l + 1]
+      h <- W %*% h + b
+      if (l < length(sz) - 1) h <- f(h)
+    }
+    p <- predict(fit, s$y[1:30, ])
+    expect_equal(unname(p$mean), t(h[1:2, ]), tolerance = 1e-13)
+    expect_equal(unname(p$cov_diag), t(exp(h[3:4, ])), tolerance = 1e-13)
+    expect_equal(unname(p$cov_factor[, , 1]), t(h[5:6, ]), tolerance = 1e-13)
+    expect_equal(unname(p$var), t(exp(h[3:4, ]) + h[5:6, ]^2), tolerance = 1e-13)
+  }
 })
