@@ -229,17 +229,20 @@ model { mu1 ~ normal(-2, 2); mu2 ~ normal(2, 2); sigma ~ normal(0, 2);
     stan_data = list(N = 200L, y = ym)))
 
   # ---- 11. two-state Gaussian HMM (simulated, T = 200); gradient by the
-  # Fisher identity over forward-backward posteriors ----
+  # Fisher identity over forward-backward posteriors.  The states are ordered
+  # by their means, as a user identifies them: the parameters are mu1 and
+  # delta = mu2 - mu1 > 0 (the same in the Stan program), so the NUTS chains
+  # cannot switch labels. ----
   set.seed(311)
   Tn <- 200
   st <- integer(Tn); st[1] <- 1L
   for (t in 2:Tn) st[t] <- if (runif(1) < c(0.9, 0.85)[st[t - 1]]) st[t - 1] else 3L - st[t - 1]
   yh <- rnorm(Tn, c(-1, 1.5)[st], 0.7)
   add(list(name = "hmm2", gaussian = TRUE,
-    par_names = c("p11", "p22", "mu1", "mu2", "sigma"), lower = c(0, 0, -Inf, -Inf, 0),
+    par_names = c("p11", "p22", "mu1", "delta", "sigma"), lower = c(0, 0, -Inf, 0, 0),
     upper = c(1, 1, Inf, Inf, Inf),
     log_density = local({ yh <- yh; function(th) {
-      p11 <- th[1]; p22 <- th[2]; mu <- th[3:4]; s <- th[5]; Tn <- length(yh)
+      p11 <- th[1]; p22 <- th[2]; mu <- c(th[3], th[3] + th[4]); s <- th[5]; Tn <- length(yh)
       A <- matrix(c(p11, 1 - p22, 1 - p11, p22), 2)       # A[i, j] = P(j | i)
       Ee <- cbind(dnorm(yh, mu[1], s), dnorm(yh, mu[2], s))
       al <- matrix(0, Tn, 2); cs <- numeric(Tn)
@@ -252,14 +255,15 @@ model { mu1 ~ normal(-2, 2); mu2 ~ normal(2, 2); sigma ~ normal(0, 2);
       for (t in 2:Tn) xi <- xi + A * outer(al[t - 1, ], Ee[t, ] * be[t, ]) / cs[t]
       z <- (yh - matrix(mu, Tn, 2, byrow = TRUE)) / s
       f <- sum(log(cs)) + sum(dn(mu, c(-1, 1), 2)) + dn(s, 0, 2) # uniform priors on p11, p22
+      gmu <- colSums(ga * z) / s - (mu - c(-1, 1)) / 4     # d f / d (mu1, mu2)
       structure(f, gradient = c(xi[1, 1] / p11 - xi[1, 2] / (1 - p11),
                                 xi[2, 2] / p22 - xi[2, 1] / (1 - p22),
-                                colSums(ga * z) / s - (mu - c(-1, 1)) / 4,
+                                gmu[1] + gmu[2], gmu[2],
                                 sum(ga * (z^2 - 1)) / s - s / 4))
     }}),
     stan = "data { int T; vector[T] y; }
-parameters { real<lower=0, upper=1> p11; real<lower=0, upper=1> p22; real mu1; real mu2; real<lower=0> sigma; }
-model { vector[2] lp; vector[2] lpn; matrix[2, 2] lA;
+parameters { real<lower=0, upper=1> p11; real<lower=0, upper=1> p22; real mu1; real<lower=0> delta; real<lower=0> sigma; }
+model { vector[2] lp; vector[2] lpn; matrix[2, 2] lA; real mu2 = mu1 + delta;
   lA[1, 1] = log(p11); lA[1, 2] = log1m(p11); lA[2, 1] = log1m(p22); lA[2, 2] = log(p22);
   mu1 ~ normal(-1, 2); mu2 ~ normal(1, 2); sigma ~ normal(0, 2);
   lp[1] = log(0.5) + normal_lpdf(y[1] | mu1, sigma); lp[2] = log(0.5) + normal_lpdf(y[1] | mu2, sigma);
