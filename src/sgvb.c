@@ -39,9 +39,11 @@
  * Step size: trial runs of adapt_iter steps for each eta of the grid
  * 1, 0.3, ..., 0.003 (largest first, stopping when the mean ELBO of a trial
  * gets worse, as ADVI does); the run continues from the best trial.  When q
- * starts at the Laplace approximation (opts$eta_start > 0) there is no
- * search: the run starts at eta_start, as trial steps of up to one posterior
- * sd would first move q away from a start that is already close.
+ * starts at the Laplace approximation (opts$laplace_start) there is no
+ * search: the run starts at eta_final (below), as trial steps of up to one
+ * posterior sd would first move q away from a start that is already close
+ * (and in whitened coordinates, eta_final steps still cross several sds in
+ * a few hundred steps where the Laplace start is off).
  * The ELBO is estimated per step by the mean of f - log q over the draws (its
  * noise vanishes as q approaches the posterior).  The run is cut into windows
  * of `window` steps; the smoothed ELBO is the window mean.  A window "stalls"
@@ -75,7 +77,7 @@
  * used), Lpre (d x d lower, or NULL), the vb_control() list (read by name:
  * sgvb_maxit, sgvb_tol, quiet, step_size, adapt_iter, window, step_decays,
  * elbo_samples, baseline, stl, precision) and opts = list(fullrank, score,
- * samples [, eta_start, final_elbo, elbo_se]).
+ * samples [, laplace_start, final_elbo, elbo_se]).
  * Outputs: mu, L, elbo, elbo_se, trace (per-step ELBO estimates), smooth
  * (window means), eta, iterations, status, converged, n_grad, n_eval,
  * n_nonfinite (skipped draws), error (the R closure's condition or NULL).
@@ -648,7 +650,7 @@ static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) 
 typedef struct {
     int maxit, adapt_iter, window, decays, elbo_samples, quiet;
     double tol, eta, prec; /* eta <= 0: search (or eta_start) */
-    double eta_start;      /* > 0: no search, start at this step (a Laplace start) */
+    int laplace_start;     /* q starts at the Laplace approximation: no search */
     int final_elbo;        /* estimate the ELBO of the returned q */
     double elbo_se;        /* the final estimate stops once its se is below this */
 } sgvb_settings;
@@ -784,11 +786,11 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
     /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
      * final step shrinks with the number of parameters */
     double eta = C->eta, eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
-    if (!(eta > 0) && C->eta_start > 0) {
+    if (!(eta > 0) && C->laplace_start) {
         /* q starts at the Laplace approximation, within a fraction of a
          * posterior sd of the optimum for a near-Gaussian posterior: trial
          * runs at steps of up to one sd would first move it away */
-        eta = fmax(C->eta_start, eta_final);
+        eta = eta_final;
         status = VB_OK;
     } else if (!(eta > 0)) {
         status = search_eta(Q, &A, C->adapt_iter, &pr, &eta);
@@ -851,6 +853,13 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
     R->consecutive_bad = bad;
     R->n_averaged = W.nb;
     R->decays = W.decays;
+    if (W.bad_final > 0 && (status == VB_NONFINITE || status == VB_MAXIT)) {
+        /* draws of the final phase were rejected: q has mass where the log
+         * density is -Inf, so its ELBO is -Inf whatever a finite sample of
+         * fresh draws might show */
+        R->elbo = R_NegInf;
+        estimable = 0;
+    }
     if (estimable && C->final_elbo) {
         int st = final_elbo(Q, C->elbo_samples, C->elbo_se, &R->elbo, &R->elbo_se);
         if (st != VB_OK) status = st;
@@ -961,8 +970,8 @@ static void read_settings(SEXP control, SEXP opts, sgvb_settings *C) {
     C->elbo_samples = vb_int_elt(control, "elbo_samples", 2, INT_MAX - 1, w);
     C->prec = vb_num_elt(control, "precision", 0, R_PosInf, w);
     if (!(C->prec > 0)) Rf_error("'control$precision' must be positive");
-    /* opts: eta_start (0 or absent: the search), final_elbo, elbo_se */
-    C->eta_start = opt_num(opts, "eta_start", 0, 1, 0);
+    /* opts: laplace_start (absent: FALSE, the search), final_elbo, elbo_se */
+    C->laplace_start = opt_flag(opts, "laplace_start", 0);
     C->final_elbo = opt_flag(opts, "final_elbo", 1);
     C->elbo_se = opt_num(opts, "elbo_se", 0, R_PosInf, 0);
 }

@@ -328,3 +328,106 @@ gradient_check <- function(p, n = 3, seed = 1) {
   }
   worst
 }
+
+# Draws (S x d, constrained) mapped to the unconstrained scale of
+# vb_density() and Stan (log for one bound, logit for two).
+unconstrain_draws <- function(p, X) {
+  U <- X
+  for (j in seq_len(ncol(X))) {
+    lb <- p$lower[j]; ub <- p$upper[j]; x <- X[, j]
+    U[, j] <- if (is.finite(lb) && is.finite(ub)) stats::qlogis((x - lb) / (ub - lb))
+              else if (is.finite(lb)) log(x - lb) else if (is.finite(ub)) log(ub - x) else x
+  }
+  U
+}
+
+# A-priori classification of a posterior as near-Gaussian on the
+# unconstrained scale, from reference draws only (no vbayes output):
+# every margin's |skewness| <= 0.5 and |excess kurtosis| <= 1, and, after
+# symmetric whitening z = Sigma^{-1/2} (u - m), every |cor(z_i^2, z_j^2)|
+# (a scale mixture: the spread of one coordinate depends on another, as in
+# a funnel) and |cor(z_i, z_j^2)| (a curved, banana-like dependence) at most
+# 0.15.  For a Gaussian all of these are 0; the thresholds sit well above
+# their sampling noise at 4000 draws (sd about 0.04 for skewness, 0.08 for
+# kurtosis, 0.02 for a correlation).
+classify_gaussian <- function(U, skew_max = 0.5, kurt_max = 1, dep_max = 0.15) {
+  U <- U[stats::complete.cases(U) & apply(is.finite(U), 1, all), , drop = FALSE]
+  C <- scale(U, scale = FALSE)
+  s <- apply(C, 2, stats::sd)
+  Zs <- sweep(C, 2, s, "/")
+  skew <- colMeans(Zs^3); kurt <- colMeans(Zs^4) - 3
+  e <- eigen(stats::cov(U), symmetric = TRUE)
+  W <- e$vectors %*% diag(1 / sqrt(pmax(e$values, 1e-300)), ncol(U)) %*% t(e$vectors)
+  Z <- C %*% W
+  d <- ncol(U)
+  dep_sq <- dep_cu <- 0
+  if (d > 1) {
+    R2 <- stats::cor(Z^2); diag(R2) <- 0
+    R1 <- stats::cor(Z, Z^2); diag(R1) <- 0
+    dep_sq <- max(abs(R2)); dep_cu <- max(abs(R1))
+  }
+  ok <- max(abs(skew)) <= skew_max && max(abs(kurt)) <= kurt_max &&
+    max(dep_sq, dep_cu) <= dep_max
+  list(gaussian = ok, skew = max(abs(skew)), kurt = max(abs(kurt)), dep_sq = dep_sq,
+       dep_cu = dep_cu,
+       why = if (ok) "" else paste(c(if (max(abs(skew)) > skew_max) "skewed margin",
+                                     if (max(abs(kurt)) > kurt_max) "heavy/light-tailed margin",
+                                     if (dep_sq > dep_max) "scale dependence",
+                                     if (dep_cu > dep_max) "curved dependence"), collapse = ", "))
+}
+
+# The optimum of the Gaussian family (fullrank or meanfield) on the
+# unconstrained scale, found without vbayes' engine: the ELBO estimated at
+# S fixed standard-normal draws (common random numbers, antithetic) is a
+# deterministic function of (mu, L), maximised by BFGS with its exact
+# gradient (reparameterisation) from the start (mu0, L0).  Returns mu, L and
+# the fixed-sample ELBO.
+family_optimum <- function(p, mu0, L0, approx = "fullrank", S = 1000, seed = 7, maxit = 500) {
+  d <- length(mu0)
+  set.seed(seed)
+  E <- matrix(stats::rnorm(d * S / 2), d); E <- cbind(E, -E)
+  lb <- p$lower; ub <- p$upper
+  lo <- is.finite(lb) & !is.finite(ub); up <- !is.finite(lb) & is.finite(ub)
+  two <- is.finite(lb) & is.finite(ub); w <- ub - lb
+  # the unconstrained log density and gradient at one u
+  fu <- function(u) {
+    x <- u; dx <- rep(1, d); lj <- 0; dlj <- rep(0, d)
+    x[lo] <- lb[lo] + exp(u[lo]); dx[lo] <- exp(u[lo])
+    x[up] <- ub[up] - exp(u[up]); dx[up] <- -exp(u[up])
+    pl <- stats::plogis(u[two]); x[two] <- lb[two] + w[two] * pl; dx[two] <- w[two] * pl * (1 - pl)
+    lj <- sum(u[lo | up]) + sum(log(w[two]) + log(pl) + log1p(-pl))
+    dlj[lo | up] <- 1; dlj[two] <- 1 - 2 * pl
+    v <- p$log_density(x)
+    list(f = as.double(v) + lj, g = attr(v, "gradient") * dx + dlj)
+  }
+  ix <- which(lower.tri(diag(d), diag = TRUE))
+  fr <- approx == "fullrank"
+  unpack <- function(par) {
+    mu <- par[1:d]
+    if (fr) { L <- matrix(0, d, d); L[ix] <- par[-(1:d)]; diag(L) <- exp(diag(L)) }
+    else L <- diag(exp(par[-(1:d)]), d)
+    list(mu = mu, L = L)
+  }
+  cache <- new.env()
+  eval_all <- function(par) {
+    if (identical(cache$par, par)) return(cache$r)
+    q <- unpack(par); U <- q$mu + q$L %*% E
+    fs <- numeric(S); G <- matrix(0, d, S)
+    for (s in seq_len(S)) { r <- fu(U[, s]); fs[s] <- r$f; G[, s] <- r$g }
+    val <- mean(fs) + sum(log(diag(q$L)))
+    if (!is.finite(val) || any(!is.finite(G))) val <- -Inf
+    gm <- rowMeans(G)
+    GL <- G %*% t(E) / S                      # d/dL_ij = E[g_i e_j]
+    if (fr) { GL <- GL * lower.tri(GL, diag = TRUE); diag(GL) <- diag(GL) * diag(q$L) + 1; gl <- GL[ix] }
+    else gl <- diag(GL) * diag(q$L) + 1
+    cache$par <- par; cache$r <- list(val = val, grad = c(gm, gl))
+    cache$r
+  }
+  st <- if (fr) { T0 <- L0; diag(T0) <- log(diag(T0)); T0[ix] } else log(diag(L0))
+  op <- stats::optim(c(mu0, st), function(par) { v <- eval_all(par)$val; if (is.finite(v)) -v else 1e300 },
+                     function(par) -eval_all(par)$grad, method = "BFGS",
+                     control = list(maxit = maxit, reltol = 1e-12))
+  q <- unpack(op$par)
+  list(mu = q$mu, L = q$L, elbo = -op$value, convergence = op$convergence,
+       elbo_at = function(mu, L) { v <- eval_all(c(mu, if (fr) { T <- L; diag(T) <- log(diag(T)); T[ix] } else log(diag(L))))$val; v })
+}

@@ -139,3 +139,27 @@ test_that("vb_diagnose rejects bad input", {
   expect_error(vb_diagnose(noq, S = 100, K = 10), "no q_sample\\(\\) method")
   expect_error(draws(noq, 10), "no q_sample\\(\\) method")
 })
+
+test_that("the bootstrap interval of k-hat covers the true shape of a Pareto tail", {
+  # importance weights whose tail is generalised Pareto with shape k: k-hat
+  # estimates k, and its bootstrap 90% interval covers it
+  set.seed(4)
+  for (k in c(0.3, 0.8)) {
+    w <- ((1 - runif(4000))^(-k) - 1) / k
+    lr <- log(w)
+    ki <- vbayes:::khat_boot(lr)
+    expect_true(ki[1] <= k + 0.03 && k - 0.03 <= ki[2], label = sprintf("k = %g: [%.2f, %.2f]", k, ki[1], ki[2]))
+    expect_lt(ki[2] - ki[1], 0.4)
+  }
+})
+
+test_that("vb_diagnose reports k-hat's bootstrap interval and says when it spans the threshold", {
+  set.seed(5)
+  ld <- function(th) structure(-0.5 * sum(th^2), gradient = -th)
+  fit <- vb_density(ld, init = c(a = 1, b = 2), control = vb_control(quiet = TRUE))
+  dg <- vb_diagnose(fit, S = 2000)
+  expect_length(dg$khat_interval, 2L)
+  expect_true(all(is.finite(dg$khat_interval)))
+  expect_lt(dg$khat_interval[2], 0.7)  # q equals this Gaussian target
+  expect_output(print(dg), "bootstrap 90%")
+})
