@@ -7,7 +7,7 @@
 # mean 1-Wasserstein distance between the standardised margins, the time, the
 # convergence flag and vb_diagnose()'s k-hat and ESS.
 #
-# Run: R_LIBS=<lib with vbayes> Rscript bench/density.R [reference|optimum] [name ...]
+# Run: R_LIBS=<lib with vbayes> Rscript bench/density.R [reference|optimum|tables] [name ...]
 #   "reference" only compiles the Stan programs and runs NUTS and ADVI (cached
 #   under bench/posteriors/cache/, which git ignores).  NUTS: 4 chains x 2000
 #   iterations (1000 warm-up); each program is compiled once (minutes on a
@@ -18,7 +18,8 @@
 #   0.1 sd in mean and 10% in sd; other vbayes rows are "accurate", or
 #   "flagged" when the fit says not converged, k-hat > 0.7 or an ESS below 1%
 #   of the draws, else "FAIL".  Per-posterior results are cached
-#   (result_<name>.rds) and the tables written to cache/results.md.
+#   (result_<name>.rds) and the tables of every cached posterior written to
+#   cache/results.md ("tables" only writes them).
 # Results: bench/RESULTS-density.md.
 suppressPackageStartupMessages(library(vbayes))
 here <- if (file.exists("bench/posteriors/posteriors.R")) "bench" else "."
@@ -27,9 +28,12 @@ cache <- file.path(here, "posteriors", "cache")
 dir.create(cache, showWarnings = FALSE)
 args <- commandArgs(TRUE)
 ref_only <- "reference" %in% args
-which <- setdiff(args, "reference")
+tables_only <- "tables" %in% args
+which <- setdiff(args, c("reference", "tables"))
 P <- posteriors()
-if (length(which)) P <- P[which]
+all_names <- names(P)
+if (length(which)) P <- P[intersect(which, all_names)]
+if (tables_only) P <- list()
 have_stan <- requireNamespace("rstan", quietly = TRUE)
 # Debian's r-cran-bh is a virtual package: Boost lives in /usr/include
 if (have_stan && !nzchar(system.file("include", package = "BH")) && dir.exists("/usr/include/boost"))
@@ -197,7 +201,7 @@ for (p in P) {
                rhat = ref$nuts_rhat, divergent = ref$nuts_divergent),
           file.path(cache, paste0("result_", p$name, ".rds")))
 }
-if (length(rows <- unlist(lapply(names(P), function(n) {
+if (length(rows <- unlist(lapply(all_names, function(n) {
   f <- file.path(cache, paste0("result_", n, ".rds"))
   if (file.exists(f)) readRDS(f)$rows
 }), recursive = FALSE))) {
@@ -208,7 +212,7 @@ if (length(rows <- unlist(lapply(names(P), function(n) {
   tab$verdict <- vapply(seq_len(nrow(tab)), function(i)
     verdict(tab$near_gaussian[i], c(tab$mean_err_sd[i], sr[i, ]), tab$converged[i], tab$khat[i],
             tab$ess[i], grepl("vbayes", tab$method[i]), !grepl("meanfield", tab$method[i])), "")
-  cls <- do.call(rbind, lapply(names(P), function(n) {
+  cls <- do.call(rbind, lapply(all_names, function(n) {
     f <- file.path(cache, paste0("result_", n, ".rds")); if (file.exists(f)) readRDS(f)$class }))
   cat("\n")
   print(cls, row.names = FALSE)
