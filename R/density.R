@@ -71,7 +71,8 @@
 #' @return An object of class `c("vbdensity", "vb_posterior")` with
 #'   `coefficients` (posterior means of theta), `vcov`, `elbo` (Monte Carlo
 #'   estimate at the final q, from draws in blocks of 100 until its standard
-#'   error `mc_se` is below 0.025 nats, at most `elbo_samples`; `-Inf` when
+#'   error `mc_se` is below 0.025 sqrt(1000 / elbo_samples) nats, at most
+#'   `elbo_samples` draws; `-Inf` when
 #'   draws of the final phase were rejected), `elbo_laplace` (and
 #'   `elbo_laplace_se`, estimated the same way), `elbo_trace` (per-step estimates), `converged`,
 #'   `iterations`, `status`, `n_eval` (log density evaluations, those of
@@ -529,11 +530,12 @@ density_hessian <- function(fg, u) {
 }
 
 # ELBO of the Laplace approximation N(mu, L L') from at most S draws, in
-# blocks of 100 until the standard error is below SGVB_ELBO_SE (as the
-# engine's final ELBO): the mean of log p - log q and its standard error
+# blocks of 100 until the standard error is below SGVB_ELBO_SE sqrt(1000 / S)
+# (as the engine's final ELBO): the mean of log p - log q and its standard error
 # (-Inf when a draw was rejected).
 laplace_elbo <- function(ev, mu, L, S) {
   d <- length(mu)
+  se_target <- SGVB_ELBO_SE * sqrt(1000 / S)
   r <- numeric(0)
   while (length(r) < S) {
     b <- min(100L, S - length(r))
@@ -542,7 +544,7 @@ laplace_elbo <- function(ev, mu, L, S) {
     f <- vapply(seq_len(b), function(s) ev$evaluate(U[, s], FALSE)$f, 0)
     r <- c(r, f + 0.5 * colSums(Z^2) + 0.5 * d * log(2 * pi) + sum(log(diag(L))))
     if (any(!is.finite(r))) return(c(-Inf, NA_real_))
-    if (length(r) >= 100L && stats::sd(r) / sqrt(length(r)) <= SGVB_ELBO_SE) break
+    if (length(r) >= 100L && stats::sd(r) / sqrt(length(r)) <= se_target) break
   }
   c(mean(r), stats::sd(r) / sqrt(length(r)))
 }

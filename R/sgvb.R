@@ -139,16 +139,26 @@ glm_elbo_joint <- function(model, mu, Sigma) {
 # starts at its final step size (unless control$step_size is set).
 # final_elbo = FALSE: no Monte Carlo ELBO at the end (the caller has a
 # closed form); else it stops once its standard error is below
-# SGVB_ELBO_SE nats (at most control$elbo_samples draws).
+# elbo_se_target(control) (at most control$elbo_samples draws).
 sgvb_opts <- function(control, approx, estimator, laplace = FALSE, final_elbo = TRUE) {
   S <- control$samples
   if (is.null(S)) S <- if (estimator == "score") 8L else 1L
   list(fullrank = approx == "fullrank", score = estimator == "score", samples = as.integer(S),
        laplace_start = isTRUE(laplace) && is.null(control$step_size),
-       final_elbo = isTRUE(final_elbo), elbo_se = SGVB_ELBO_SE)
+       final_elbo = isTRUE(final_elbo), elbo_se = elbo_se_target(control))
 }
-# Monte Carlo standard error (nats) at which an ELBO estimate stops drawing:
-# well below any ELBO difference that changes a model comparison.
+
+# The standard error at which an ELBO estimate stops drawing: SGVB_ELBO_SE at
+# the default of 1000 elbo_samples, smaller in proportion when a user asks
+# for more draws (so elbo_samples keeps meaning "this much precision").
+elbo_se_target <- function(control) {
+  S <- control$elbo_samples
+  if (is.null(S)) S <- 1000L
+  SGVB_ELBO_SE * sqrt(1000 / S)
+}
+# Monte Carlo standard error (nats) at which an ELBO estimate of the default
+# 1000 draws at most stops drawing: well below any ELBO difference that
+# changes a model comparison.
 SGVB_ELBO_SE <- 0.025
 
 # Lower-triangular L with L L' = H^{-1} (fullrank) or diag(1 / sqrt(diag H))
