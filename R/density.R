@@ -4,8 +4,14 @@
 #' unnormalised density exp(log_density(theta)) by maximising the evidence
 #' lower bound `ELBO = E_q[log p(theta)] + H(q)` with stochastic gradients
 #' (SGVB): the pathwise (`"reparam"`) or the score-function (`"score"`)
-#' estimator, Adam steps whose size is found by short trial runs, and a stop
-#' only once the smoothed ELBO has stalled (see [vb_control()] for the knobs).
+#' estimator, Adam steps measured in posterior standard deviations, and a
+#' stop only once the smoothed ELBO has stalled (see [vb_control()] for the
+#' knobs).  From the Laplace start the run begins at its final step size
+#' (trial runs at larger steps would first move q away from a start that is
+#' already close); otherwise the step size is found by short trial runs.
+#' The per-step cost beyond the log density is O(d^2) for `"fullrank"` and
+#' O(d) for `"meanfield"` (plus two triangular products, O(d^2), for the
+#' whitened locations).
 #'
 #' **Start at the mode.** With `init_method = "mode"` (the default) the mode
 #' of the (unconstrained) log density is found from `init` by quasi-Newton
@@ -64,8 +70,11 @@
 #' @param ... Further arguments passed to `log_density` and `gradient`.
 #' @return An object of class `c("vbdensity", "vb_posterior")` with
 #'   `coefficients` (posterior means of theta), `vcov`, `elbo` (Monte Carlo
-#'   estimate at the final q) and its standard error `mc_se`, `elbo_laplace`
-#'   (and `elbo_laplace_se`), `elbo_trace` (per-step estimates), `converged`,
+#'   estimate at the final q, from draws in blocks of 100 until its standard
+#'   error `mc_se` is below 0.025 sqrt(1000 / elbo_samples) nats, at most
+#'   `elbo_samples` draws; `-Inf` when
+#'   draws of the final phase were rejected), `elbo_laplace` (and
+#'   `elbo_laplace_se`, estimated the same way), `elbo_trace` (per-step estimates), `converged`,
 #'   `iterations`, `status`, `n_eval` (log density evaluations, those of
 #'   numerical gradients included), `n_grad` (gradients), `n_rejected`,
 #'   `start` (how q was started), `unconstrained` (mu, Sigma and L of q on the
@@ -299,7 +308,7 @@ fit_density <- function(log_density, init, approx = c("fullrank", "meanfield"),
   # ---- SGVB ----
   target <- list(type = "r", fn = ev$engine_fn, d = as.integer(d))
   r <- .Call(C_sgvb_fit, target, st$mu, st$L0, st$pre, control,
-             sgvb_opts(control, approx, estimator))
+             sgvb_opts(control, approx, estimator, laplace = isTRUE(st$laplace)))
   # the engine has saved the RNG state; now the user's error may surface
   if (r$status == vb_status_codes[["interrupted"]])
     check_status(r$status, what, r$iterations, control$sgvb_tol, "sgvb_maxit")
@@ -520,16 +529,24 @@ density_hessian <- function(fg, u) {
   if (any(!is.finite(H))) NULL else H
 }
 
-# ELBO of the Laplace approximation N(mu, L L') from S draws: the mean of
-# log p - log q and its standard error (-Inf when a draw was rejected).
+# ELBO of the Laplace approximation N(mu, L L') from at most S draws, in
+# blocks of 100 until the standard error is below SGVB_ELBO_SE sqrt(1000 / S)
+# (as the engine's final ELBO): the mean of log p - log q and its standard error
+# (-Inf when a draw was rejected).
 laplace_elbo <- function(ev, mu, L, S) {
   d <- length(mu)
-  Z <- matrix(stats::rnorm(d * S), d, S)
-  U <- mu + L %*% Z
-  f <- vapply(seq_len(S), function(s) ev$evaluate(U[, s], FALSE)$f, 0)
-  r <- f + 0.5 * colSums(Z^2) + 0.5 * d * log(2 * pi) + sum(log(diag(L)))
-  if (any(!is.finite(r))) return(c(-Inf, NA_real_))
-  c(mean(r), stats::sd(r) / sqrt(S))
+  se_target <- SGVB_ELBO_SE * sqrt(1000 / S)
+  r <- numeric(0)
+  while (length(r) < S) {
+    b <- min(100L, S - length(r))
+    Z <- matrix(stats::rnorm(d * b), d, b)
+    U <- mu + L %*% Z
+    f <- vapply(seq_len(b), function(s) ev$evaluate(U[, s], FALSE)$f, 0)
+    r <- c(r, f + 0.5 * colSums(Z^2) + 0.5 * d * log(2 * pi) + sum(log(diag(L))))
+    if (any(!is.finite(r))) return(c(-Inf, NA_real_))
+    if (length(r) >= 100L && stats::sd(r) / sqrt(length(r)) <= se_target) break
+  }
+  c(mean(r), stats::sd(r) / sqrt(length(r)))
 }
 
 #' @export

@@ -41,7 +41,13 @@
 #' where the log density is -Inf (rejected) have weight 0; with fewer than 100
 #' finite log ratios k-hat is too noisy to read and is labelled so.
 #'
-#' @return An object of class `vb_diagnosis`: `khat`, `khat_label`, `ess`,
+#' k-hat is itself an estimate: `khat_interval` is its 5%-95% spread over 100
+#' bootstrap resamples of the log ratios, and the label says so when that
+#' interval spans the threshold (near-constant ratios can give k-hat above
+#' 0.7 at S = 4000 and below 0.5 at S = 20000).
+#'
+#' @return An object of class `vb_diagnosis`: `khat`, `khat_label`,
+#'   `khat_interval`, `ess`,
 #'   `n_finite` (draws with a finite log ratio),
 #'   `iwae` and `iwae_se` (one per `K`), `K`, `elbo` (the fit's ELBO),
 #'   `elbo_mc` and `elbo_mc_se` (mean of r and its standard error),
@@ -83,7 +89,15 @@ vb_diagnose <- function(fit, S = 4000, K = c(1, 10, 100), ...) {
   ess <- if (nfin) sum(w)^2 / sum(w^2) else 0
   logZ <- if (nfin) ps$logZ + log(nfin / S) else -Inf
   iw <- vapply(K, function(k) iwae(lr, k), numeric(2))
-  out <- list(khat = ps$khat, khat_label = khat_label(ps$khat, ess, S, nfin), ess = ess,
+  # how noisy k-hat is at this S: its spread over bootstrap resamples of the
+  # finite log ratios (k-hat is fitted to the largest ~3 sqrt(S) of them)
+  ki <- if (is.finite(ps$khat)) khat_boot(lr[fin]) else c(NA_real_, NA_real_)
+  lab <- khat_label(ps$khat, ess, S, nfin)
+  thr <- min(1 - 1 / log10(S), 0.7)
+  if (all(is.finite(ki)) && ki[1] < thr && ki[2] >= thr && nfin >= 100)
+    lab <- sprintf("%s; k-hat is uncertain at S = %d (bootstrap 90%% interval %.2f-%.2f spans %.2f): rerun with a larger S",
+                   lab, as.integer(S), ki[1], ki[2], thr)
+  out <- list(khat = ps$khat, khat_label = lab, khat_interval = ki, ess = ess,
               n_finite = nfin, iwae = iw[1, ], iwae_se = iw[2, ],
               K = K, elbo = fit[["elbo"]], elbo_mc = mean(lr),
               elbo_mc_se = if (all(fin)) stats::sd(lr) / sqrt(S) else NA_real_,
@@ -117,7 +131,10 @@ khat_label <- function(k, ess = NA, S = NA, nfin = S) {
 #' @export
 print.vb_diagnosis <- function(x, digits = 4, ...) {
   cat(sprintf("Importance-sampling diagnostics of q (%d draws)\n", x$S))
-  cat(sprintf("  Pareto k-hat: %.3f  %s\n", x$khat, x$khat_label))
+  ki <- x$khat_interval
+  cat(sprintf("  Pareto k-hat: %.3f%s  %s\n", x$khat,
+              if (length(ki) == 2L && all(is.finite(ki))) sprintf(" (bootstrap 90%%: %.2f-%.2f)", ki[1], ki[2]) else "",
+              x$khat_label))
   if (!is.null(x$ess))
     cat(sprintf("  Effective sample size of the (smoothed) importance weights: %.1f of %d draws\n",
                 x$ess, x$S))
@@ -129,6 +146,21 @@ print.vb_diagnosis <- function(x, digits = 4, ...) {
   print(tab, row.names = FALSE)
   cat(sprintf("  PSIS estimate of log p(y): %.*f\n", digits, x$logZ_psis))
   invisible(x)
+}
+
+# 5% and 95% quantiles of k-hat over B bootstrap resamples of the log
+# ratios (the RNG state is restored afterwards).
+khat_boot <- function(lr, B = 100L) {
+  # the caller's stream is left where it was: a diagnostic should not shift
+  # the draws that follow it
+  if (exists(".Random.seed", envir = globalenv(), inherits = FALSE)) {
+    seed <- get(".Random.seed", envir = globalenv(), inherits = FALSE)
+    on.exit(assign(".Random.seed", seed, envir = globalenv()), add = TRUE)
+  }
+  k <- vapply(seq_len(B), function(b) psis(lr[sample.int(length(lr), replace = TRUE)])$khat, 0)
+  k <- k[is.finite(k)]
+  if (length(k) < 10L) return(c(NA_real_, NA_real_))
+  stats::quantile(k, c(0.05, 0.95), names = FALSE)
 }
 
 # IWAE bound with groups of K from the log ratios: c(estimate, se).

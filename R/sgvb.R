@@ -12,8 +12,9 @@ sgvb_glm <- function(model, approx, control) {
   mu0 <- st$mu; H <- st$H
   L0 <- init_chol(H, approx)
   estimator <- control$estimator
+  # the closed-form ELBO below replaces a Monte Carlo one: none is computed
   r <- .Call(C_sgvb_fit, list(type = "glm", glm = model), as.double(mu0), L0, pre_chol(H),
-             control, sgvb_opts(control, approx, estimator))
+             control, sgvb_opts(control, approx, estimator, laplace = TRUE, final_elbo = FALSE))
   status <- r$status
   ix <- seq_len(p)
   Sj <- tcrossprod(r$L)
@@ -24,9 +25,10 @@ sgvb_glm <- function(model, approx, control) {
     list(elbo = e$elbo, loglik = e$loglik, kl = e$kl)
   }, error = function(e) NULL)
   mc_se <- 0
-  if (is.null(ex)) { # numerically singular q: keep the Monte Carlo ELBO
-    ex <- list(elbo = r$elbo, loglik = NA_real_, kl = NA_real_)
-    mc_se <- r$elbo_se
+  if (is.null(ex)) { # numerically singular q: a Monte Carlo ELBO instead
+    mc <- glm_mc_elbo(model, r$mu, r$L, control$elbo_samples)
+    ex <- list(elbo = mc[1], loglik = NA_real_, kl = NA_real_)
+    mc_se <- mc[2]
   }
   # a convergence claim needs a finite ELBO at the returned q
   if (status == 0L && !is.finite(ex$elbo)) status <- vb_status_codes[["nonfinite"]]
@@ -38,9 +40,19 @@ sgvb_glm <- function(model, approx, control) {
        eta_mean = em, eta_var = ev, mc_se = mc_se, blocks = NULL,
        sgvb = list(mu = setNames(r$mu, nm), Sigma = structure(Sj, dimnames = list(nm, nm)),
                    L = r$L, smooth = r$smooth, eta = r$eta, n_grad = r$n_grad,
-                   n_eval = r$n_eval, n_nonfinite = r$n_nonfinite, elbo_mc = r$elbo,
-                   elbo_mc_se = r$elbo_se,
+                   n_eval = r$n_eval, n_nonfinite = r$n_nonfinite,
                    estimator = estimator, newton_steps = st$steps))
+}
+
+# Monte Carlo ELBO of a GLM at q = N(mu, L L') over theta (S draws through
+# the C log joint): c(estimate, standard error), -Inf if a draw is not finite.
+glm_mc_elbo <- function(model, mu, L, S) {
+  d <- length(mu)
+  Z <- matrix(stats::rnorm(d * S), d, S)
+  f <- .Call(C_glm_log_joint, model, mu + L %*% Z)$value
+  r <- f + 0.5 * colSums(Z^2) + 0.5 * d * log(2 * pi) + sum(log(diag(L)))
+  if (any(!is.finite(r))) return(c(-Inf, NA_real_))
+  c(mean(r), stats::sd(r) / sqrt(S))
 }
 
 # Start of GLM SGVB: damped Newton steps on log p(y, theta) from the CAVI
@@ -122,12 +134,32 @@ glm_elbo_joint <- function(model, mu, Sigma) {
 
 
 # The estimator options of C_sgvb_fit / C_sgvb_grad (the rest of the settings
-# are read by name from the vb_control() list).
-sgvb_opts <- function(control, approx, estimator) {
+# are read by name from the vb_control() list).  laplace = TRUE: q starts at
+# the Laplace approximation, so the engine skips the step-size search and
+# starts at its final step size (unless control$step_size is set).
+# final_elbo = FALSE: no Monte Carlo ELBO at the end (the caller has a
+# closed form); else it stops once its standard error is below
+# elbo_se_target(control) (at most control$elbo_samples draws).
+sgvb_opts <- function(control, approx, estimator, laplace = FALSE, final_elbo = TRUE) {
   S <- control$samples
   if (is.null(S)) S <- if (estimator == "score") 8L else 1L
-  list(fullrank = approx == "fullrank", score = estimator == "score", samples = as.integer(S))
+  list(fullrank = approx == "fullrank", score = estimator == "score", samples = as.integer(S),
+       laplace_start = isTRUE(laplace) && is.null(control$step_size),
+       final_elbo = isTRUE(final_elbo), elbo_se = elbo_se_target(control))
 }
+
+# The standard error at which an ELBO estimate stops drawing: SGVB_ELBO_SE at
+# the default of 1000 elbo_samples, smaller in proportion when a user asks
+# for more draws (so elbo_samples keeps meaning "this much precision").
+elbo_se_target <- function(control) {
+  S <- control$elbo_samples
+  if (is.null(S)) S <- 1000L
+  SGVB_ELBO_SE * sqrt(1000 / S)
+}
+# Monte Carlo standard error (nats) at which an ELBO estimate of the default
+# 1000 draws at most stops drawing: well below any ELBO difference that
+# changes a model comparison.
+SGVB_ELBO_SE <- 0.025
 
 # Lower-triangular L with L L' = H^{-1} (fullrank) or diag(1 / sqrt(diag H))
 # (meanfield); unit scales where H is not positive definite.

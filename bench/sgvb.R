@@ -6,9 +6,72 @@
 # Run: R_LIBS=<lib with vbayes> Rscript bench/sgvb.R [quick]
 # rstan is optional (Debian: apt-get install r-cran-rstan); without it only
 # vbayes is timed.  Results: bench/RESULTS.md, section 5.
+#
+# Rscript bench/sgvb.R cost  (issue 18; a few minutes; no rstan) instead
+# measures (1) the engine's cost per step against d = 10, 50, 100, 200 on a
+# Gaussian target evaluated in C (f = -1/2 theta' A theta, one dsymv), at a
+# fixed step size and step count (CPU seconds), fullrank (with the whitening
+# preconditioner, as vb_density() and the GLMs run it) and meanfield
+# (with and without one), with the target's own cost measured apart; and
+# (2) vb(method = "sgvb") against CAVI on the same GLMs (Poisson and
+# logistic, n = 20,000, p = 20), medians of 3 runs ("nostep" or
+# "noglm" skip one of the two).  Run it with
+# two libraries (before / after) to compare.  Results:
+# bench/RESULTS-density.md.
 suppressPackageStartupMessages(library(vbayes))
 args <- commandArgs(TRUE)
 quick <- "quick" %in% args
+if ("cost" %in% args) {
+  cat(sprintf("vbayes from %s; nproc %s; %s\n", find.package("vbayes"), parallel::detectCores(),
+              paste(system("uptime", intern = TRUE), collapse = "")))
+  # CPU seconds of this process (user + system): on a machine shared by
+  # several jobs the elapsed time measures the load, not the code
+  cpu <- function(expr) { t <- system.time(expr); t[["user.self"]] + t[["sys.self"]] }
+  steps <- 2000L
+  ctl <- vb_control(quiet = TRUE, step_size = 0.01, sgvb_maxit = steps, elbo_samples = 2L,
+                    precision = 1e-12)
+  for (d in if (!("nostep" %in% args)) c(10L, 50L, 100L, 200L)) {
+    set.seed(d)
+    B <- matrix(rnorm(d * d), d) / sqrt(d)
+    A <- crossprod(B) + diag(d)
+    Lp <- t(chol(chol2inv(chol(A))))
+    tgt <- list(type = "gauss", m = rep(0, d), A = A)
+    # the target alone: S = 1 gradients at fixed q (C_sgvb_grad also draws)
+    for (cfg in list(list("fullrank", TRUE), list("meanfield", TRUE), list("meanfield", FALSE))) {
+      ap <- cfg[[1]]; pre <- if (cfg[[2]]) Lp else NULL
+      L0 <- if (ap == "fullrank") Lp else diag(sqrt(diag(Lp %*% t(Lp))), d)
+      opts <- list(fullrank = ap == "fullrank", score = FALSE, samples = 1L, final_elbo = FALSE)
+      tm <- median(vapply(1:3, function(i) cpu(
+        r <<- .Call(vbayes:::C_sgvb_fit, tgt, rep(0.1, d), L0, pre, ctl, opts)), 0))
+      tg <- median(vapply(1:3, function(i) cpu(
+        .Call(vbayes:::C_sgvb_grad, tgt, rep(0.1, d), L0,
+              list(fullrank = ap == "fullrank", score = FALSE, samples = 1L, nrep = steps,
+                   baseline = TRUE, stl = TRUE))), 0))
+      cat(sprintf("per-step | d %4d | %-9s | pre %-5s | %8.1f us CPU per step | %8.1f us per gradient estimate at fixed q | %d steps\n",
+                  d, ap, cfg[[2]], 1e6 * tm / r$iterations, 1e6 * tg / steps, r$iterations))
+    }
+  }
+  for (n in if (!("noglm" %in% args)) 20000L) for (fam in c("poisson", "binomial")) {
+    set.seed(n)
+    p <- 20L
+    X <- cbind(1, matrix(rnorm(n * (p - 1L)), n) / sqrt(p - 1L))
+    b <- c(-1, rnorm(p - 1L, 0, 0.5))
+    eta <- drop(X %*% b)
+    y <- if (fam == "poisson") rpois(n, exp(eta)) else rbinom(n, 1, plogis(eta))
+    fm <- get(fam)()
+    for (ap in c("fullrank", "meanfield")) {
+      tc <- median(vapply(1:3, function(i) cpu(
+        fc <<- vb_fit(X, y, family = fm, approx = ap, control = vb_control(quiet = TRUE))), 0))
+      ts <- median(vapply(1:3, function(i) { set.seed(i); cpu(
+        fs <<- vb_fit(X, y, family = fm, approx = ap, method = "sgvb",
+                      control = vb_control(quiet = TRUE))) }, 0))
+      cat(sprintf("glm | %-8s | n %6d | p %d | %-9s | CAVI %.2f s CPU | SGVB %.2f s CPU | ratio %.1f | SGVB steps %d, gradients %g | ELBO gap %.4f nat\n",
+                  fam, n, p, ap, tc, ts, ts / tc, fs$iterations, fs$sgvb$n_grad, elbo(fc) - elbo(fs)))
+    }
+  }
+  cat(paste(system("uptime", intern = TRUE), collapse = ""), "\n")
+  quit(save = "no")
+}
 set.seed(20261124)
 n <- if (quick) 20000L else 200000L
 p <- 30L

@@ -38,7 +38,12 @@
  * standard deviations and one eta fits any scaling of theta.
  * Step size: trial runs of adapt_iter steps for each eta of the grid
  * 1, 0.3, ..., 0.003 (largest first, stopping when the mean ELBO of a trial
- * gets worse, as ADVI does); the run continues from the best trial.
+ * gets worse, as ADVI does); the run continues from the best trial.  When q
+ * starts at the Laplace approximation (opts$laplace_start) there is no
+ * search: the run starts at eta_final (below), as trial steps of up to one
+ * posterior sd would first move q away from a start that is already close
+ * (and in whitened coordinates, eta_final steps still cross several sds in
+ * a few hundred steps where the Laplace start is off).
  * The ELBO is estimated per step by the mean of f - log q over the draws (its
  * noise vanishes as q approaches the posterior).  The run is cut into windows
  * of `window` steps; the smoothed ELBO is the window mean.  A window "stalls"
@@ -52,7 +57,9 @@
  * standard error of every location and log-scale is below `prec` (in
  * posterior sds for locations, log units for scales).
  * maxit caps the number of steps.  The returned q is that average; its ELBO
- * is estimated from elbo_samples fresh draws, with its standard error.
+ * is estimated from at most elbo_samples fresh draws, in blocks of 100 until
+ * its standard error is at most opts$elbo_se, unless opts$final_elbo is
+ * FALSE (a caller with a closed-form ELBO, such as the GLMs).
  *
  * Non-finite draws: a step whose draw has a non-finite log density (or
  * gradient) is skipped; SGVB_MAX_BAD consecutive ones end the run.  A
@@ -70,12 +77,15 @@
  * used), Lpre (d x d lower, or NULL), the vb_control() list (read by name:
  * sgvb_maxit, sgvb_tol, quiet, step_size, adapt_iter, window, step_decays,
  * elbo_samples, baseline, stl, precision) and opts = list(fullrank, score,
- * samples).
+ * samples [, laplace_start, final_elbo, elbo_se]).
  * Outputs: mu, L, elbo, elbo_se, trace (per-step ELBO estimates), smooth
  * (window means), eta, iterations, status, converged, n_grad, n_eval,
  * n_nonfinite (skipped draws), error (the R closure's condition or NULL).
  * Cost per step: S evaluations of log p and its gradient plus O(S d^2)
- * (fullrank) or O(S d) (meanfield); memory O(d^2 + S d + iterations).
+ * (fullrank: triangular products with L, or with pre and Lt, never L = pre
+ * Lt itself, which is formed once per window) or O(S d) (meanfield, whose
+ * L is its diagonal; with a dense pre the whitened locations add two
+ * triangular products, O(d^2)); memory O(d^2 + S d + iterations).
  */
 #include "vbayes.h"
 #include <time.h>
@@ -134,7 +144,8 @@ typedef struct {
     void *model;
     const int *tstatus; /* the target's failure status, or NULL */
     int d, P, fullrank, score, S, baseline, stl;
-    double *mu, *L;           /* current q                              */
+    double *mu, *L;           /* current q (L: see form_L)              */
+    double *ld;               /* meanfield: the diagonal of L (d)       */
     double *eps, *z, *gf, *u; /* S x d draws, gradients; d scratch      */
     double *fz, *gacc;        /* S values; P accumulated gradient       */
     double ema;               /* S = 1 score baseline                   */
@@ -150,26 +161,39 @@ static int npar(int d, int fullrank) {
     return d + (fullrank ? d * (d + 1) / 2 : d);
 }
 
+/* lambda -> q's factors, O(d) meanfield (the diagonal ld) and O(d^2)
+ * fullrank (the lower triangle of L, or of Lt when L = pre Lt; upper
+ * triangles stay zero from the allocation).  The dense L of a whitened or
+ * mean-field q is formed only where it is reported (form_L). */
 static void unpack(sgvb *Q, const double *lam) {
     int d = Q->d, k = d;
     memcpy(Q->mu, lam, sizeof(double) * d);
-    memset(Q->L, 0, sizeof(double) * d * d);
     if (!Q->fullrank) {
         for (int j = 0; j < d; j++)
-            Q->L[j + (size_t)j * d] = exp(lam[k++]);
+            Q->ld[j] = exp(lam[k++]);
         return;
     }
     double *T = Q->tw ? Q->Lt : Q->L;
-    if (Q->tw) memset(T, 0, sizeof(double) * d * d);
     for (int j = 0; j < d; j++)
         for (int i = j; i < d; i++, k++)
             T[i + (size_t)j * d] = i == j ? exp(lam[k]) : lam[k];
-    if (Q->tw) {
-        double one = 1.0;
-        memcpy(Q->L, T, sizeof(double) * d * d);
-        F77_CALL(dtrmm)
-        ("L", "L", "N", "N", &d, &d, &one, Q->pre, &d, Q->L, &d FCONE FCONE FCONE FCONE);
+}
+
+/* The dense L of the current q in Q->L: O(d^3) (a dtrmm) when L = pre Lt,
+ * so called once per window at most, never per step. */
+static void form_L(sgvb *Q) {
+    int d = Q->d;
+    if (!Q->fullrank) {
+        memset(Q->L, 0, sizeof(double) * (size_t)d * d);
+        for (int j = 0; j < d; j++)
+            Q->L[j + (size_t)j * d] = Q->ld[j];
+        return;
     }
+    if (!Q->tw) return;
+    double one = 1.0;
+    memcpy(Q->L, Q->Lt, sizeof(double) * (size_t)d * d);
+    F77_CALL(dtrmm)
+    ("L", "L", "N", "N", &d, &d, &one, Q->pre, &d, Q->L, &d FCONE FCONE FCONE FCONE);
 }
 
 static void pack(int d, int fullrank, const double *mu, const double *L, double *lam) {
@@ -186,28 +210,40 @@ static void pack(int d, int fullrank, const double *mu, const double *L, double 
 }
 
 static double entropy(const sgvb *Q) {
-    double h = 0.5 * Q->d * (1.0 + VB_LOG2PI);
-    for (int j = 0; j < Q->d; j++)
-        h += log(Q->L[j + (size_t)j * Q->d]);
+    int d = Q->d;
+    double h = 0.5 * d * (1.0 + VB_LOG2PI);
+    if (!Q->fullrank) {
+        for (int j = 0; j < d; j++)
+            h += log(Q->ld[j]);
+        return h;
+    }
+    /* diag(pre Lt) = diag(pre) diag(Lt): both triangular */
+    const double *T = Q->tw ? Q->Lt : Q->L;
+    for (int j = 0; j < d; j++)
+        h += log(T[j + (size_t)j * d]);
+    if (Q->tw)
+        for (int j = 0; j < d; j++)
+            h += log(Q->pre[j + (size_t)j * d]);
     return h;
 }
 
-/* theta = mu + L eps for column s */
+/* theta = mu + L eps for column s: O(d) meanfield, O(d^2) fullrank (with
+ * L = pre Lt, two triangular products, never L itself) */
 static void draw(sgvb *Q, int s) {
-    int d = Q->d;
+    int d = Q->d, one = 1;
     double *e = Q->eps + (size_t)s * d, *z = Q->z + (size_t)s * d;
     for (int i = 0; i < d; i++)
         e[i] = norm_rand();
-    for (int i = 0; i < d; i++) {
-        double v = Q->mu[i];
-        int jmax = Q->fullrank ? i : 0;
-        if (Q->fullrank)
-            for (int j = 0; j <= jmax; j++)
-                v += Q->L[i + (size_t)j * d] * e[j];
-        else
-            v += Q->L[i + (size_t)i * d] * e[i];
-        z[i] = v;
+    if (!Q->fullrank) {
+        for (int i = 0; i < d; i++)
+            z[i] = Q->mu[i] + Q->ld[i] * e[i];
+        return;
     }
+    memcpy(z, e, sizeof(double) * d);
+    F77_CALL(dtrmv)("L", "N", "N", &d, Q->tw ? Q->Lt : Q->L, &d, z, &one FCONE FCONE FCONE);
+    if (Q->tw) F77_CALL(dtrmv)("L", "N", "N", &d, Q->pre, &d, z, &one FCONE FCONE FCONE);
+    for (int i = 0; i < d; i++)
+        z[i] += Q->mu[i];
 }
 
 /* Adds w * (per-draw vector a over mu, L entries given eps) to acc: entries
@@ -217,6 +253,11 @@ static void add_outer(sgvb *Q, const double *a, const double *e, double w, doubl
     for (int i = 0; i < d; i++)
         acc[i] += w * a[i];
     const double *Ld = Q->L;
+    if (!Q->fullrank) {
+        for (int j = 0; j < d; j++)
+            acc[k++] += w * a[j] * e[j] * Q->ld[j];
+        return;
+    }
     if (Q->tw) {
         /* L = pre Lt: d/dLt = tril(pre' (d/dL)), and d/dL = a e' */
         int one = 1;
@@ -225,25 +266,22 @@ static void add_outer(sgvb *Q, const double *a, const double *e, double w, doubl
         a = Q->aw;
         Ld = Q->Lt;
     }
-    for (int j = 0; j < d; j++) {
-        if (!Q->fullrank) {
-            acc[k++] += w * a[j] * e[j] * Ld[j + (size_t)j * d];
-            continue;
-        }
+    for (int j = 0; j < d; j++)
         for (int i = j; i < d; i++, k++)
             acc[k] += w * a[i] * e[j] * (i == j ? Ld[j + (size_t)j * d] : 1.0);
-    }
 }
 
-/* u = L^{-T} e */
+/* u = L^{-T} e; with L = pre Lt, L^{-T} = pre^{-T} Lt^{-T} (two solves) */
 static void inv_lt(const sgvb *Q, const double *e, double *u) {
     int d = Q->d, one = 1;
     memcpy(u, e, sizeof(double) * d);
-    if (Q->fullrank)
-        F77_CALL(dtrsv)("L", "T", "N", &d, Q->L, &d, u, &one FCONE FCONE FCONE);
-    else
+    if (!Q->fullrank) {
         for (int i = 0; i < d; i++)
-            u[i] /= Q->L[i + (size_t)i * d];
+            u[i] /= Q->ld[i];
+        return;
+    }
+    F77_CALL(dtrsv)("L", "T", "N", &d, Q->tw ? Q->Lt : Q->L, &d, u, &one FCONE FCONE FCONE);
+    if (Q->tw) F77_CALL(dtrsv)("L", "T", "N", &d, Q->pre, &d, u, &one FCONE FCONE FCONE);
 }
 /* A status that ends the run at once: anything but VB_OK and a skipped draw. */
 static int hard_status(int st) {
@@ -330,15 +368,33 @@ static int estimate(sgvb *Q, double *elbo) {
     return VB_OK;
 }
 
-/* Per-parameter step scale: sd_i for mu_i and L_ij, 1 for log L_jj. */
+/* Marginal sds of q, sd_i = the norm of row i of L: O(d) meanfield, O(d^2)
+ * fullrank once L is formed (form_L). */
+static void q_sd(const sgvb *Q, double *sd) {
+    int d = Q->d;
+    if (!Q->fullrank) {
+        memcpy(sd, Q->ld, sizeof(double) * d);
+        return;
+    }
+    for (int i = 0; i < d; i++)
+        sd[i] = 0;
+    for (int j = 0; j < d; j++)
+        for (int i = j; i < d; i++)
+            sd[i] += Q->L[i + (size_t)j * d] * Q->L[i + (size_t)j * d];
+    for (int i = 0; i < d; i++)
+        sd[i] = sqrt(sd[i]);
+}
+
+/* Per-parameter step scale: 1 for log L_jj, for whitened locations and for
+ * the entries of Lt; else sd_i for mu_i and L_ij.  Needs L only for a
+ * fullrank q without pre (where Q->L is the parameter itself). */
 static void step_scale(const sgvb *Q, double *sc) {
     int d = Q->d, k = d;
-    for (int i = 0; i < d; i++) {
-        double ss = 0;
-        for (int j = 0; j < d; j++)
-            ss += Q->L[i + (size_t)j * d] * Q->L[i + (size_t)j * d];
-        sc[i] = sqrt(ss);
-    }
+    if (Q->pre)
+        for (int i = 0; i < d; i++)
+            sc[i] = 1.0;
+    else
+        q_sd(Q, sc);
     for (int j = 0; j < d; j++) {
         if (!Q->fullrank) {
             sc[k++] = 1.0;
@@ -393,8 +449,6 @@ static int adam_step(sgvb *Q, adam *A, double eta, double *elbo) {
         /* locations in whitened coordinates u, mu = mu0 + Lpre u: gradient
          * Lpre' g, step Lpre du */
         F77_CALL(dtrmv)("L", "T", "N", &d, Q->pre, &d, Q->gacc, &one FCONE FCONE FCONE);
-        for (int i = 0; i < d; i++)
-            A->sc[i] = 1.0;
     }
     A->t += 1;
     double c1 = 1.0 - pow(0.9, A->t), c2 = 1.0 - pow(0.999, A->t);
@@ -566,7 +620,9 @@ static void window_add(windows *W, double e, const double *lam) {
  * little and would dominate). */
 static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) {
     unpack(Q, lam);
+    form_L(Q);
     step_scale(Q, W->sc);
+    q_sd(Q, W->sc);
     if (Q->pre) {
         /* locations move in the whitened coordinates of pre: their precision
          * is measured in its marginal sds (a mean-field q's own sds are
@@ -593,7 +649,10 @@ static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) 
 
 typedef struct {
     int maxit, adapt_iter, window, decays, elbo_samples, quiet;
-    double tol, eta, prec; /* eta <= 0: search */
+    double tol, eta, prec; /* eta <= 0: search (or eta_start) */
+    int laplace_start;     /* q starts at the Laplace approximation: no search */
+    int final_elbo;        /* estimate the ELBO of the returned q */
+    double elbo_se;        /* the final estimate stops once its se is below this */
 } sgvb_settings;
 
 /*
@@ -658,16 +717,23 @@ typedef struct {
 } run_result;
 
 /*
- * ELBO of the current q from ns fresh draws (values only): mean of f - log q
- * and its standard error.  A non-finite draw ends the estimate (the ELBO of q
- * is then -Inf or undefined, reported as that draw's value) and returns
- * VB_NONFINITE.
+ * ELBO of the current q from at most ns fresh draws (values only): mean of
+ * f - log q and its standard error, stopping early (in blocks of 100 draws)
+ * once that standard error is at most se_target.  A non-finite draw ends the estimate (the ELBO of
+ * q is then -Inf or undefined, reported as that draw's value) and returns VB_NONFINITE.
  */
-static int final_elbo(sgvb *Q, int ns, double *elbo, double *se) {
+static int final_elbo(sgvb *Q, int ns, double se_target, double *elbo, double *se) {
     int used = 0, st = VB_OK, S_keep = Q->S;
     double s1 = 0, s2 = 0;
     Q->S = 1;
     for (int s = 0; s < ns; s++) {
+        /* sequential: every 100 draws, stop once the standard error is
+         * below se_target (near a Gaussian posterior f - log q is almost
+         * constant and 100 draws pin the ELBO down) */
+        if (used >= 100 && used % 100 == 0 && se_target > 0) {
+            double m = s1 / used, v = (s2 - used * m * m) / (used - 1);
+            if (sqrt(fmax(v, 0) / used) <= se_target) break;
+        }
         if (vb_interrupted()) {
             st = VB_INTERRUPTED;
             break;
@@ -720,7 +786,13 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
     /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
      * final step shrinks with the number of parameters */
     double eta = C->eta, eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
-    if (!(eta > 0)) {
+    if (!(eta > 0) && C->laplace_start) {
+        /* q starts at the Laplace approximation, within a fraction of a
+         * posterior sd of the optimum for a near-Gaussian posterior: trial
+         * runs at steps of up to one sd would first move it away */
+        eta = eta_final;
+        status = VB_OK;
+    } else if (!(eta > 0)) {
         status = search_eta(Q, &A, C->adapt_iter, &pr, &eta);
         /* a start close to the optimum makes the smallest trial step look
          * best; a step below eta_final would only freeze the iterate */
@@ -771,6 +843,7 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
             A.lam[k] = W.bs[k] / W.nb;
     memcpy(lam, A.lam, sizeof(double) * P);
     unpack(Q, lam);
+    form_L(Q);
     R->eta = eta;
     R->iterations = it;
     /* the final ELBO is estimated unless the run failed before reaching a q */
@@ -780,8 +853,15 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
     R->consecutive_bad = bad;
     R->n_averaged = W.nb;
     R->decays = W.decays;
-    if (estimable) {
-        int st = final_elbo(Q, C->elbo_samples, &R->elbo, &R->elbo_se);
+    if (W.bad_final > 0 && (status == VB_NONFINITE || status == VB_MAXIT)) {
+        /* draws of the final phase were rejected: q has mass where the log
+         * density is -Inf, so its ELBO is -Inf whatever a finite sample of
+         * fresh draws might show */
+        R->elbo = R_NegInf;
+        estimable = 0;
+    }
+    if (estimable && C->final_elbo) {
+        int st = final_elbo(Q, C->elbo_samples, C->elbo_se, &R->elbo, &R->elbo_se);
         if (st != VB_OK) status = st;
     }
     R->n_nonfinite = total_bad;
@@ -818,6 +898,8 @@ static void sgvb_alloc(sgvb *Q, const vb_target *T, int fullrank, int score, int
     Q->P = npar(d, fullrank);
     Q->mu = (double *)R_alloc(d, sizeof(double));
     Q->L = (double *)R_alloc((size_t)d * d, sizeof(double));
+    memset(Q->L, 0, sizeof(double) * (size_t)d * d); /* upper triangle stays 0 */
+    Q->ld = (double *)R_alloc(d, sizeof(double));
     Q->eps = (double *)R_alloc((size_t)S * d, sizeof(double));
     Q->z = (double *)R_alloc((size_t)S * d, sizeof(double));
     Q->gf = (double *)R_alloc((size_t)S * d, sizeof(double));
@@ -831,6 +913,7 @@ static void sgvb_alloc(sgvb *Q, const vb_target *T, int fullrank, int score, int
     Q->ustep = (double *)R_alloc(d, sizeof(double));
     Q->tw = 0;
     Q->Lt = (double *)R_alloc((size_t)d * d, sizeof(double));
+    memset(Q->Lt, 0, sizeof(double) * (size_t)d * d);
     Q->aw = (double *)R_alloc(d, sizeof(double));
 }
 
@@ -864,7 +947,15 @@ static void read_opts(SEXP opts, int *fullrank, int *score, int *S) {
     *S = vb_int_elt(opts, "samples", 1, 1000000, "opts");
 }
 
-static void read_settings(SEXP control, sgvb_settings *C) {
+/* Optional opts elements: absent means the default. */
+static int opt_flag(SEXP opts, const char *name, int dflt) {
+    return vb_elt(opts, name) == R_NilValue ? dflt : vb_flag_elt(opts, name, "opts");
+}
+static double opt_num(SEXP opts, const char *name, double lo, double hi, double dflt) {
+    return vb_elt(opts, name) == R_NilValue ? dflt : vb_num_elt(opts, name, lo, hi, "opts");
+}
+
+static void read_settings(SEXP control, SEXP opts, sgvb_settings *C) {
     const char *w = "control";
     C->maxit = vb_int_elt(control, "sgvb_maxit", 1, INT_MAX - 1, w);
     C->tol = vb_num_elt(control, "sgvb_tol", 0, R_PosInf, w);
@@ -879,6 +970,10 @@ static void read_settings(SEXP control, sgvb_settings *C) {
     C->elbo_samples = vb_int_elt(control, "elbo_samples", 2, INT_MAX - 1, w);
     C->prec = vb_num_elt(control, "precision", 0, R_PosInf, w);
     if (!(C->prec > 0)) Rf_error("'control$precision' must be positive");
+    /* opts: laplace_start (absent: FALSE, the search), final_elbo, elbo_se */
+    C->laplace_start = opt_flag(opts, "laplace_start", 0);
+    C->final_elbo = opt_flag(opts, "final_elbo", 1);
+    C->elbo_se = opt_num(opts, "elbo_se", 0, R_PosInf, 0);
 }
 
 /* The start lambda: from (mu0, L0), whitened by pre when given (fullrank). */
@@ -928,7 +1023,7 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
     int d = T.d;
     if (pre != R_NilValue) check_q(mu0, pre, d, "pre");
     sgvb_settings C;
-    read_settings(control, &C);
+    read_settings(control, opts, &C);
     if (pre != R_NilValue) {
         Q.pre = REAL(pre);
         Q.tw = Q.fullrank;

@@ -139,3 +139,32 @@ test_that("vb_diagnose rejects bad input", {
   expect_error(vb_diagnose(noq, S = 100, K = 10), "no q_sample\\(\\) method")
   expect_error(draws(noq, 10), "no q_sample\\(\\) method")
 })
+
+test_that("the bootstrap interval of k-hat covers the true shape of a Pareto tail", {
+  # importance weights whose tail is generalised Pareto with shape k: k-hat
+  # estimates k, its bootstrap 90% interval covers it, and the interval
+  # narrows with more draws (the tail fit uses about 3 sqrt(S) of them)
+  set.seed(4)
+  for (k in c(0.3, 0.8)) {
+    width <- numeric(0)
+    for (S in c(4000, 16000)) {
+      w <- ((1 - runif(S))^(-k) - 1) / k
+      ki <- vbayes:::khat_boot(log(w))
+      expect_true(ki[1] <= k + 0.03 && k - 0.03 <= ki[2],
+                  label = sprintf("k = %g, S = %d: [%.2f, %.2f]", k, S, ki[1], ki[2]))
+      width <- c(width, ki[2] - ki[1])
+    }
+    expect_lt(width[2], width[1])
+  }
+})
+
+test_that("vb_diagnose reports k-hat's bootstrap interval and says when it spans the threshold", {
+  set.seed(5)
+  ld <- function(th) structure(-0.5 * sum(th^2), gradient = -th)
+  fit <- vb_density(ld, init = c(a = 1, b = 2), control = vb_control(quiet = TRUE))
+  dg <- vb_diagnose(fit, S = 2000)
+  expect_length(dg$khat_interval, 2L)
+  expect_true(all(is.finite(dg$khat_interval)))
+  expect_lt(dg$khat_interval[2], 0.7)  # q equals this Gaussian target
+  expect_output(print(dg), "bootstrap 90%")
+})
