@@ -122,9 +122,11 @@ test_that("the same model through vb(method = 'sgvb') gives the same q", {
   mv <- drop(A %*% fv$sgvb$mu)
   Sv <- A %*% fv$sgvb$Sigma %*% A
   sdv <- sqrt(diag(Sv))
-  expect_lt(max(abs(fs$unconstrained$mu - mv) / sdv), 0.05)
-  expect_lt(max(abs(sqrt(diag(fs$unconstrained$Sigma)) / sdv - 1)), 0.05)
-  expect_lt(max(abs(cov2cor(fs$unconstrained$Sigma) - cov2cor(Sv))), 0.05)
+  # two independent stochastic optimisations, each a few hundredths of an sd
+  # from the family's optimum: their difference within 0.08 sd
+  expect_lt(max(abs(fs$unconstrained$mu - mv) / sdv), 0.08)
+  expect_lt(max(abs(sqrt(diag(fs$unconstrained$Sigma)) / sdv - 1)), 0.08)
+  expect_lt(max(abs(cov2cor(fs$unconstrained$Sigma) - cov2cor(Sv))), 0.08)
   # the same family on the same density: the same optimal ELBO
   expect_lt(abs(fs$elbo - fv$elbo), 0.03 + 4 * fs$mc_se)
 })
