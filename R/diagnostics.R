@@ -46,8 +46,15 @@
 #' interval spans the threshold (near-constant ratios can give k-hat above
 #' 0.7 at S = 4000 and below 0.5 at S = 20000).
 #'
+#' Where PSIS is reliable (k-hat below the threshold), q's means and sds
+#' are compared with the importance-weighted ones, coordinate by coordinate
+#' on the scale q lives on: `is_shift` is the largest mean shift in weighted
+#' sds and `is_sd_ratio` the ratios of q's sds to the weighted ones; a shift
+#' above 0.1 sd or a ratio more than 10% from 1 is stated in the label, so a
+#' q that is too narrow is reported even when k-hat is below 0.7.
+#'
 #' @return An object of class `vb_diagnosis`: `khat`, `khat_label`,
-#'   `khat_interval`, `ess`,
+#'   `khat_interval`, `ess`, `is_shift`, `is_sd_ratio`,
 #'   `n_finite` (draws with a finite log ratio),
 #'   `iwae` and `iwae_se` (one per `K`), `K`, `elbo` (the fit's ELBO),
 #'   `elbo_mc` and `elbo_mc_se` (mean of r and its standard error),
@@ -97,13 +104,39 @@ vb_diagnose <- function(fit, S = 4000, K = c(1, 10, 100), ...) {
   if (all(is.finite(ki)) && ki[1] < thr && ki[2] >= thr && nfin >= 100)
     lab <- sprintf("%s; k-hat is uncertain at S = %d (bootstrap 90%% interval %.2f-%.2f spans %.2f): rerun with a larger S",
                    lab, as.integer(S), ki[1], ki[2], thr)
+  # q's moments against the importance-weighted ones (Yao et al. 2018): where
+  # PSIS is reliable, a weighted mean or sd far from q's says q is off
+  mom <- is_moments(qs[["theta"]][, fin, drop = FALSE], w)
+  if (is.finite(ps$khat) && ps$khat < thr && nfin >= 100 && is.finite(mom$shift) &&
+      (mom$shift > 0.1 || max(abs(mom$sd_ratio - 1)) > 0.1))
+    lab <- sprintf("%s; but q's moments are off: importance weighting moves a mean by %.2f sd and puts q's sds at %.2f-%.2f of the weighted ones (use the weighted draws, or a richer family)",
+                   lab, mom$shift, min(mom$sd_ratio), max(mom$sd_ratio))
   out <- list(khat = ps$khat, khat_label = lab, khat_interval = ki, ess = ess,
+              is_shift = mom$shift, is_sd_ratio = mom$sd_ratio,
               n_finite = nfin, iwae = iw[1, ], iwae_se = iw[2, ],
               K = K, elbo = fit[["elbo"]], elbo_mc = mean(lr),
               elbo_mc_se = if (all(fin)) stats::sd(lr) / sqrt(S) else NA_real_,
               logZ_psis = logZ, S = S, log_ratios = lr)
   class(out) <- "vb_diagnosis"
   out
+}
+
+# Per coordinate of the draws (d x S), q's mean and sd against the
+# importance-weighted ones: the largest |mean shift| in weighted sds, and the
+# ratios sd_q / sd_weighted.
+is_moments <- function(theta, w) {
+  theta <- as.matrix(theta)
+  w <- as.vector(w)
+  if (!length(w) || ncol(theta) != length(w) || ncol(theta) < 2L)
+    return(list(shift = NA_real_, sd_ratio = NA_real_))
+  w <- w / sum(w)
+  mq <- rowMeans(theta)
+  sq <- sqrt(pmax(rowMeans((theta - mq)^2), 0))
+  mw <- drop(theta %*% w)
+  sw <- sqrt(pmax(drop(((theta - mw)^2) %*% w), 0))
+  ok <- sw > 0 & is.finite(sw)
+  if (!any(ok)) return(list(shift = NA_real_, sd_ratio = NA_real_))
+  list(shift = max(abs(mq - mw)[ok] / sw[ok]), sd_ratio = unname(sq[ok] / sw[ok]))
 }
 
 # The reading of k-hat (Yao et al. 2018; the sample-size threshold
@@ -138,6 +171,9 @@ print.vb_diagnosis <- function(x, digits = 4, ...) {
   if (!is.null(x$ess))
     cat(sprintf("  Effective sample size of the (smoothed) importance weights: %.1f of %d draws\n",
                 x$ess, x$S))
+  if (!is.null(x$is_shift) && is.finite(x$is_shift))
+    cat(sprintf("  q against the importance-weighted moments: largest mean shift %.3f sd; sd ratios %.3f-%.3f\n",
+                x$is_shift, min(x$is_sd_ratio), max(x$is_sd_ratio)))
   cat(sprintf("  ELBO %.*f (Monte Carlo over the draws %.*f, se %.2g)\n", digits, x$elbo, digits,
               x$elbo_mc, x$elbo_mc_se))
   tab <- data.frame(K = x$K, IWAE = round(x$iwae, digits), se = signif(x$iwae_se, 2),

@@ -168,3 +168,29 @@ test_that("vb_diagnose reports k-hat's bootstrap interval and says when it spans
   expect_lt(dg$khat_interval[2], 0.7)  # q equals this Gaussian target
   expect_output(print(dg), "bootstrap 90%")
 })
+
+test_that("q's moments are checked against the importance-weighted ones", {
+  # closed form: q = N(0, 0.8^2) for the target N(0, 1), exact weights
+  set.seed(11)
+  th <- matrix(rnorm(20000, 0, 0.8), 1)
+  lw <- dnorm(th, 0, 1, log = TRUE) - dnorm(th, 0, 0.8, log = TRUE)
+  m <- is_moments(th, exp(lw - max(lw)))
+  expect_equal(m$sd_ratio, 0.8, tolerance = 0.03)
+  expect_lt(m$shift, 0.05)
+  # a mean-field q of a Gaussian with correlation 0.5: its sds are
+  # sqrt(1 - 0.5^2) of the marginal sds, which k-hat alone calls good
+  P <- solve(matrix(c(1, 0.5, 0.5, 1), 2))
+  set.seed(12)
+  fit <- vb_density(function(x) -0.5 * sum(x * (P %*% x)), init = c(3, -3), approx = "meanfield",
+                    control = vb_control(quiet = TRUE))
+  dg <- vb_diagnose(fit, S = 10000)
+  expect_lt(dg$khat, 0.7)
+  expect_equal(dg$is_sd_ratio, rep(sqrt(0.75), 2), tolerance = 0.05)
+  expect_match(dg$khat_label, "moments are off")
+  expect_output(print(dg), "importance-weighted moments")
+  # and a full-rank q of the same target is not flagged
+  fr <- vb_density(function(x) -0.5 * sum(x * (P %*% x)), init = c(3, -3), control = vb_control(quiet = TRUE))
+  dr <- vb_diagnose(fr, S = 10000)
+  expect_equal(dr$is_sd_ratio, c(1, 1), tolerance = 0.05)
+  expect_false(grepl("moments are off", dr$khat_label))
+})
