@@ -48,7 +48,8 @@
 #'
 #' Where PSIS is reliable (k-hat below the threshold), q's means and sds
 #' are compared with the importance-weighted ones, coordinate by coordinate
-#' on the scale q lives on: `is_shift` is the largest mean shift in weighted
+#' on the scale the fit reports (a bounded [vb_density()] fit's constrained
+#' scale): `is_shift` is the largest mean shift in weighted
 #' sds and `is_sd_ratio` the ratios of q's sds to the weighted ones; a shift
 #' above 0.1 sd or a ratio more than 10% from 1 is stated in the label, so a
 #' q that is too narrow is reported even when k-hat is below 0.7.
@@ -106,7 +107,11 @@ vb_diagnose <- function(fit, S = 4000, K = c(1, 10, 100), ...) {
                    lab, as.integer(S), ki[1], ki[2], thr)
   # q's moments against the importance-weighted ones (Yao et al. 2018): where
   # PSIS is reliable, a weighted mean or sd far from q's says q is off
-  mom <- is_moments(qs[["theta"]][, fin, drop = FALSE], w)
+  # (on the scale the fit reports: a vb_density() fit's constrained one)
+  th <- qs[["theta"]][, fin, drop = FALSE]
+  if (is.function(fit[["constrain"]]) && ncol(th))
+    th <- constrain_draws(fit[["constrain"]], th, fit[["par_names"]], "vb_diagnose()")
+  mom <- is_moments(th, w)
   if (is.finite(ps$khat) && ps$khat < thr && nfin >= 100 && is.finite(mom$shift) &&
       (mom$shift > 0.1 || max(abs(mom$sd_ratio - 1)) > 0.1))
     lab <- sprintf("%s; but q's moments are off: importance weighting moves a mean by %.2f sd and puts q's sds at %.2f-%.2f of the weighted ones (use the weighted draws, or a richer family)",
