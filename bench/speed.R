@@ -5,14 +5,18 @@
 # `reps` runs in this one R process: the machine is shared by several
 # developers, so elapsed time measures the load; load averages are printed.
 # VBAYES_BENCH_SIZES="1e4x10,1e5x200" picks sizes ("" skips the table),
-# VBAYES_BENCH_SECTIONS="iter,sweep,memory" the other sections; VBAYES_BENCH_REPS reps.
+# VBAYES_BENCH_SECTIONS="iter,sweep,memory,openblas" the other sections; VBAYES_BENCH_REPS reps.
+# "openblas" reruns the table for VBAYES_BENCH_OPENBLAS_SIZES (default 1e5x30,1e5x200) and
+# the iteration section in a child Rscript on OpenBLAS with one thread: R_LD_LIBRARY_PATH
+# (not LD_LIBRARY_PATH, which R's ldpaths would override) points at the OpenBLAS
+# libblas.so.3 that `make bench-deps` found or unpacked into .lib/openblas.
 suppressPackageStartupMessages(library(vbayes))
 reps <- as.integer(Sys.getenv("VBAYES_BENCH_REPS", "3"))
 sizes <- strsplit(strsplit(Sys.getenv("VBAYES_BENCH_SIZES", "1e4x10,1e4x200,1e5x30,1e5x200,1e6x10"), ",")[[1]], "x")
-sections <- strsplit(Sys.getenv("VBAYES_BENCH_SECTIONS", "iter,sweep,memory"), ",")[[1]]
+sections <- strsplit(Sys.getenv("VBAYES_BENCH_SECTIONS", "iter,sweep,memory,openblas"), ",")[[1]]
 load <- function() paste(scan("/proc/loadavg", what = "", n = 3, quiet = TRUE), collapse = " ")
 cat(sprintf("# bench/speed.R  %s  nproc %s  R %s  BLAS %s\n", format(Sys.time(), tz = "UTC", usetz = TRUE),
-            parallel::detectCores(), getRversion(), basename(extSoftVersion()[["BLAS"]])))
+            parallel::detectCores(), getRversion(), extSoftVersion()[["BLAS"]]))
 med <- function(f, r = reps) {
   tt <- numeric(r); out <- NULL
   for (i in seq_len(r)) {
@@ -114,4 +118,26 @@ for (fam in names(fam_of)) {
   }
 }
 cat(sprintf("\nX is %.0f MB; load at the end %s\n", 1e6 * 10 * 8 / 2^20, load()))
+}
+
+# ---- the same rows on OpenBLAS (one thread), in a child process -------------
+if ("openblas" %in% sections) {
+cat("\n## OpenBLAS, one thread (child Rscript)\n\n")
+cand <- c(Sys.getenv("VBAYES_OPENBLAS"),
+          list.files(file.path(getwd(), ".lib", "openblas"), pattern = "^libblas[.]so[.]3$", recursive = TRUE, full.names = TRUE),
+          file.path("/usr/lib", c("x86_64-linux-gnu", "aarch64-linux-gnu"), "openblas-pthread", "libblas.so.3"))
+cand <- cand[nzchar(cand) & file.exists(cand)]
+if (!length(cand)) {
+  cat("No OpenBLAS found (run `make bench-deps`); section skipped.\n")
+} else {
+  dir <- dirname(normalizePath(cand[1]))
+  rhome <- R.home("lib")
+  env <- c(sprintf("R_LD_LIBRARY_PATH=%s:%s:%s", dir, rhome, Sys.getenv("R_LD_LIBRARY_PATH")),
+           "OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1",
+           sprintf("VBAYES_BENCH_SIZES=%s", Sys.getenv("VBAYES_BENCH_OPENBLAS_SIZES", "1e5x30,1e5x200")),
+           "VBAYES_BENCH_SECTIONS=iter")
+  script <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])
+  if (is.na(script) || !file.exists(script)) script <- "bench/speed.R"
+  system2(file.path(R.home("bin"), "Rscript"), shQuote(normalizePath(script)), env = env)
+}
 }
