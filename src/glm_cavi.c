@@ -167,24 +167,27 @@ static int block_store(cavi_state *S, int b, const double *mub, const double *Lb
     return VB_OK;
 }
 
-/* 1/2 g' Sigma g + 1/4 ||(Lambda - Lambda*) Sigma||_F^2 for the current block. */
-static double block_predicted_gain(int k, const double *g, const double *Lcur, const double *Lstar,
-                                   const double *Scur, double *work) {
-    double q = 0, r = 0;
-    for (int i = 0; i < k; i++)
-        for (int j = 0; j < k; j++)
-            q += g[i] * Scur[i + j * k] * g[j];
-    /* work = (Lcur - Lstar) Scur; ||.||_F^2 of the symmetric similar matrix is tr(work^2) */
+/*
+ * 1/2 g' Sigma g + 1/4 ||(Lambda - Lambda*) Sigma||_F^2 for the current block:
+ * D = Lambda - Lambda* into D (which may be Lstar itself), D Sigma by dsymm
+ * into work; ||.||_F^2 of the symmetric similar matrix is tr((D Sigma)^2).
+ */
+static double block_predicted_gain(int k, const double *g, const double *Lcur, double *Lstar,
+                                   const double *Scur, double *D, double *work) {
+    double q = 0, r = 0, done = 1.0, dzero = 0.0;
+    size_t kk = (size_t)k * k;
+    for (int j = 0; j < k; j++) {
+        double s = 0;
+        for (int i = 0; i < k; i++)
+            s += Scur[i + (size_t)j * k] * g[i];
+        q += g[j] * s;
+    }
+    for (size_t i = 0; i < kk; i++)
+        D[i] = Lcur[i] - Lstar[i];
+    F77_CALL(dsymm)("L", "U", &k, &k, &done, D, &k, Scur, &k, &dzero, work, &k FCONE FCONE);
     for (int j = 0; j < k; j++)
-        for (int i = 0; i < k; i++) {
-            double s = 0;
-            for (int l = 0; l < k; l++)
-                s += (Lcur[i + l * k] - Lstar[i + l * k]) * Scur[l + j * k];
-            work[i + j * k] = s;
-        }
-    for (int i = 0; i < k; i++)
-        for (int j = 0; j < k; j++)
-            r += work[i + j * k] * work[j + i * k];
+        for (int i = 0; i < k; i++)
+            r += work[i + (size_t)j * k] * work[j + (size_t)i * k];
     return 0.5 * q + 0.25 * r;
 }
 
@@ -325,7 +328,7 @@ static int block_step(cavi_state *S, int b, double *F) {
     gather_block(S, b, S->Scur, S->Sig);
     for (int i = 0; i < k; i++)
         S->mub[i] = S->mu[ix[i]];
-    S->pred += block_predicted_gain(k, S->g, S->Lcur, S->Lb, S->Scur, S->Sa);
+    S->pred += block_predicted_gain(k, S->g, S->Lcur, S->Lb, S->Scur, S->La, S->Sa);
     memcpy(S->Rb, S->Lcur, sizeof(double) * kk);
     int info = vb_chol(k, S->Rb, k);
     if (info != 0) return vb_lapack_status(info);
@@ -860,7 +863,7 @@ static double gauss_pred(cavi_state *S, gauss_stats *T) {
         Lstar[i] = Et * T->G[i];
     for (int j = 0; j < p; j++)
         Lstar[j + (size_t)j * p] += 1.0 / (M->pscale[j] * M->pscale[j]);
-    if (!T->diag) return block_predicted_gain(p, g, S->Lam, Lstar, S->Sig, T->work);
+    if (!T->diag) return block_predicted_gain(p, g, S->Lam, Lstar, S->Sig, Lstar, T->work);
     double r = 0, q = 0, *d = T->work;
     for (int j = 0; j < p; j++) {
         double e =
