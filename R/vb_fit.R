@@ -304,15 +304,15 @@ glm_init <- function(model, cn) {
   mu <- model$prior_location
   i <- which(cn == "(Intercept)")
   pos <- w > 0
-  if (length(i) == 1L && any(pos)) {
+  if (!all(pos)) { y <- y[pos]; w <- w[pos]; off <- off[pos] } # rows that count (no copy when all do)
+  if (length(i) == 1L && length(y)) {
     mu[i] <- switch(model$family + 1L,
-      sum(w[pos] * (y[pos] - off[pos])) / sum(w[pos]),
+      sum(w * (y - off)) / sum(w),
       log((sum(w * y) + 0.5) / sum(w * exp(off))),
       qlogis((sum(y) + 0.5) / (sum(w) + 1)) - mean(off))
   }
   a0 <- model$tau_prior[1]; b0 <- model$tau_prior[2]
-  r <- y[pos] - mean(y[pos])
-  c(mu, a0 + sum(pos) / 2, b0 + 0.5 * sum(w[pos] * r^2))
+  c(mu, a0 + length(y) / 2, b0 + 0.5 * sum(w * (y - mean(y))^2))
 }
 
 # Block labels 0..B-1 for the C engine.
