@@ -182,6 +182,7 @@ static double block_predicted_gain(int k, const double *g, const double *Lcur, d
             s += Scur[i + (size_t)j * k] * g[i];
         q += g[j] * s;
     }
+    if (k == 0) return 0;
     for (size_t i = 0; i < kk; i++)
         D[i] = Lcur[i] - Lstar[i];
     F77_CALL(dsymm)("L", "U", &k, &k, &done, D, &k, Scur, &k, &dzero, work, &k FCONE FCONE);
@@ -566,40 +567,25 @@ static void gaussian_tau_update(cavi_state *S) {
 }
 
 /*
- * glm()'s starting linear predictor: the link of its mustart, y + 0.1
- * (poisson), (y + 0.5) / (w + 1) (binomial), y (gaussian).
- */
-static double eta_start(const vb_glm *M, int t) {
-    double y = M->y[t];
-    switch (M->family) {
-    case VB_POISSON:
-        return log(y + 0.1);
-    case VB_BINOMIAL: {
-        double pr = (y + 0.5) / (M->wt[t] + 1.0);
-        return log(pr) - log1p(-pr);
-    }
-    default:
-        return y;
-    }
-}
-
-/*
- * The IRLS-like first step (one pass over X): at glm's start eta0, with v = 0,
- * W = -2 df/dv and the working response z = eta0 - offset + (df/dm) / W, the
- * mean solves (X'WX + P) mu = X'W z + P mu_init + dg/dmu (P = -2 dg/ds2 at the
- * prior variance: for normal priors this is P loc), and every block's
- * precision is its sub-block of X'WX + P.  glm's first iteration is the same
- * weighted least squares, so the sweeps begin where glm's second iteration
- * does.  H (p x p) receives the factor of X'WX + P; the joint mean steps reuse it.
+ * The IRLS-like first step (one pass over X): at the linear predictor of the
+ * initial mean, m = X mu_init + offset, with v = 0, W = -2 df/dv and the
+ * working response z = m - offset + (df/dm) / W, the mean solves
+ * (X'WX + P) mu = X'W z + P mu_init + dg/dmu, i.e. one Newton step on the
+ * log posterior from mu_init (P = -2 dg/ds2 at the prior variance), as one
+ * iteration of glm()'s weighted least squares; every block's precision is its
+ * sub-block of X'WX + P.  It depends on the data only through sums over rows,
+ * so grouped and ungrouped binomial data start alike.  H (p x p) receives the
+ * factor of X'WX + P.
  */
 static int irls_start(cavi_state *S, double *H) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
     double done = 1.0, dzero = 0.0, a, c, *g = S->jg ? S->jg : S->g, *rhs = S->vt;
     for (int t = 0; t < n; t++) {
-        S->m[t] = eta_start(M, t);
+        S->m[t] = M->off[t];
         S->v[t] = 0;
     }
+    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
     sum_obs(S, S->m, S->v, S->dm, S->dv);
     for (int t = 0; t < n; t++) {
         S->work[t] = -2.0 * S->dv[t];
@@ -642,7 +628,7 @@ static int cavi_start(cavi_state *S) {
     if (S->nb == 1 || S->joint) {
         int st = irls_start(S, S->jH);
         if (st != VB_OK) return st;
-        S->jH_fresh = 0; /* at v = 0 and glm's eta0: the first joint step refactors */
+        S->jH_fresh = 0; /* at v = 0: the first joint step refactors */
     } else {
         for (int t = 0; t < n; t++) {
             S->m[t] = M->off[t];
