@@ -81,10 +81,21 @@ demo: install
 # glmnet from Debian, vglmer and biglm from CRAN.
 BENCH_DEB := r-cran-rstanarm r-cran-glmnet
 BENCH_R   := c("rstanarm","glmnet","vglmer","biglm")
+OPENBLAS_SYS := /usr/lib/$(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)/openblas-pthread
 bench-deps: deps
 	@$(RSCRIPT) -e 'q(status = !all(vapply($(BENCH_R), requireNamespace, TRUE, quietly = TRUE)))' 2>/dev/null || { \
 	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_DEB) ) >/dev/null 2>&1; \
 	  $(RSCRIPT) -e 'p <- $(BENCH_R); p <- p[!vapply(p, requireNamespace, TRUE, quietly = TRUE)]; if (length(p)) install.packages(p, quiet = TRUE)'; }
+	@# OpenBLAS for bench/speed.R's child process, without a system change: the
+	@# installed libopenblas0-pthread when present, else its Debian package
+	@# unpacked into .lib/openblas (bench/speed.R points R_LD_LIBRARY_PATH there).
+	@if [ -e $(OPENBLAS_SYS)/libblas.so.3 ] || [ -n "$$(find $(LIB)/openblas -name libblas.so.3 2>/dev/null)" ]; then :; else \
+	  echo "make bench-deps: unpacking libopenblas0-pthread into .lib/openblas (no system change)"; \
+	  mkdir -p $(LIB)/openblas && cd $(LIB)/openblas && \
+	  { apt-get download libopenblas0-pthread >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update -qq >/dev/null 2>&1 && apt-get download libopenblas0-pthread >/dev/null 2>&1; }; } && \
+	  dpkg -x libopenblas0-pthread_*.deb . && rm -f libopenblas0-pthread_*.deb || \
+	  echo "make bench-deps: OpenBLAS not available; bench/speed.R skips its OpenBLAS rows"; fi
 
 bench: install bench-deps
 	R_LIBS=$(LIB) $(RSCRIPT) bench/run.R

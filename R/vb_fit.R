@@ -106,8 +106,8 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
   if (n == 0L) stop("vb_fit(): there are no observations.", call. = FALSE)
   if (is.null(colnames(X)) && p > 0L) colnames(X) <- paste0("x", seq_len(p))
   if (!is.double(X)) storage.mode(X) <- "double"
-  # one range() pass (no n x p temporaries); anyNA() first, it is cheap
-  rx <- if (p == 0L) c(0, 0) else if (anyNA(X)) NA_real_ else range(X)
+  # anyNA(), min() and max(): three passes, no n x p temporary (range() copies X)
+  rx <- if (p == 0L) c(0, 0) else if (anyNA(X)) NA_real_ else c(min(X), max(X))
   if (anyNA(rx) || any(is.infinite(rx)))
     stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
   # the engines form X'WX and x_t' Sigma x_t: their entries must not overflow
@@ -178,8 +178,9 @@ design_rank <- function(X) {
 # directions exactly: each column alone and the posterior mean, each with the
 # best intercept when the model has one.  A note is printed only with such a
 # certificate in hand; separation along other directions can go unreported.
-# Cost: one pass over X (a column at a time, no copy of X) and one X mu; each
-# direction is judged from the ranges of u = X d over the three kinds of rows.
+# Cost: one X mu, and a pass over only those columns that a few rows do not
+# already rule out (a column at a time, no copy of X); each direction is
+# judged from the ranges of u = X d over the three kinds of rows.
 is_separated <- function(X, y, weights, mu = NULL) {
   side <- ifelse(y == weights, 1, ifelse(y == 0, -1, 0)) # all successes, all failures, mixed
   side[weights <= 0] <- NA
@@ -215,7 +216,17 @@ is_separated <- function(X, y, weights, mu = NULL) {
     rp <- rng(u, pos); rn <- rng(u, neg); rm <- rng(u, mix)
     certify(rp, rn, rm) || certify(-rev(rp), -rev(rn), -rev(rm))
   }
-  for (j in cols) if (both(X[, j])) return(TRUE)
+  # A column cannot separate (in either direction, with or without the
+  # intercept) once some success-only row lies below a failure-only row and
+  # another above one: checked on a few rows of each kind first, so only the
+  # undecided columns cost a pass over X.
+  open <- cols
+  if (length(cols) && length(pos) && length(neg)) {
+    A <- X[head(pos, 64L), cols, drop = FALSE]; B <- X[head(neg, 64L), cols, drop = FALSE]
+    mix_order <- apply(A, 2L, min) < apply(B, 2L, max) & apply(A, 2L, max) > apply(B, 2L, min)
+    open <- cols[!mix_order]
+  }
+  for (j in open) if (both(X[, j])) return(TRUE)
   if (!is.null(mu) && length(cols) > 1L) {
     m <- mu; m[int] <- 0
     rp <- rng(u <- drop(X %*% m), pos)
@@ -293,15 +304,15 @@ glm_init <- function(model, cn) {
   mu <- model$prior_location
   i <- which(cn == "(Intercept)")
   pos <- w > 0
-  if (length(i) == 1L && any(pos)) {
+  if (!all(pos)) { y <- y[pos]; w <- w[pos]; off <- off[pos] } # rows that count (no copy when all do)
+  if (length(i) == 1L && length(y)) {
     mu[i] <- switch(model$family + 1L,
-      sum(w[pos] * (y[pos] - off[pos])) / sum(w[pos]),
+      sum(w * (y - off)) / sum(w),
       log((sum(w * y) + 0.5) / sum(w * exp(off))),
       qlogis((sum(y) + 0.5) / (sum(w) + 1)) - mean(off))
   }
   a0 <- model$tau_prior[1]; b0 <- model$tau_prior[2]
-  r <- y[pos] - mean(y[pos])
-  c(mu, a0 + sum(pos) / 2, b0 + 0.5 * sum(w[pos] * r^2))
+  c(mu, a0 + length(y) / 2, b0 + 0.5 * sum(w * (y - mean(y))^2))
 }
 
 # Block labels 0..B-1 for the C engine.

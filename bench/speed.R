@@ -5,14 +5,18 @@
 # `reps` runs in this one R process: the machine is shared by several
 # developers, so elapsed time measures the load; load averages are printed.
 # VBAYES_BENCH_SIZES="1e4x10,1e5x200" picks sizes ("" skips the table),
-# VBAYES_BENCH_SECTIONS="iter,sweep,memory" the other sections; VBAYES_BENCH_REPS reps.
+# VBAYES_BENCH_SECTIONS="iter,sweep,memory,openblas" the other sections; VBAYES_BENCH_REPS reps.
+# "openblas" reruns the table for VBAYES_BENCH_OPENBLAS_SIZES (default 1e5x30,1e5x200) and
+# the iteration section in a child Rscript on OpenBLAS with one thread: R_LD_LIBRARY_PATH
+# (not LD_LIBRARY_PATH, which R's ldpaths would override) points at the OpenBLAS
+# libblas.so.3 that `make bench-deps` found or unpacked into .lib/openblas.
 suppressPackageStartupMessages(library(vbayes))
 reps <- as.integer(Sys.getenv("VBAYES_BENCH_REPS", "3"))
 sizes <- strsplit(strsplit(Sys.getenv("VBAYES_BENCH_SIZES", "1e4x10,1e4x200,1e5x30,1e5x200,1e6x10"), ",")[[1]], "x")
-sections <- strsplit(Sys.getenv("VBAYES_BENCH_SECTIONS", "iter,sweep,memory"), ",")[[1]]
+sections <- strsplit(Sys.getenv("VBAYES_BENCH_SECTIONS", "iter,sweep,memory,openblas"), ",")[[1]]
 load <- function() paste(scan("/proc/loadavg", what = "", n = 3, quiet = TRUE), collapse = " ")
 cat(sprintf("# bench/speed.R  %s  nproc %s  R %s  BLAS %s\n", format(Sys.time(), tz = "UTC", usetz = TRUE),
-            parallel::detectCores(), getRversion(), basename(extSoftVersion()[["BLAS"]])))
+            parallel::detectCores(), getRversion(), extSoftVersion()[["BLAS"]]))
 med <- function(f, r = reps) {
   tt <- numeric(r); out <- NULL
   for (i in seq_len(r)) {
@@ -73,16 +77,23 @@ t_read <- med(function() colSums(d$X), 5L)
 t_exp <- med(function() exp(d$X), 5L)
 floor_s <- t_read + t_exp
 cat(sprintf("floor = X read once (colSums, %.4f s) + n p exponentials (exp(X), %.4f s) = %.4f s\n\n", t_read, t_exp, floor_s))
-cat("| family | vb meanfield s | sweeps | per sweep s | / floor | load |\n|---|---|---|---|---|---|\n")
-sweep <- c()
+cat("A sweep is (fit CPU) / (sweeps + 1), the start counted as a pass (fixed costs included); the\n",
+    "marginal sweep is (CPU at maxit = 6 - CPU at maxit = 1) / 5 at tol = 1e-300, the cost of one more sweep.\n\n", sep = "")
+cat("| family | vb meanfield s | sweeps | per sweep s | / floor | marginal sweep s | / floor | load |\n|---|---|---|---|---|---|---|---|\n")
+sweep <- c(); msweep <- c()
 for (fam in c("poisson", "binomial")) {
   dd <- make_data(1e5, 100, fam)
   tm <- med(function() suppressWarnings(vb_fit(dd$X, dd$y, family = fam_of[[fam]], approx = "meanfield", control = ctl)), 3L)
   it <- attr(tm, "value")$iterations
   sweep[fam] <- tm / (it + 1)
-  cat(sprintf("| %s | %.3f | %d | %.4f | %.2f | %s |\n", fam, tm, it, sweep[fam], sweep[fam] / floor_s, load()))
+  mk <- function(k) function() suppressWarnings(vb_fit(dd$X, dd$y, family = fam_of[[fam]], approx = "meanfield",
+                                                      control = vb_control(quiet = TRUE, tol = 1e-300, maxit = k)))
+  msweep[fam] <- max(0, (med(mk(6L), 3L) - med(mk(1L), 3L)) / 5)
+  cat(sprintf("| %s | %.3f | %d | %.4f | %.2f | %.4f | %.2f | %s |\n", fam, tm, it, sweep[fam], sweep[fam] / floor_s,
+              msweep[fam], msweep[fam] / floor_s, load()))
 }
-cat(sprintf("\nbinomial sweep / poisson sweep = %.2f\n", sweep[["binomial"]] / sweep[["poisson"]]))
+cat(sprintf("\nbinomial sweep / poisson sweep = %.2f (marginal: %.2f)\n", sweep[["binomial"]] / sweep[["poisson"]],
+            msweep[["binomial"]] / msweep[["poisson"]]))
 }
 
 # ---- peak memory: R heap max used beyond the data, and the process peak ---
@@ -114,4 +125,26 @@ for (fam in names(fam_of)) {
   }
 }
 cat(sprintf("\nX is %.0f MB; load at the end %s\n", 1e6 * 10 * 8 / 2^20, load()))
+}
+
+# ---- the same rows on OpenBLAS (one thread), in a child process -------------
+if ("openblas" %in% sections) {
+cat("\n## OpenBLAS, one thread (child Rscript)\n\n")
+cand <- c(Sys.getenv("VBAYES_OPENBLAS"),
+          list.files(file.path(getwd(), ".lib", "openblas"), pattern = "^libblas[.]so[.]3$", recursive = TRUE, full.names = TRUE),
+          file.path("/usr/lib", c("x86_64-linux-gnu", "aarch64-linux-gnu"), "openblas-pthread", "libblas.so.3"))
+cand <- cand[nzchar(cand) & file.exists(cand)]
+if (!length(cand)) {
+  cat("No OpenBLAS found (run `make bench-deps`); section skipped.\n")
+} else {
+  dir <- dirname(normalizePath(cand[1]))
+  rhome <- R.home("lib")
+  env <- c(sprintf("R_LD_LIBRARY_PATH=%s:%s:%s", dir, rhome, Sys.getenv("R_LD_LIBRARY_PATH")),
+           "OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1",
+           sprintf("VBAYES_BENCH_SIZES=%s", Sys.getenv("VBAYES_BENCH_OPENBLAS_SIZES", "1e5x30,1e5x200")),
+           "VBAYES_BENCH_SECTIONS=iter")
+  script <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])
+  if (is.na(script) || !file.exists(script)) script <- "bench/speed.R"
+  system2(file.path(R.home("bin"), "Rscript"), shQuote(normalizePath(script)), env = env)
+}
 }

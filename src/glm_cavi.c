@@ -43,6 +43,9 @@ typedef struct {
     double *g, *delta, *mub, *mua;           /* kmax           */
     double pred;                             /* predicted gain of this sweep */
     int joint;                               /* joint mean steps on         */
+    int jH_fresh;                            /* jH holds a reusable factor   */
+    int diag;                                /* meanfield: all variances at once */
+    double *dL, *dg, *dmu, *ds2;             /* p each, for diag_step        */
     double *jH, *jg, *jd, *jw;               /* p x p, p, p, chunk x p      */
     int rank;                                /* rank of X'WX, -1 until known */
     double *rwork;                           /* p^2 + 4p for vb_gram_rank    */
@@ -164,24 +167,28 @@ static int block_store(cavi_state *S, int b, const double *mub, const double *Lb
     return VB_OK;
 }
 
-/* 1/2 g' Sigma g + 1/4 ||(Lambda - Lambda*) Sigma||_F^2 for the current block. */
-static double block_predicted_gain(int k, const double *g, const double *Lcur, const double *Lstar,
-                                   const double *Scur, double *work) {
-    double q = 0, r = 0;
-    for (int i = 0; i < k; i++)
-        for (int j = 0; j < k; j++)
-            q += g[i] * Scur[i + j * k] * g[j];
-    /* work = (Lcur - Lstar) Scur; ||.||_F^2 of the symmetric similar matrix is tr(work^2) */
+/*
+ * 1/2 g' Sigma g + 1/4 ||(Lambda - Lambda*) Sigma||_F^2 for the current block:
+ * D = Lambda - Lambda* into D (which may be Lstar itself), D Sigma by dsymm
+ * into work; ||.||_F^2 of the symmetric similar matrix is tr((D Sigma)^2).
+ */
+static double block_predicted_gain(int k, const double *g, const double *Lcur, double *Lstar,
+                                   const double *Scur, double *D, double *work) {
+    double q = 0, r = 0, done = 1.0, dzero = 0.0;
+    size_t kk = (size_t)k * k;
+    for (int j = 0; j < k; j++) {
+        double s = 0;
+        for (int i = 0; i < k; i++)
+            s += Scur[i + (size_t)j * k] * g[i];
+        q += g[j] * s;
+    }
+    if (k == 0) return 0;
+    for (size_t i = 0; i < kk; i++)
+        D[i] = Lcur[i] - Lstar[i];
+    F77_CALL(dsymm)("L", "U", &k, &k, &done, D, &k, Scur, &k, &dzero, work, &k FCONE FCONE);
     for (int j = 0; j < k; j++)
-        for (int i = 0; i < k; i++) {
-            double s = 0;
-            for (int l = 0; l < k; l++)
-                s += (Lcur[i + l * k] - Lstar[i + l * k]) * Scur[l + j * k];
-            work[i + j * k] = s;
-        }
-    for (int i = 0; i < k; i++)
-        for (int j = 0; j < k; j++)
-            r += work[i + j * k] * work[j + i * k];
+        for (int i = 0; i < k; i++)
+            r += work[i + (size_t)j * k] * work[j + (size_t)i * k];
     return 0.5 * q + 0.25 * r;
 }
 
@@ -322,7 +329,7 @@ static int block_step(cavi_state *S, int b, double *F) {
     gather_block(S, b, S->Scur, S->Sig);
     for (int i = 0; i < k; i++)
         S->mub[i] = S->mu[ix[i]];
-    S->pred += block_predicted_gain(k, S->g, S->Lcur, S->Lb, S->Scur, S->Sa);
+    S->pred += block_predicted_gain(k, S->g, S->Lcur, S->Lb, S->Scur, S->La, S->Sa);
     memcpy(S->Rb, S->Lcur, sizeof(double) * kk);
     int info = vb_chol(k, S->Rb, k);
     if (info != 0) return vb_lapack_status(info);
@@ -381,19 +388,24 @@ static int joint_mean_step(cavi_state *S, double *F) {
     double done = 1.0, dzero = 0.0, a, c, *H = S->jH, *g = S->jg, *delta = S->jd, *work = S->jw;
     if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
     S->grad_ok = 1;
-    for (int t = 0; t < n; t++)
-        S->work[t] = -2.0 * S->dv[t];
-    if (vb_xtwx(n, p, M->X, n, S->work, work, H) != VB_OK) return VB_INTERRUPTED;
-    if (S->rank < 0) S->rank = vb_gram_rank(p, H, S->rwork);
+    int fresh = !S->jH_fresh;
+    if (fresh) {
+        for (int t = 0; t < n; t++)
+            S->work[t] = -2.0 * S->dv[t];
+        if (vb_xtwx(n, p, M->X, n, S->work, work, H) != VB_OK) return VB_INTERRUPTED;
+        if (S->rank < 0) S->rank = vb_gram_rank(p, H, S->rwork);
+    }
     F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->dm, &one, &dzero, g, &one FCONE);
     double G = 0;
     for (int j = 0; j < p; j++) {
         G += vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
         g[j] += a;
-        H[j + (size_t)j * p] += -2.0 * c;
+        if (fresh) H[j + (size_t)j * p] += -2.0 * c;
     }
-    int info = vb_chol(p, H, p);
-    if (info != 0) return vb_lapack_status(info);
+    if (fresh) {
+        int info = vb_chol(p, H, p);
+        if (info != 0) return vb_lapack_status(info);
+    }
     memcpy(delta, g, sizeof(double) * p);
     vb_chol_solve(p, H, p, delta);
     double dec = 0;
@@ -404,6 +416,12 @@ static int joint_mean_step(cavi_state *S, double *F) {
     joint_trial jt = {S, 0};
     double al, val;
     int st = vb_step_search(joint_try, &jt, *F + G, &al, &val);
+    /*
+     * Near the optimum X'WX changes little from sweep to sweep: its factor is
+     * kept while full steps are accepted (a quasi-Newton step, the ELBO still
+     * checked by the search) and rebuilt after a shortened or failed one.
+     */
+    S->jH_fresh = st == VB_OK && al == 1.0;
     if (st != VB_OK) return st;
     for (int j = 0; j < p; j++)
         S->mu[j] += al * delta[j];
@@ -411,6 +429,94 @@ static int joint_mean_step(cavi_state *S, double *F) {
     swap(&S->dm, &S->dmt);
     swap(&S->dv, &S->dvt);
     *F = jt.Fa;
+    return VB_OK;
+}
+
+/* ------------------------------------------------ meanfield, at once -- */
+
+/*
+ * Meanfield with joint mean steps: every coordinate's NCVMP step of one sweep
+ * taken at once, Lambda*_jj = sum_t -2 dv_t x_tj^2 - 2 dg_j/ds2 and
+ * mu_j += a g_j / Lambda_a,jj from the same derivatives, with one step search
+ * on the whole ELBO.  A coordinate's step changes v_t only by x_tj^2 ds_j^2,
+ * which moves the other coordinates' targets at second order, and the means'
+ * coupling is the joint step's, so this sweep does what p coordinate steps
+ * do for two passes over X and one expectation per observation and trial
+ * instead of p.  The gain it predicts is the coordinate steps' (as
+ * block_predicted_gain).  When it cannot take the full step, the sweep falls
+ * back to coordinate steps (with their mean extension).
+ */
+typedef struct {
+    cavi_state *S;
+    double Fa;
+} diag_trial;
+
+static int diag_try(double a, void *ctx, double *val) {
+    diag_trial *dt = (diag_trial *)ctx;
+    cavi_state *S = dt->S;
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p;
+    double G = 0, c1, c2;
+    if (vb_interrupted()) return VB_INTERRUPTED;
+    memcpy(S->mt, S->m, sizeof(double) * n);
+    memcpy(S->vt, S->v, sizeof(double) * n);
+    for (int j = 0; j < p; j++) {
+        size_t jj = j + (size_t)j * p;
+        double la = (1 - a) * S->Lam[jj] + a * S->dL[j], d = a * S->dg[j] / la,
+               ds = 1.0 / la - S->Sig[jj];
+        const double *x = M->X + (size_t)j * n;
+        S->dmu[j] = d;
+        S->ds2[j] = 1.0 / la;
+        for (int t = 0; t < n; t++) {
+            S->mt[t] += d * x[t];
+            S->vt[t] += ds * x[t] * x[t];
+        }
+        G += vb_glm_prior(M, j, S->mu[j] + d, 1.0 / la, &c1, &c2) - 0.5 * log(la);
+    }
+    for (int t = 0; t < n; t++)
+        if (S->vt[t] < 0) S->vt[t] = 0;
+    dt->Fa = sum_obs(S, S->mt, S->vt, S->dmt, S->dvt);
+    *val = dt->Fa + G;
+    return VB_OK;
+}
+
+static int diag_step(cavi_state *S, double *F, double *a_out) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p;
+    double old = *F, a, c;
+    *a_out = 0;
+    if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
+    S->grad_ok = 1;
+    for (int j = 0; j < p; j++) {
+        size_t jj = j + (size_t)j * p;
+        const double *x = M->X + (size_t)j * n;
+        double h = 0, g = 0, s2 = S->Sig[jj];
+        for (int t = 0; t < n; t++) {
+            h -= 2.0 * S->dv[t] * x[t] * x[t];
+            g += x[t] * S->dm[t];
+        }
+        old += vb_glm_prior(M, j, S->mu[j], s2, &a, &c) - 0.5 * log(S->Lam[jj]);
+        S->dg[j] = g + a;
+        S->dL[j] = h - 2.0 * c;
+        double e = (S->Lam[jj] - S->dL[j]) * s2;
+        S->pred += 0.5 * S->dg[j] * S->dg[j] * s2 + 0.25 * e * e;
+    }
+    diag_trial dt = {S, 0};
+    double val;
+    int st = vb_step_search(diag_try, &dt, old, &a, &val);
+    if (st != VB_OK) return st;
+    for (int j = 0; j < p; j++) {
+        size_t jj = j + (size_t)j * p;
+        S->mu[j] += S->dmu[j];
+        S->Sig[jj] = S->ds2[j];
+        S->Lam[jj] = 1.0 / S->ds2[j];
+    }
+    swap(&S->m, &S->mt);
+    swap(&S->v, &S->vt);
+    swap(&S->dm, &S->dmt);
+    swap(&S->dv, &S->dvt);
+    *F = dt.Fa;
+    *a_out = a;
     return VB_OK;
 }
 
@@ -460,20 +566,42 @@ static void gaussian_tau_update(cavi_state *S) {
     S->grad_ok = 0;
 }
 
-/* Starting q: Sigma_b = inverse curvature at mu_init with v = 0, per block. */
-static int cavi_start(cavi_state *S) {
+/*
+ * The IRLS-like first step (one pass over X): at the linear predictor of the
+ * initial mean, m = X mu_init + offset, with v = 0, W = -2 df/dv and the
+ * working response z = m - offset + (df/dm) / W, the mean solves
+ * (X'WX + P) mu = X'W z + P mu_init + dg/dmu, i.e. one Newton step on the
+ * log posterior from mu_init (P = -2 dg/ds2 at the prior variance), as one
+ * iteration of glm()'s weighted least squares; every block's precision is its
+ * sub-block of X'WX + P.  It depends on the data only through sums over rows,
+ * so grouped and ungrouped binomial data start alike.  H (p x p) receives the
+ * factor of X'WX + P.
+ */
+static int irls_start(cavi_state *S, double *H) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
-    double done = 1.0;
+    double done = 1.0, dzero = 0.0, a, c, *g = S->jg ? S->jg : S->g, *rhs = S->vt;
     for (int t = 0; t < n; t++) {
         S->m[t] = M->off[t];
         S->v[t] = 0;
     }
     if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
     sum_obs(S, S->m, S->v, S->dm, S->dv);
-    for (int b = 0; b < S->nb; b++) {
+    for (int t = 0; t < n; t++) {
+        S->work[t] = -2.0 * S->dv[t];
+        rhs[t] = S->dm[t] + S->work[t] * (S->m[t] - M->off[t]);
+    }
+    if (vb_xtwx(n, p, M->X, n, S->work, S->jw, H) != VB_OK) return VB_INTERRUPTED;
+    S->rank = vb_gram_rank(p, H, S->rwork);
+    F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, rhs, &one, &dzero, g, &one FCONE);
+    for (int j = 0; j < p; j++) {
+        vb_glm_prior(M, j, S->mu[j], M->pscale[j] * M->pscale[j], &a, &c);
+        H[j + (size_t)j * p] += -2.0 * c;
+        g[j] += -2.0 * c * S->mu[j] + a;
+    }
+    for (int b = 0; b < S->nb; b++) { /* block precisions: sub-blocks of X'WX + P */
         int k = S->bstart[b + 1] - S->bstart[b];
-        if (block_target(S, b, 1) != VB_OK) return VB_INTERRUPTED;
+        gather_block(S, b, S->Lb, H);
         memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
         int info = vb_chol(k, S->Rb, k);
         if (info != 0) return vb_lapack_status(info);
@@ -482,6 +610,50 @@ static int cavi_start(cavi_state *S) {
         int st = block_store(S, b, S->mub, S->Lb, S->Rb);
         if (st != VB_OK) return st;
     }
+    int info = vb_chol(p, H, p);
+    if (info != 0) return vb_lapack_status(info);
+    vb_chol_solve(p, H, p, g);
+    memcpy(S->mu, g, sizeof(double) * p);
+    return VB_OK;
+}
+
+/*
+ * Starting q.  With one block, or joint mean steps on: irls_start.  Otherwise
+ * Sigma_b = inverse curvature at mu_init with v = 0, per block (mu kept).
+ */
+static int cavi_start(cavi_state *S) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0;
+    if (S->nb == 1 || S->joint) {
+        int st = irls_start(S, S->jH);
+        if (st != VB_OK) return st;
+        S->jH_fresh = 0; /* at v = 0: the first joint step refactors */
+    } else {
+        for (int t = 0; t < n; t++) {
+            S->m[t] = M->off[t];
+            S->v[t] = 0;
+        }
+        if (p > 0)
+            F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+        sum_obs(S, S->m, S->v, S->dm, S->dv);
+        for (int b = 0; b < S->nb; b++) {
+            int k = S->bstart[b + 1] - S->bstart[b];
+            if (block_target(S, b, 1) != VB_OK) return VB_INTERRUPTED;
+            memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
+            int info = vb_chol(k, S->Rb, k);
+            if (info != 0) return vb_lapack_status(info);
+            for (int i = 0; i < k; i++)
+                S->mub[i] = S->mu[S->idx[S->bstart[b] + i]];
+            int st = block_store(S, b, S->mub, S->Lb, S->Rb);
+            if (st != VB_OK) return st;
+        }
+    }
+    for (int t = 0; t < n; t++) {
+        S->m[t] = M->off[t];
+        S->v[t] = 0;
+    }
+    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
     for (int b = 0; b < S->nb; b++) {
         int k = S->bstart[b + 1] - S->bstart[b];
         block_columns(S, b);
@@ -492,6 +664,7 @@ static int cavi_start(cavi_state *S) {
         for (int t = 0; t < n; t++)
             S->v[t] += S->vt[t];
     }
+    S->grad_ok = 0;
     if (M->family == VB_GAUSSIAN) gaussian_tau_update(S);
     return VB_OK;
 }
@@ -517,6 +690,14 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
             if (sj == VB_INTERRUPTED) return sj;
             if (sj != VB_OK) sweep = sj;
         }
+        if (S->diag) {
+            double a;
+            int sd = diag_step(S, &F, &a);
+            if (sd == VB_INTERRUPTED) return sd;
+            if (sd == VB_OK) accepted++;
+            if (sd == VB_OK && a == 1.0) goto swept;
+            S->diag = 0; /* from now on coordinate steps */
+        }
         for (int b = 0; b < S->nb; b++) {
             int sb = block_step(S, b, &F);
             if (sb == VB_INTERRUPTED) return sb;
@@ -526,6 +707,7 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
                 sweep = sb;
             if (vb_interrupted()) return VB_INTERRUPTED;
         }
+    swept:
         if (S->M->family == VB_GAUSSIAN) gaussian_tau_update(S);
         double prev = *elbo;
         st = full_elbo(S, &F, ll, kl, elbo, S->M->family != VB_GAUSSIAN);
@@ -555,8 +737,10 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
  * same starting point, updates and convergence test.
  */
 typedef struct {
-    double *G, *h, *R, *g, *work; /* p x p, p, p x p, p, p x p */
+    double *G, *h, *R, *g, *work; /* p x p, p, p x p, p, 2 p x p */
+    double *Z;                    /* min(n, VB_CHUNK) x p, for X'WX */
     double neff;                  /* observations with positive weight */
+    int diag;                     /* meanfield: Lambda = diag(E tau G_jj + 1/b_j^2) */
 } gauss_stats;
 
 /* m = offset + X mu; returns sum_t w_t (y_t - m_t)^2 */
@@ -595,18 +779,43 @@ static int gauss_tau_elbo(cavi_state *S, gauss_stats *T, double *elbo, double *l
     return R_FINITE(*elbo) ? VB_OK : VB_NONFINITE;
 }
 
-/* q(beta) at the current E tau: Lambda into Lam, its factor into R, Sigma into Sig. */
+/*
+ * q(beta) at the current E tau: Lambda into Lam, its factor into R, Sigma into
+ * Sig.  Meanfield (T->diag): given E tau the ELBO separates into a quadratic in
+ * mu with Hessian E tau G + P, whatever the variances, and a function of each
+ * s_j^2 alone; its exact maximiser is mu = (E tau G + P)^{-1} (E tau h + P m0)
+ * (the fullrank mean) and s_j^2 = 1 / (E tau G_jj + 1/b_j^2), so one step is
+ * the whole coordinate sweep and nothing of size n is touched.
+ */
 static int gauss_beta(cavi_state *S, gauss_stats *T, int move_mean) {
     vb_glm *M = S->M;
     int p = M->p;
     size_t pp = (size_t)p * p;
-    double Et = M->Etau;
+    double Et = M->Etau, *H = T->diag ? T->work : S->Lam;
     for (size_t i = 0; i < pp; i++)
-        S->Lam[i] = Et * T->G[i];
+        H[i] = Et * T->G[i];
     for (int j = 0; j < p; j++) {
         double b2 = M->pscale[j] * M->pscale[j];
-        S->Lam[j + (size_t)j * p] += 1.0 / b2;
+        H[j + (size_t)j * p] += 1.0 / b2;
         T->g[j] = Et * T->h[j] + M->ploc[j] / b2;
+    }
+    if (T->diag) { /* Lam, R and Sig diagonal; H factored in place for the mean */
+        memset(S->Lam, 0, sizeof(double) * pp);
+        memset(T->R, 0, sizeof(double) * pp);
+        memset(S->Sig, 0, sizeof(double) * pp);
+        for (int j = 0; j < p; j++) {
+            double l = H[j + (size_t)j * p];
+            S->Lam[j + (size_t)j * p] = l;
+            T->R[j + (size_t)j * p] = sqrt(l);
+            S->Sig[j + (size_t)j * p] = 1.0 / l;
+        }
+        if (move_mean) {
+            int info = vb_chol(p, H, p);
+            if (info != 0) return vb_lapack_status(info);
+            vb_chol_solve(p, H, p, T->g);
+            memcpy(S->mu, T->g, sizeof(double) * p);
+        }
+        return VB_OK;
     }
     memcpy(T->R, S->Lam, sizeof(double) * pp);
     int info = vb_chol(p, T->R, p);
@@ -620,7 +829,11 @@ static int gauss_beta(cavi_state *S, gauss_stats *T, int move_mean) {
     return info != 0 ? vb_lapack_status(info) : VB_OK;
 }
 
-/* The gain a q(beta) step would make now (as block_predicted_gain). */
+/*
+ * The gain a q(beta) step would make now (as block_predicted_gain).  Meanfield:
+ * the mean part is the Newton decrement 1/2 g' H^{-1} g of the joint mean step
+ * (H = E tau G + P), the variance part that of each coordinate.
+ */
 static double gauss_pred(cavi_state *S, gauss_stats *T) {
     vb_glm *M = S->M;
     int p = M->p;
@@ -636,7 +849,19 @@ static double gauss_pred(cavi_state *S, gauss_stats *T) {
         Lstar[i] = Et * T->G[i];
     for (int j = 0; j < p; j++)
         Lstar[j + (size_t)j * p] += 1.0 / (M->pscale[j] * M->pscale[j]);
-    return block_predicted_gain(p, g, S->Lam, Lstar, S->Sig, T->work);
+    if (!T->diag) return block_predicted_gain(p, g, S->Lam, Lstar, S->Sig, Lstar, T->work);
+    double r = 0, q = 0, *d = T->work;
+    for (int j = 0; j < p; j++) {
+        double e =
+            (S->Lam[j + (size_t)j * p] - Lstar[j + (size_t)j * p]) * S->Sig[j + (size_t)j * p];
+        r += e * e;
+    }
+    memcpy(d, g, sizeof(double) * p);
+    if (vb_chol(p, Lstar, p) != 0) return R_PosInf; /* not converged; gauss_beta reports it */
+    vb_chol_solve(p, Lstar, p, d);
+    for (int j = 0; j < p; j++)
+        q += g[j] * d[j];
+    return 0.5 * q + 0.25 * r;
 }
 
 static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_trace *tr, int *iter,
@@ -650,7 +875,7 @@ static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_t
         S->work[t] = M->wt[t] * (M->y[t] - M->off[t]);
         T->neff += M->wt[t] > 0;
     }
-    if (vb_xtwx(n, p, M->X, n, M->wt, S->Z, T->G) != VB_OK) return VB_INTERRUPTED;
+    if (vb_xtwx(n, p, M->X, n, M->wt, T->Z, T->G) != VB_OK) return VB_INTERRUPTED;
     if (p > 0)
         F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->work, &one, &dzero, T->h, &one FCONE);
     S->rank = vb_gram_rank(p, T->G, S->rwork);
@@ -678,10 +903,20 @@ static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_t
 static int gauss_finish(cavi_state *S, gauss_stats *T) {
     vb_glm *M = S->M;
     int p = M->p;
+    gauss_rss(S);
+    if (T->diag) { /* v_t = sum_j x_tj^2 s_j^2: one pass over X */
+        memset(S->v, 0, sizeof(double) * M->n);
+        for (int j = 0; j < p; j++) {
+            const double *x = M->X + (size_t)j * M->n;
+            double s2 = S->Sig[j + (size_t)j * p];
+            for (int t = 0; t < M->n; t++)
+                S->v[t] += x[t] * x[t] * s2;
+        }
+        return VB_OK;
+    }
     memcpy(T->R, S->Lam, sizeof(double) * (size_t)p * p);
     int info = vb_chol(p, T->R, p);
     if (info != 0) return vb_lapack_status(info);
-    gauss_rss(S);
     return vb_rowvar(M->n, p, M->X, M->n, T->R, S->Z, S->v);
 }
 
@@ -749,13 +984,19 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         *k_bufs[i] = alloc0(kmax);
     /* joint mean steps for factorised q with at most joint_means coefficients */
     S.joint = nb > 1 && p <= set.joint_max;
-    if (S.joint) {
+    if (S.joint || nb == 1) { /* H of the IRLS start and the joint steps */
         S.jH = alloc0(pp);
         S.jg = alloc0(p);
         S.jd = alloc0(p);
         size_t nc = (size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p;
         size_t nw = nc > (size_t)n ? nc : (size_t)n;
         S.jw = alloc0(nw);
+    }
+    S.diag = S.joint && nb == p;
+    if (S.diag) {
+        double **d_bufs[] = {&S.dL, &S.dg, &S.dmu, &S.ds2};
+        for (int i = 0; i < 4; i++)
+            *d_bufs[i] = alloc0(p);
     }
     if (p > 0) memcpy(S.mu, REAL(init), sizeof(double) * p);
     S.A = REAL(init)[p];
@@ -764,7 +1005,7 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
 
     S.rank = -1;
     S.rwork = alloc0(pp + 4 * (size_t)p);
-    int gauss = M.family == VB_GAUSSIAN && nb == 1;
+    int gauss = M.family == VB_GAUSSIAN && (nb == 1 || nb == p);
     for (int j = 0; j < p; j++)
         gauss = gauss && M.ptype[j] == VB_PRIOR_NORMAL;
 
@@ -780,6 +1021,8 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         T.R = alloc0(pp);
         T.g = alloc0(p);
         T.work = alloc0(2 * pp);
+        T.diag = nb > 1;
+        T.Z = alloc0((size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p);
         memset(S.v, 0, sizeof(double) * n);
         status = gauss_run(&S, &T, &set, &tr, &it, &elbo, &ll, &kl);
         if (status != VB_INTERRUPTED && !vb_unwind_pending()) {

@@ -21,11 +21,16 @@ fuzz_topic_speed <- list(
               label = "gaussian fullrank, collinear design"),
     fz_ok(vb_fit(Xs, yb, family = binomial(), prior = normal(0, 100), control = quiet), check = fz_fit,
           label = "binomial with wide priors (wide q)"),
+    fz_ok(vb_fit(Xs, ys, weights = ws, approx = "meanfield", control = quiet), check = fz_fit,
+          label = "gaussian meanfield (sufficient statistics), three rows with weight"),
+    fz_either(vb_fit(Xc, yb, family = binomial(), approx = "meanfield", control = quiet), check = fz_fit,
+              label = "binomial meanfield (all coordinates at once), collinear design"),
     fz_ok(withCallingHandlers(vb_fit(Xs, ys), message = function(m) invokeRestart("muffleMessage")),
           check = fz_fit, label = "progress handler that muffles")
   )),
   workload = alist(
     vb_fit(Xs, ys, weights = ws, control = quiet),
-    vb_fit(Xs, yb, family = binomial(), approx = "meanfield", control = quiet)
+    vb_fit(Xs, yb, family = binomial(), approx = "meanfield", control = quiet),
+    vb_fit(Xs, ys, approx = "meanfield", control = quiet)
   )
 )

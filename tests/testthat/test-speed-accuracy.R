@@ -128,3 +128,66 @@ test_that("the separation check finds separating columns and the posterior-mean 
   expect_true(vbayes:::is_separated(X, y5, rep(1, n), mu = c(0, 1, 1)))
   expect_false(vbayes:::is_separated(X, y5, rep(1, n)))
 })
+
+test_that("gaussian meanfield (sufficient statistics) is the meanfield CAVI fixed point by a dense solve", {
+  set.seed(5)
+  n <- 300
+  X <- cbind("(Intercept)" = 1, a = rnorm(n), b = rnorm(n))
+  X[, "b"] <- X[, "b"] + 0.6 * X[, "a"] # correlated columns: meanfield != fullrank
+  w <- rep(c(1, 2, 0, 0.5), length.out = n)
+  off <- runif(n)
+  y <- drop(X %*% c(1, -2, 0.5)) + off + rnorm(n, sd = 0.7)
+  pri <- list(prior = normal(0, 2), prior_intercept = normal(0, 5), prior_precision = gamma_prior(1, 1))
+  fit <- vb_fit(X, y, weights = w, offset = off, prior = pri$prior, prior_intercept = pri$prior_intercept,
+                prior_precision = pri$prior_precision, approx = "meanfield",
+                control = vb_control(quiet = TRUE, tol = 1e-12))
+  expect_true(fit$converged)
+  # the meanfield CAVI equations iterated in R, coordinate by coordinate (prior locations 0):
+  # mu_j = E tau (h_j - sum_k!=j G_jk mu_k) / H_jj, s_j^2 = 1 / H_jj, then q(tau)
+  G <- crossprod(X, w * X); h <- drop(crossprod(X, w * (y - off))); P <- 1 / c(5, 2, 2)^2
+  Et <- 1; mu <- rep(0, 3)
+  for (i in 1:200) {
+    H <- Et * G + diag(P)
+    for (j in 1:3) mu[j] <- (Et * (h[j] - sum(G[j, -j] * mu[-j]))) / H[j, j]
+    s2 <- 1 / diag(H)
+    r <- y - off - drop(X %*% mu)
+    B <- 1 + 0.5 * (sum(w * r^2) + sum(diag(G) * s2))
+    Et <- (1 + sum(w > 0) / 2) / B
+  }
+  expect_equal(unname(coef(fit)), mu, tolerance = 1e-6)
+  expect_equal(unname(diag(vcov(fit))), unname(s2), tolerance = 1e-6)
+  expect_equal(sum(abs(vcov(fit)[upper.tri(vcov(fit))])), 0)
+  expect_equal(unname(fit$tau), c(1 + sum(w > 0) / 2, B), tolerance = 1e-6)
+  expect_equal(fit$linear.predictors.var, drop(X^2 %*% s2), tolerance = 1e-6)
+  ref <- ref_elbo_fit(fit, list(type = rep("normal", 3), location = rep(0, 3), scale = c(5, 2, 2)))
+  expect_equal(fit$elbo, ref[["elbo"]], tolerance = 1e-10)
+  # correlated columns: the fullrank optimum is strictly higher
+  ff <- vb_fit(X, y, weights = w, offset = off, prior = pri$prior, prior_intercept = pri$prior_intercept,
+               prior_precision = pri$prior_precision, control = vb_control(quiet = TRUE, tol = 1e-12))
+  expect_lt(fit$elbo, ff$elbo)
+  tr <- fit$elbo_trace
+  expect_true(all(diff(tr) >= -1e-13 * abs(tr[-1])))
+})
+
+test_that("the IRLS-like first step: logistic and Poisson fullrank fits need no more iterations than glm()", {
+  set.seed(6)
+  n <- 5000
+  X <- cbind("(Intercept)" = 1, matrix(rnorm(n * 5), n, 5, dimnames = list(NULL, letters[1:5])))
+  b <- c(-0.5, 1, -1, 0.5, 0.25, 0)
+  for (fam in list(binomial(), poisson())) {
+    y <- if (fam$family == "binomial") rbinom(n, 1, plogis(X %*% b)) else rpois(n, exp(X %*% b / 2))
+    g <- glm.fit(X, y, family = fam)
+    for (ap in c("fullrank", "meanfield")) {
+      f <- vb_fit(X, y, family = fam, approx = ap, control = vb_control(quiet = TRUE))
+      expect_true(f$converged)
+      # meanfield reuses the factor of X'WX across sweeps (quasi-Newton): one sweep more allowed
+      expect_lte(f$iterations, g$iter + (ap == "meanfield"), label = paste(fam$family, ap, "iterations"))
+      tr <- f$elbo_trace
+      expect_true(all(diff(tr) >= -1e-13 * abs(tr[-1])), label = paste(fam$family, ap, "monotone"))
+    }
+    # wide priors: glm()'s coefficients (the posterior mean is within a small fraction of an sd)
+    f <- vb_fit(X, y, family = fam, prior = normal(0, 1e4), prior_intercept = normal(0, 1e4),
+                control = vb_control(quiet = TRUE))
+    expect_lt(max(abs(coef(f) - g$coefficients) / sqrt(diag(vcov(f)))), 0.05, label = fam$family)
+  }
+})
