@@ -266,8 +266,11 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   is_int <- cn == "(Intercept)"
   sdx <- rep(1, length(cn))
   if (isTRUE(pr$autoscale) && length(cn)) {
-    Xp <- X[pos, , drop = FALSE]
-    sdx <- apply(Xp, 2L, function(x) if (length(unique(x)) <= 1L) 1 else wsd(x))
+    allpos <- all(pos) # column by column: no copy of X
+    sdx <- vapply(seq_along(cn), function(j) {
+      x <- if (allpos) X[, j] else X[pos, j]
+      if (min(x) == max(x)) 1 else wsd(x)
+    }, 0)
     sdx[!is.finite(sdx) | sdx <= 0] <- 1
   }
   coef_mult <- if (isTRUE(pr$autoscale)) sdy / sdx[!is_int] else 1
@@ -290,7 +293,8 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   centre <- NULL
   if (default[["prior_intercept"]] && length(int) == 1L && length(cn) > 1L &&
       all(X[, int] == 1) && any(pos)) {
-    centre <- colSums(w * X[pos, , drop = FALSE]) / sum(w)
+    centre <- drop(crossprod(w, if (all(pos)) X else X[pos, , drop = FALSE])) / sum(w)
+    names(centre) <- cn
     centre[int] <- 0
     if (all(centre == 0)) centre <- NULL
   }
@@ -305,7 +309,8 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
 # The design the engine sees.
 centre_design <- function(X, centre) {
   if (is.null(centre)) return(X)
-  X - rep(centre, each = nrow(X))
+  for (j in which(centre != 0)) X[, j] <- X[, j] - centre[[j]]
+  X
 }
 
 # A = T^{-1}: raw coordinates from centred ones, beta = A theta_c; d >= p
