@@ -6,7 +6,9 @@
 #' @param tol Convergence tolerance on the relative change of the ELBO
 #'   between sweeps.
 #' @param quiet If `FALSE` (the default), runs longer than about a second
-#'   print their progress.
+#'   report their progress as messages (`suppressMessages()` silences them
+#'   too). `TRUE` silences progress only: warnings, such as non-convergence,
+#'   are never silenced.
 #' @param blocks For `approx = "block"`: the partition of the coefficients into
 #'   blocks of a block-diagonal posterior covariance, as a list of character
 #'   vectors of coefficient names or an integer vector of block labels, one per
@@ -35,10 +37,13 @@
 #'   from the window's averaged iterate) before the final averaging phase;
 #'   halving also continues until the step size is at most
 #'   min(0.03, 0.1 / sqrt(number of variational parameters)).
-#' @param elbo_samples Draws used to estimate the final ELBO of an SGVB fit.
+#' @param elbo_samples The most draws used to estimate the final ELBO of an
+#'   SGVB fit (draws are added in blocks until the standard error is below
+#'   0.025 sqrt(1000 / elbo_samples) nats).
 #' @param baseline For `estimator = "score"`: subtract the leave-one-out
 #'   baseline (`TRUE`, default) or not.
-#' @param stl For `estimator = "reparam"`: use the path derivative of
+#' @param stl For `estimator = "reparam"` with a full-rank q (meanfield
+#'   always uses the plain estimator): use the path derivative of
 #'   log p - log q ("sticking the landing", Roeder, Wu & Duvenaud 2017;
 #'   `TRUE`, default), whose variance vanishes as q approaches a Gaussian
 #'   posterior, instead of the gradient of log p plus the exact entropy
@@ -51,7 +56,10 @@
 #'   most this many coefficients, each sweep also takes a joint Newton step on
 #'   all the means (cost n p^2), which makes coordinate ascent converge in a
 #'   few sweeps on strongly correlated posteriors. `0` turns it off (pure
-#'   O(np) sweeps, for very many coefficients).
+#'   O(np) sweeps, for very many coefficients). For [vb_lds()] with
+#'   `approx = "meanfield"`, any value above 0 takes joint steps on all the
+#'   latent factors (block-tridiagonal Newton for the means), `0` plain
+#'   coordinate sweeps.
 #' @return A list of class `vb_control`.
 #' @examples
 #' vb_control(tol = 1e-10)
