@@ -852,6 +852,24 @@ typedef struct {
     double *V, *U, *kw, *gD, *gV;       /* low rank: factor, C V, lr_kl work, its gradient */
 } refine_ctx;
 
+/* Unit j's expected log-likelihood (up to R->cst) at eta_j ~ N(mu, s), with
+ * its derivatives in mu (fm) and s (fs) and the Newton weight w stored. */
+static double unit_term(refine_ctx *R, int j, double mu, double s) {
+    const amz_model *M = R->M;
+    if (M->family == VB_POISSON) {
+        double w = exp(mu + 0.5 * s);
+        R->fm[j] = R->yi[j] - w;
+        R->fs[j] = -0.5 * w;
+        R->w[j] = w;
+        return R->yi[j] * mu - w;
+    }
+    double lp = R->lpsi[M->npsi == 1 ? 0 : j], ip = exp(-lp), e = R->yi[j] - mu;
+    R->fm[j] = ip * e;
+    R->fs[j] = -0.5 * ip;
+    R->w[j] = ip;
+    return -0.5 * lp - 0.5 * ip * (e * e + s);
+}
+
 /* ELBO_i at (m, v); with grad: fm, fs, w (the Hessian weights) filled. */
 static double trial_elbo(refine_ctx *R, const double *m, const double *v) {
     const amz_model *M = R->M;
@@ -868,19 +886,7 @@ static double trial_elbo(refine_ctx *R, const double *m, const double *v) {
             mu += c * m[k];
             s += c * c * v[k];
         }
-        if (M->family == VB_POISSON) {
-            double w = exp(mu + 0.5 * s);
-            ll += R->yi[j] * mu - w;
-            R->fm[j] = R->yi[j] - w;
-            R->fs[j] = -0.5 * w;
-            R->w[j] = w;
-        } else {
-            double lp = R->lpsi[M->npsi == 1 ? 0 : j], ip = exp(-lp), r = R->yi[j] - mu;
-            ll += -0.5 * lp - 0.5 * ip * (r * r + s);
-            R->fm[j] = ip * r;
-            R->fs[j] = -0.5 * ip;
-            R->w[j] = ip;
-        }
+        ll += unit_term(R, j, mu, s);
     }
     return ll - kl;
 }
@@ -1014,19 +1020,7 @@ static double lr_trial_elbo(refine_ctx *R, const double *m, const double *D, con
             R->U[j + (size_t)l * N] = u;
             s += u * u;
         }
-        if (M->family == VB_POISSON) {
-            double w = exp(mu + 0.5 * s);
-            ll += R->yi[j] * mu - w;
-            R->fm[j] = R->yi[j] - w;
-            R->fs[j] = -0.5 * w;
-            R->w[j] = w;
-        } else {
-            double lp = R->lpsi[M->npsi == 1 ? 0 : j], ip = exp(-lp), e = R->yi[j] - mu;
-            ll += -0.5 * lp - 0.5 * ip * (e * e + s);
-            R->fm[j] = ip * e;
-            R->fs[j] = -0.5 * ip;
-            R->w[j] = ip;
-        }
+        ll += unit_term(R, j, mu, s);
     }
     if (gpar) {
         for (int k = 0; k < d; k++) {

@@ -445,14 +445,10 @@ static int joint_mean_step(cavi_state *S, double *F) {
  * instead of p.  The gain it predicts is the coordinate steps' (as
  * block_predicted_gain).  When it cannot take the full step, the sweep falls
  * back to coordinate steps (with their mean extension).
+ * The trial context is joint_try's (the state, the trial's ELBO).
  */
-typedef struct {
-    cavi_state *S;
-    double Fa;
-} diag_trial;
-
 static int diag_try(double a, void *ctx, double *val) {
-    diag_trial *dt = (diag_trial *)ctx;
+    joint_trial *dt = (joint_trial *)ctx;
     cavi_state *S = dt->S;
     vb_glm *M = S->M;
     int n = M->n, p = M->p;
@@ -501,7 +497,7 @@ static int diag_step(cavi_state *S, double *F, double *a_out) {
         double e = (S->Lam[jj] - S->dL[j]) * s2;
         S->pred += 0.5 * S->dg[j] * S->dg[j] * s2 + 0.25 * e * e;
     }
-    diag_trial dt = {S, 0};
+    joint_trial dt = {S, 0};
     double val;
     int st = vb_step_search(diag_try, &dt, old, &a, &val);
     if (st != VB_OK) return st;
