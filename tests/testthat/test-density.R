@@ -232,7 +232,11 @@ test_that("ESS of importance weights: sqrt(2 s^2 - 1) / s^2 of S for a N(0, s^2)
 })
 
 test_that("progress goes through message() (suppressMessages silences it); quiet never silences a warning", {
-  f <- function(th) { for (i in 1:30000) NULL; -0.5 * sum(th^2) } # CPU time: progress is per CPU second
+  f <- function(th) { for (i in 1:30000) NULL; -0.5 * sum(th^2) }
+  # progress lines come every vbayes.progress_interval CPU seconds (1 by
+  # default): a short interval, so that a run of any length shows some
+  old <- options(vbayes.progress_interval = 0.01)
+  on.exit(options(old))
   set.seed(16)
   msgs <- character(0)
   withCallingHandlers(
