@@ -109,7 +109,7 @@
  * them (quiet turns them off).  message() is evaluated under R_tryCatch, which
  * keeps the calling handlers of the caller (suppressMessages) but catches an
  * error or interrupt, so nothing longjmps through the engine; at most one line
- * a second. */
+ * every vbayes.progress_interval CPU seconds (1 by default). */
 static SEXP progress_body(void *data) {
     SEXP call = PROTECT(Rf_lang2(Rf_install("message"), Rf_mkString((const char *)data)));
     Rf_eval(call, R_BaseEnv);
@@ -126,7 +126,7 @@ static SEXP progress_handler(SEXP cond, void *data) {
 static void progress(vb_progress *pr, const char *what, int it, double elbo) {
     if (pr->quiet) return;
     double now = (double)clock() / CLOCKS_PER_SEC;
-    if (now - pr->last < 1.0) return;
+    if (now - pr->last < pr->every) return; /* vbayes.progress_interval */
     pr->last = now;
     char buf[160];
     snprintf(buf, sizeof buf, "%s: step %d, ELBO %.6g", what, it, elbo);

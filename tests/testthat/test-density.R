@@ -235,7 +235,7 @@ test_that("progress goes through message() (suppressMessages silences it); quiet
   f <- function(th) { for (i in 1:30000) NULL; -0.5 * sum(th^2) }
   # progress lines come every vbayes.progress_interval CPU seconds (1 by
   # default): a short interval, so that a run of any length shows some
-  old <- options(vbayes.progress_interval = 0.01)
+  old <- options(vbayes.progress_interval = 0)
   on.exit(options(old))
   set.seed(16)
   msgs <- character(0)
