@@ -222,7 +222,7 @@ is_separated <- function(X, y, weights, mu = NULL) {
   # undecided columns cost a pass over X.
   open <- cols
   if (length(cols) && length(pos) && length(neg)) {
-    A <- X[head(pos, 64L), cols, drop = FALSE]; B <- X[head(neg, 64L), cols, drop = FALSE]
+    A <- X[utils::head(pos, 64L), cols, drop = FALSE]; B <- X[utils::head(neg, 64L), cols, drop = FALSE]
     mix_order <- apply(A, 2L, min) < apply(B, 2L, max) & apply(A, 2L, max) > apply(B, 2L, min)
     open <- cols[!mix_order]
   }
