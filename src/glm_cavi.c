@@ -23,7 +23,8 @@
  * within tol too — a sweep that creeps along a flat ridge with tiny accepted
  * steps is not converged.  Otherwise the status says why it stopped.
  *
- * Inputs: model list (glm_model.c), init (mu, tau shape, tau rate), block ids
+ * Inputs: model list (glm_model.c), init (mu, tau shape, tau rate[, a p x p
+ * starting precision: a warm start, its block entries used]), block ids
  * (0..nb-1, one per coefficient), control (the vb_control() list).
  * Cost per sweep: sum_b n k_b^2 (syrk + trsm) plus n expectations per block
  * trial; O(np) for meanfield, about 2np^2 + p^3/3 for fullrank.  Memory O(np + p^2).
@@ -48,6 +49,7 @@ typedef struct {
     double *dL, *dg, *dmu, *ds2;             /* p each, for diag_step        */
     double *jH, *jg, *jd, *jw;               /* p x p, p, p, chunk x p      */
     int rank;                                /* rank of X'WX, -1 until known */
+    const double *warm;                      /* p x p starting precision, or NULL */
     double *rwork;                           /* p^2 + 4p for vb_gram_rank    */
 } cavi_state;
 
@@ -614,14 +616,33 @@ static int irls_start(cavi_state *S, double *H) {
 }
 
 /*
- * Starting q.  With one block, or joint mean steps on: irls_start.  Otherwise
- * Sigma_b = inverse curvature at mu_init with v = 0, per block (mu kept).
+ * Starting q.  A warm start (a previous fit's precision, its block entries
+ * used) keeps mu and sets each Sigma_b from it.  Otherwise, with one block or
+ * joint mean steps on: irls_start; else Sigma_b = inverse curvature at mu_init
+ * with v = 0, per block (mu kept).
  */
 static int cavi_start(cavi_state *S) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
     double done = 1.0;
-    if (S->nb == 1 || S->joint) {
+    if (S->warm) {
+        for (int b = 0; b < S->nb; b++) {
+            int k = S->bstart[b + 1] - S->bstart[b];
+            gather_block(S, b, S->Lb, S->warm);
+            for (int j = 0; j < k; j++) /* its symmetric part */
+                for (int i = 0; i < j; i++)
+                    S->Lb[i + j * k] = S->Lb[j + i * k] =
+                        0.5 * (S->Lb[i + j * k] + S->Lb[j + i * k]);
+            memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
+            int info = vb_chol(k, S->Rb, k);
+            if (info != 0) return vb_lapack_status(info);
+            for (int i = 0; i < k; i++)
+                S->mub[i] = S->mu[S->idx[S->bstart[b] + i]];
+            int st = block_store(S, b, S->mub, S->Lb, S->Rb);
+            if (st != VB_OK) return st;
+        }
+        S->jH_fresh = 0;
+    } else if (S->nb == 1 || S->joint) {
         int st = irls_start(S, S->jH);
         if (st != VB_OK) return st;
         S->jH_fresh = 0; /* at v = 0: the first joint step refactors */
@@ -928,12 +949,13 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     vb_settings set;
     vb_settings_read(control, &set);
     int n = M.n, p = M.p;
-    if (TYPEOF(init) != REALSXP || Rf_length(init) != p + 2)
-        Rf_error(
-            "'init' must be a double vector of length p + 2 (coefficients, tau shape, tau rate)");
+    size_t ninit = (size_t)p + 2, nwarm = ninit + (size_t)p * p;
+    if (TYPEOF(init) != REALSXP || (Rf_xlength(init) != ninit && Rf_xlength(init) != nwarm))
+        Rf_error("'init' must be a double vector of length p + 2 (coefficients, tau shape, tau "
+                 "rate), or p + 2 + p^2 with a starting precision matrix");
     if (TYPEOF(blocks) != INTSXP || Rf_length(blocks) != p)
         Rf_error("'blocks' must be an integer vector with one block id per coefficient");
-    for (int j = 0; j < p + 2; j++)
+    for (size_t j = 0; j < (size_t)Rf_xlength(init); j++)
         if (!R_FINITE(REAL(init)[j])) Rf_error("'init' must be finite");
     if (!(REAL(init)[p] > 0 && REAL(init)[p + 1] > 0))
         Rf_error("initial q(tau) needs positive shape and rate");
@@ -1000,6 +1022,7 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     set_tau(&S);
 
     S.rank = -1;
+    S.warm = (size_t)Rf_xlength(init) == nwarm ? REAL(init) + ninit : NULL;
     S.rwork = alloc0(pp + 4 * (size_t)p);
     int gauss = M.family == VB_GAUSSIAN && (nb == 1 || nb == p);
     for (int j = 0; j < p; j++)
