@@ -85,13 +85,16 @@ kl_gamma <- function(a, b, a0, b0) {
 # model is the engine's ELBO with its Gaussian prior terms for the ARD
 # coefficients replaced by E_q log N(beta_g; 0, alpha_g^-1 I) - KL(q(alpha)).
 #
-# Plain sweeps converge linearly, slowly where a group is being pruned
-# (E[alpha_g] grows by a near-constant factor per sweep), so the sweeps are
-# accelerated by SQUAREM (Varadhan & Roland 2008, step S3) on the log rates of
-# q(alpha): two plain sweeps, an extrapolated rate vector, one sweep from it,
-# kept only when its ELBO is at least that of the second plain sweep, so every
-# state on the trace is at least as good as the one before.  Convergence is
-# judged on a plain sweep from the current state, as without acceleration.
+# A plain sweep resumes q(beta) where the last one left it (the engine's warm
+# start) for two engine iterations, so it is cheap and cannot lower the ELBO.
+# Sweeps converge linearly, slowly where a group is being pruned (E[alpha_g]
+# moves by a near-constant factor per sweep), so every two plain sweeps are
+# followed by a proposal, kept only when its ELBO is at least the current one
+# (every state on the trace is at least as good as the one before): first the
+# fixed point of the quadratic model (ard_surrogate), and once that no longer
+# helps, per-group Aitken extrapolation of the log rates (ard_aitken), backing
+# off when rejected.  Converged: the engine met its own criterion on the last
+# sweep, and the limit projected from the last two gains is within tol.
 ard_cavi <- function(model, prior, groups, blocks, init, control) {
   j <- which(!is.na(groups))
   gj <- groups[j]
@@ -103,14 +106,24 @@ ard_cavi <- function(model, prior, groups, blocks, init, control) {
   model$prior_location[j] <- 0
   sum_g <- function(v) vapply(split(v, factor(gj, seq_len(G))), sum, numeric(1), USE.NAMES = FALSE)
   iters <- 0L
-  # one sweep from q(alpha) = Gamma(shape, rate): q(beta) at E[alpha], then q(alpha)
-  sweep <- function(shape, rate, init) {
+  rank <- NA_integer_
+  inner <- control
+  inner$maxit <- 2L # a sweep's q(beta) step: two engine iterations from the previous q(beta)
+  # One sweep from q(alpha) = Gamma(shape, rate): q(beta) at E[alpha], then
+  # q(alpha).  `prec` (the previous q(beta)'s precision) warm-starts the engine
+  # at that q(beta), so the sweep cannot lower the ELBO; the engine then needs
+  # only a step or two, not a fit to convergence, per q(alpha) update.
+  sweep <- function(shape, rate, init, prec = NULL) {
     lam <- (shape / rate)[gj]
     model$prior_scale[j] <- 1 / sqrt(lam)
-    core <- .Call(C_glm_cavi, model, init, blocks, control)
+    core <- .Call(C_glm_cavi, model, c(init, prec), blocks, if (is.null(prec)) control else inner)
     iters <<- iters + as.integer(core$iterations)
-    if (core$status != 0L) return(list(core = core, status = core$status, elbo = NA_real_))
-    ebb <- core$mu[j]^2 + diag(as.matrix(core$Sigma))[j]
+    if (is.na(rank) && is.numeric(core$rank)) rank <<- core$rank
+    if (!core$status %in% 0:1) return(list(core = core, status = core$status, elbo = NA_real_))
+    S <- as.matrix(core$Sigma)
+    P <- tryCatch(chol2inv(chol(S)), error = function(e) NULL)
+    if (is.null(P)) return(list(core = core, status = 4L, elbo = NA_real_))
+    ebb <- core$mu[j]^2 + diag(S)[j]
     p_eng <- sum(-0.5 * log(2 * pi) + 0.5 * log(lam) - 0.5 * lam * ebb)
     b <- b0 + sum_g(ebb) / 2
     p_ard <- sum(dg * (-0.5 * log(2 * pi) + 0.5 * (digamma(a) - log(b))) - 0.5 * (a / b) * sum_g(ebb)) -
@@ -118,8 +131,8 @@ ard_cavi <- function(model, prior, groups, blocks, init, control) {
     elbo <- core$elbo - p_eng + p_ard
     init[seq_along(core$mu)] <- core$mu
     if (!is.null(core$tau)) init[length(core$mu) + 1:2] <- core$tau
-    list(core = core, rate = b, lam = lam, elbo = elbo, init = init,
-         status = if (is.finite(elbo)) 0L else 4L)
+    list(core = core, rate = b, lam = lam, elbo = elbo, init = init, prec = P,
+         engine_ok = core$status == 0L, status = if (is.finite(elbo)) 0L else 4L)
   }
   slack <- function(e) 1e-10 * (1 + abs(e))
   trace <- numeric(0)
@@ -133,30 +146,34 @@ ard_cavi <- function(model, prior, groups, blocks, init, control) {
   # last gain d2 over 1 - rho, rho = d2 / d1.
   step <- function(d1 = NULL) {
     if (n_sweeps >= control$maxit) { status <<- 1L; return(NULL) }
-    s <- sweep(a, st$rate, st$init); n_sweeps <<- n_sweeps + 1L
+    s <- sweep(a, st$rate, st$init, st$prec); n_sweeps <<- n_sweeps + 1L
     if (s$status != 0L) { status <<- s$status; return(NULL) }
     if (s$elbo < st$elbo - slack(st$elbo)) { status <<- 5L; return(NULL) }
     d2 <- max(s$elbo - st$elbo, 0)
     st <<- s; trace <<- c(trace, s$elbo)
-    if (!is.null(d1)) {
+    if (!is.null(d1) && s$engine_ok) { # q(beta) met the engine's own criterion too
       rho <- if (d1 > 0) min(d2 / d1, 0.999) else 0
       if (tol_met(s$elbo - d2, s$elbo + d2 * rho / (1 - rho), control$tol)) return(NULL)
     }
     d2
   }
-  wait <- 0L; backoff <- 1L
+  wait <- 0L; backoff <- 1L; use_model <- TRUE
   while (status == 0L) {
+    r0 <- st$rate
     d1 <- step()
     if (is.null(d1)) break
+    r1 <- st$rate
     if (is.null(step(d1))) break
     if (n_sweeps >= control$maxit || (wait <- wait - 1L) > 0L) next
-    prop <- ard_surrogate(st, j, gj, a, b0, sum_g)
-    if (is.null(prop)) next
-    s <- sweep(a, prop$rate, prop$init); n_sweeps <- n_sweeps + 1L
+    prop <- if (use_model) ard_surrogate(st, j, gj, a, b0, sum_g) else ard_aitken(st, r0, r1)
+    if (is.null(prop)) { use_model <- FALSE; next }
+    s <- sweep(a, prop$rate, prop$init, prop$prec); n_sweeps <- n_sweeps + 1L
     if (s$status %in% 6:8) { status <- s$status; break } # interrupted or internal: never swallowed
     if (s$status == 0L && s$elbo >= st$elbo) {
       st <- s; trace <- c(trace, s$elbo); backoff <- 1L
-    } else { # a rejected proposal: wait twice as long before the next
+    } else if (use_model) { # the quadratic model no longer predicts well: extrapolate instead
+      use_model <- FALSE
+    } else { # a rejected extrapolation: wait twice as long before the next
       backoff <- 2L * backoff; wait <- backoff
     }
   }
@@ -168,6 +185,7 @@ ard_cavi <- function(model, prior, groups, blocks, init, control) {
   }
   core$status <- status
   core$iterations <- iters
+  if (is.na(core$rank %||% NA)) core$rank <- rank
   b <- if (is.null(st$rate)) rep(b0, G) else st$rate
   S <- if (is.null(core$Sigma)) NULL else diag(as.matrix(core$Sigma))[j]
   core$ard <- list(shape = a, rate = b, groups = as.vector(groups), labels = attr(groups, "labels"), size = dg,
@@ -184,16 +202,13 @@ ard_cavi <- function(model, prior, groups, blocks, init, control) {
 # pass over the data.  The engine then fits q(beta) at the proposed rates, and
 # the proposal is kept only if the exact ELBO did not fall.
 ard_surrogate <- function(st, j, gj, a, b0, sum_g, maxit = 500L) {
-  S <- as.matrix(st$core$Sigma)
-  R <- tryCatch(chol(S), error = function(e) NULL)
-  if (is.null(R)) return(NULL)
-  P <- chol2inv(R)
+  P <- st$prec
   Pm <- drop(P %*% st$core$mu)
   b <- st$rate
   for (it in seq_len(maxit)) {
     A <- P
-    dj <- (a / b)[gj] - st$lam
-    A[cbind(j, j)] <- A[cbind(j, j)] + dj
+    ea <- a / b
+    A[cbind(j, j)] <- A[cbind(j, j)] + ea[gj] - st$lam
     RA <- tryCatch(chol(A), error = function(e) NULL)
     if (is.null(RA)) return(NULL)
     m <- backsolve(RA, forwardsolve(t(RA), Pm))
@@ -204,9 +219,26 @@ ard_surrogate <- function(st, j, gj, a, b0, sum_g, maxit = 500L) {
     if (done) break
   }
   if (any(!is.finite(b)) || any(b <= 0)) return(NULL)
+  A <- P
+  A[cbind(j, j)] <- A[cbind(j, j)] + (a / b)[gj] - st$lam
   init <- st$init
   init[seq_along(m)] <- m
-  list(rate = b, init = init)
+  list(rate = b, init = init, prec = A)
+}
+
+# The other proposal: each group's log rate extrapolated along its last two
+# plain-sweep steps (Aitken's delta-squared), where they shrink geometrically;
+# a group pruned slowly moves by a near-constant factor per sweep, and this
+# jumps to the limit of that sequence.  q(beta) is resumed from the state.
+ard_aitken <- function(st, r0, r1) {
+  x0 <- log(r0); x1 <- log(r1); x2 <- log(st$rate)
+  d1 <- x1 - x0; d2 <- x2 - x1
+  rho <- ifelse(abs(d1) > 0, d2 / d1, 0)
+  ok <- is.finite(rho) & rho > 0 & rho < 1
+  if (!any(ok)) return(NULL)
+  jump <- ifelse(ok, d2 * rho / (1 - rho), 0)
+  jump <- pmax(pmin(jump, log(1e4)), -log(1e4))
+  list(rate = exp(x2 + jump), init = st$init, prec = st$prec)
 }
 
 # The per-group table of a fit: E[alpha], the prior sd it implies, relevance.

@@ -72,7 +72,7 @@ off <- which(row(A) != col(A))
 present <- sample(off, round(0.05 * length(off)))
 A[present] <- sample(c(-1, 1), length(present), TRUE) * runif(length(present), 0.5, 1.2)
 W <- lapply(1:N, function(i) lapply(1:N, function(j) if (i == j) c(-2, -0.5, 0) else A[i, j] * c(0.6, 0.8, 0.3)))
-Tn <- as.integer(Sys.getenv("BENCH_POP_T", if (quick) "5000" else "30000"))
+Tn <- as.integer(Sys.getenv("BENCH_POP_T", if (quick) "5000" else "10000"))
 Y <- sim_population(Tn, B, W, rep(log(15), N), dt, 4)
 truth <- (A != 0)[off]
 t_vb <- system.time(pop <- vb_population(Y, basis = B))[["elapsed"]]

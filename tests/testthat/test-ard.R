@@ -106,3 +106,30 @@ test_that("ard() and its groups are checked", {
   fit <- vb(y ~ x1 + x2 + x3, d, family = poisson(), prior = ard(groups = list(c("x1", "x3"), "x2")))
   expect_identical(fit$ard$coefficients, c("x1, x3", "x2"))
 })
+
+test_that("the engine's warm start resumes q(beta): it stays at an optimum and reaches the cold fit's from elsewhere", {
+  set.seed(11)
+  X <- cbind(1, matrix(rnorm(400 * 4), 400, 4))
+  y <- rpois(400, exp(0.3 + X[, -1] %*% c(0.4, -0.2, 0, 0.1)))
+  M <- c_model(X, y)
+  ctl <- vb_control(maxit = 200, tol = 1e-12)
+  for (blocks in list(integer(5), 0:4)) { # fullrank and meanfield
+    cold <- .Call(vbayes:::C_glm_cavi, M, c(rep(0, 5), 1, 1), blocks, ctl)
+    expect_identical(cold$status, 0L)
+    P <- solve(cold$Sigma)
+    warm <- .Call(vbayes:::C_glm_cavi, M, c(cold$mu, 1, 1, P), blocks, ctl)
+    expect_identical(warm$status, 0L)
+    expect_lte(warm$iterations, 2L)
+    expect_equal(warm$elbo, cold$elbo, tolerance = 1e-10)
+    # from a precision twice the optimum's and shifted means: the same optimum, never decreasing
+    far <- .Call(vbayes:::C_glm_cavi, M, c(cold$mu + 0.1, 1, 1, 2 * P), blocks, ctl)
+    expect_identical(far$status, 0L)
+    expect_equal(far$elbo, cold$elbo, tolerance = 1e-9)
+    expect_true(all(diff(far$trace) >= -1e-9 * abs(cold$elbo)))
+  }
+  # a starting precision that is not positive definite is a status, not a crash
+  bad <- .Call(vbayes:::C_glm_cavi, M, c(rep(0, 5), 1, 1, -diag(5)), integer(5), ctl)
+  expect_false(identical(bad$status, 0L))
+  expect_error(.Call(vbayes:::C_glm_cavi, M, c(rep(0, 5), 1, 1, 1), integer(5), ctl), "p \\+ 2")
+  expect_error(.Call(vbayes:::C_glm_cavi, M, c(rep(0, 5), 1, 1, rep(NA, 25)), integer(5), ctl), "finite")
+})
