@@ -13,8 +13,16 @@ sgvb_glm <- function(model, approx, control) {
   L0 <- init_chol(H, approx)
   estimator <- control$estimator
   # the closed-form ELBO below replaces a Monte Carlo one: none is computed
-  r <- .Call(C_sgvb_fit, list(type = "glm", glm = model), as.double(mu0), L0, pre_chol(H),
-             control, sgvb_opts(control, approx, estimator, laplace = TRUE, final_elbo = FALSE))
+  pre <- pre_chol(H)
+  opts <- sgvb_opts(control, approx, estimator, laplace = TRUE, final_elbo = FALSE)
+  if (!is.null(pre) && estimator == "reparam") {
+    # the curvature of the start whitens the steps well enough for plain
+    # (Newton-like) gradient steps; their noise is small, so short windows
+    opts$newton <- TRUE
+    opts$window <- max(5L, as.integer(ceiling(control$window / 10)))
+    opts$control_variate <- TRUE
+  }
+  r <- .Call(C_sgvb_fit, list(type = "glm", glm = model), as.double(mu0), L0, pre, control, opts)
   status <- r$status
   ix <- seq_len(p)
   Sj <- tcrossprod(r$L)

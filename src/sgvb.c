@@ -155,6 +155,11 @@ typedef struct {
     double *ustep;
     int tw;          /* fullrank with pre: L = pre Lt, Lt parameterised     */
     double *Lt, *aw; /* d x d, d                                             */
+    int newton;      /* preconditioned SGD steps (see the contract)          */
+    double *nsc;     /* newton: per-parameter step factor, P                 */
+    int cv;          /* control variates (cv_draw)                           */
+    double *H;       /* meanfield cv: H = (pre pre')^{-1}, d x d             */
+    double *hv, cvq; /* d scratch; v'Hv of the current draw                  */
 } sgvb;
 
 static int npar(int d, int fullrank) {
@@ -283,6 +288,65 @@ static void inv_lt(const sgvb *Q, const double *e, double *u) {
     F77_CALL(dtrsv)("L", "T", "N", &d, Q->tw ? Q->Lt : Q->L, &d, u, &one FCONE FCONE FCONE);
     if (Q->tw) F77_CALL(dtrsv)("L", "T", "N", &d, Q->pre, &d, u, &one FCONE FCONE FCONE);
 }
+/*
+ * The control variate of a draw (opts$control_variate): the quadratic model
+ * -v'Hv/2 of f around mu, v = theta - mu = L eps, H = (pre pre')^{-1} the
+ * curvature the preconditioner came from.  Its gradient -Hv is taken off the
+ * draw's gradient (g += Hv), its value off the ELBO estimate (Q->cvq = v'Hv);
+ * cv_mean() puts their expectations back.  Fullrank (L = pre Lt): Hv =
+ * pre^{-T} Lt eps and v'Hv = |Lt eps|^2, O(d^2); meanfield: v = ld eps and
+ * Hv by dsymv with the explicit H.  For a Gaussian target of precision H the
+ * location gradient is then exact and the scale gradient's noise is the
+ * location error times eps, so both vanish at the optimum.
+ */
+static void cv_draw(sgvb *Q, const double *e, double *g) {
+    int d = Q->d, one = 1;
+    double q = 0;
+    if (Q->fullrank) {
+        memcpy(Q->u, e, sizeof(double) * d);
+        F77_CALL(dtrmv)("L", "N", "N", &d, Q->Lt, &d, Q->u, &one FCONE FCONE FCONE);
+        for (int i = 0; i < d; i++)
+            q += Q->u[i] * Q->u[i];
+        memcpy(Q->hv, Q->u, sizeof(double) * d);
+        F77_CALL(dtrsv)("L", "T", "N", &d, Q->pre, &d, Q->hv, &one FCONE FCONE FCONE);
+    } else {
+        double done = 1.0, dzero = 0.0;
+        for (int i = 0; i < d; i++)
+            Q->u[i] = Q->ld[i] * e[i];
+        F77_CALL(dsymv)("L", &d, &done, Q->H, &d, Q->u, &one, &dzero, Q->hv, &one FCONE);
+        for (int i = 0; i < d; i++)
+            q += Q->u[i] * Q->hv[i];
+    }
+    Q->cvq = q;
+    if (g)
+        for (int i = 0; i < d; i++)
+            g[i] += Q->hv[i];
+}
+
+/* The expectations of the control variates at the current q: returns
+ * E[v'Hv]/2 = tr(L'HL)/2 and subtracts E[(Hv) eps'] = HL from the scale
+ * gradients in Q->gacc (fullrank: pre' H pre = I, so d/dLt gets -Lt; the
+ * location gradient needs nothing, E[Hv] = 0).  O(d^2) fullrank, O(d)
+ * meanfield. */
+static double cv_mean(sgvb *Q) {
+    int d = Q->d, k = d;
+    double tr = 0;
+    for (int j = 0; j < d; j++) {
+        if (!Q->fullrank) {
+            double c = Q->H[j + (size_t)j * d] * Q->ld[j] * Q->ld[j];
+            tr += c;
+            Q->gacc[k++] -= c;
+            continue;
+        }
+        for (int i = j; i < d; i++, k++) {
+            double l = Q->Lt[i + (size_t)j * d];
+            tr += l * l;
+            Q->gacc[k] -= i == j ? l * l : l;
+        }
+    }
+    return 0.5 * tr;
+}
+
 /* A status that ends the run at once: anything but VB_OK and a skipped draw. */
 static int hard_status(int st) {
     return st != VB_OK && st != VB_NONFINITE;
@@ -312,14 +376,22 @@ static int estimate(sgvb *Q, double *elbo) {
             for (int i = 0; i < d; i++)
                 if (!R_FINITE(g[i])) return VB_NONFINITE;
         fsum += Q->fz[s];
+        double *e = Q->eps + (size_t)s * d;
+        if (Q->cv) {
+            cv_draw(Q, e, g);
+            esum += 0.5 * Q->cvq;
+            continue;
+        }
         /* -log q(theta) = sum log L_jj + d/2 log 2 pi + |eps|^2 / 2: estimating
          * the ELBO by f - log q (not f + exact entropy) makes its noise vanish
          * as q approaches the posterior, which sharpens the stall test */
-        double *e = Q->eps + (size_t)s * d;
         for (int i = 0; i < d; i++)
             esum += 0.5 * e[i] * e[i];
     }
-    *elbo = (fsum + esum) / S + entropy(Q) - 0.5 * d;
+    if (Q->cv)
+        *elbo = (fsum + esum) / S - cv_mean(Q) + entropy(Q);
+    else
+        *elbo = (fsum + esum) / S + entropy(Q) - 0.5 * d;
     if (!Q->score && Q->stl) {
         /* path derivative of f - log q: a = grad f(theta) + L^{-T} eps */
         for (int s = 0; s < S; s++) {
@@ -453,10 +525,16 @@ static int adam_step(sgvb *Q, adam *A, double eta, double *elbo) {
     A->t += 1;
     double c1 = 1.0 - pow(0.9, A->t), c2 = 1.0 - pow(0.999, A->t);
     for (int k = 0; k < Q->P; k++) {
-        double g = Q->gacc[k];
-        A->m[k] = 0.9 * A->m[k] + 0.1 * g;
-        A->v[k] = 0.999 * A->v[k] + 0.001 * g * g;
-        double step = eta * A->sc[k] * (A->m[k] / c1) / (sqrt(A->v[k] / c2) + 1e-8);
+        double g = Q->gacc[k], step;
+        if (Q->newton) {
+            /* the gradient itself, in coordinates whose curvature is about
+             * the identity (whitened locations, Lt) or 2 (log-diagonals) */
+            step = eta * Q->nsc[k] * g;
+        } else {
+            A->m[k] = 0.9 * A->m[k] + 0.1 * g;
+            A->v[k] = 0.999 * A->v[k] + 0.001 * g * g;
+            step = eta * A->sc[k] * (A->m[k] / c1) / (sqrt(A->v[k] / c2) + 1e-8);
+        }
         /* a log-diagonal (or whitened location) never moves by more than 1 */
         if (A->sc[k] == 1.0 && fabs(step) > 1.0) step = step > 0 ? 1.0 : -1.0;
         if (Q->pre && k < d)
@@ -537,6 +615,7 @@ typedef struct {
     int P, d, fullrank;
     int *isdiag;      /* P: 1 at the log-diagonals of L             */
     double *avg;      /* window sum of lambda                        */
+    double *pavg;     /* the previous window's average (newton)      */
     double *bs, *bq;  /* final phase: sum and sum of squares of the  */
     double *sc;       /* window means; step scales                   */
     double wsum, wss; /* window sums of the ELBO estimates           */
@@ -558,6 +637,7 @@ static void windows_init(windows *W, const sgvb *Q) {
         k += Q->fullrank ? d - j : 1;
     }
     W->avg = (double *)R_alloc(P, sizeof(double));
+    W->pavg = (double *)R_alloc(P, sizeof(double));
     W->bs = (double *)R_alloc(P, sizeof(double));
     W->bq = (double *)R_alloc(P, sizeof(double));
     W->sc = (double *)R_alloc(P, sizeof(double));
@@ -649,6 +729,7 @@ static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) 
 
 typedef struct {
     int maxit, adapt_iter, window, decays, elbo_samples, quiet;
+    int newton; /* preconditioned SGD, eta 1, decreases halve eta (opts$newton) */
     double tol, eta, prec; /* eta <= 0: search (or eta_start) */
     int laplace_start;     /* q starts at the Laplace approximation: no search */
     int final_elbo;        /* estimate the ELBO of the returned q */
@@ -675,6 +756,29 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
     }
     for (int k = 0; k < P; k++)
         W->avg[k] /= wn;
+    if (C->newton && R_FINITE(W->prev_mean)) {
+        double ch = mean - W->prev_mean;
+        if (ch < -2.0 * sqrt(se * se + W->prev_se * W->prev_se) && -ch > C->tol * fabs(mean)) {
+            /* the smoothed ELBO fell: the step overshoots (the curvature at
+             * the start understates the posterior's); halve it and restart
+             * from the better window, whose mean stays the reference */
+            *eta *= 0.5;
+            W->decays++;
+            memcpy(A->lam, W->pavg, sizeof(double) * P);
+            adam_reset(A, P);
+            W->nt = 0;
+            if (W->final) {
+                W->final = 0;
+                W->nb = 0;
+                memset(W->bs, 0, sizeof(double) * P);
+                memset(W->bq, 0, sizeof(double) * P);
+            }
+            W->wsum = W->wss = 0;
+            W->wn = 0;
+            memset(W->avg, 0, sizeof(double) * P);
+            return 0;
+        }
+    }
     trend_push(W, mean, se);
     if (!W->final) {
         if (stall && *eta <= eta_final && W->decays >= C->decays) {
@@ -702,6 +806,7 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
     }
     W->prev_mean = mean;
     W->prev_se = se;
+    memcpy(W->pavg, W->avg, sizeof(double) * P);
     W->wsum = W->wss = 0;
     W->wn = 0;
     memset(W->avg, 0, sizeof(double) * P);
@@ -786,7 +891,14 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
     /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
      * final step shrinks with the number of parameters */
     double eta = C->eta, eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
-    if (!(eta > 0) && C->laplace_start) {
+    if (C->newton) {
+        /* a full gradient step in the whitened coordinates is a Newton
+         * step when the curvature of the start is the posterior's: no
+         * search, no required halvings (a falling ELBO halves it) */
+        if (!(eta > 0)) eta = 1.0;
+        eta_final = eta;
+        status = VB_OK;
+    } else if (!(eta > 0) && C->laplace_start) {
         /* q starts at the Laplace approximation, within a fraction of a
          * posterior sd of the optimum for a near-Gaussian posterior: trial
          * runs at steps of up to one sd would first move it away */
@@ -915,6 +1027,17 @@ static void sgvb_alloc(sgvb *Q, const vb_target *T, int fullrank, int score, int
     Q->Lt = (double *)R_alloc((size_t)d * d, sizeof(double));
     memset(Q->Lt, 0, sizeof(double) * (size_t)d * d);
     Q->aw = (double *)R_alloc(d, sizeof(double));
+    Q->newton = 0;
+    Q->cv = 0;
+    Q->H = NULL;
+    Q->hv = (double *)R_alloc(d, sizeof(double));
+    Q->nsc = (double *)R_alloc(Q->P, sizeof(double));
+    for (int k = 0; k < Q->P; k++)
+        Q->nsc[k] = 1.0;
+    for (int j = 0, k = d; j < d; j++) {
+        Q->nsc[k] = 0.5; /* log L_jj: curvature 2 at the optimum */
+        k += fullrank ? d - j : 1;
+    }
 }
 
 /* The target, with the dimension limit of the entry points. */
@@ -974,6 +1097,10 @@ static void read_settings(SEXP control, SEXP opts, sgvb_settings *C) {
     C->laplace_start = opt_flag(opts, "laplace_start", 0);
     C->final_elbo = opt_flag(opts, "final_elbo", 1);
     C->elbo_se = opt_num(opts, "elbo_se", 0, R_PosInf, 0);
+    /* opts: newton (absent: FALSE, Adam) and window (absent: control's) */
+    C->newton = opt_flag(opts, "newton", 0);
+    if (vb_elt(opts, "window") != R_NilValue)
+        C->window = vb_int_elt(opts, "window", 2, INT_MAX - 1, "opts");
 }
 
 /* The start lambda: from (mu0, L0), whitened by pre when given (fullrank). */
@@ -1013,6 +1140,25 @@ static void engine_setup(SEXP model, SEXP holder, SEXP mu, SEXP L, const char *L
     sgvb_alloc(Q, T, fullrank, score, S, baseline, stl);
 }
 
+/* H = (pre pre')^{-1} = pre^{-T} pre^{-1}, O(d^3) once (wrapper only). */
+static double *cv_curvature(int d, const double *pre) {
+    double *P = (double *)R_alloc((size_t)d * d, sizeof(double));
+    double *H = (double *)R_alloc((size_t)d * d, sizeof(double));
+    memcpy(P, pre, sizeof(double) * (size_t)d * d);
+    int info = 0;
+    F77_CALL(dtrtri)("L", "N", &d, P, &d, &info FCONE FCONE);
+    if (info != 0) Rf_error("'pre' is singular: no control variate");
+    for (int j = 0; j < d; j++)
+        for (int i = 0; i < j; i++)
+            P[i + (size_t)j * d] = 0;
+    double one = 1.0, zero = 0.0;
+    F77_CALL(dsyrk)("L", "T", &d, &d, &one, P, &d, &zero, H, &d FCONE FCONE);
+    for (int j = 0; j < d; j++)
+        for (int i = 0; i < j; i++)
+            H[i + (size_t)j * d] = H[j + (size_t)i * d];
+    return H;
+}
+
 SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts) {
     int nprot = 0;
     SEXP holder = PROTECT(Rf_allocVector(VECSXP, 2));
@@ -1027,6 +1173,18 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
     if (pre != R_NilValue) {
         Q.pre = REAL(pre);
         Q.tw = Q.fullrank;
+    }
+    if (C.newton && pre == R_NilValue)
+        Rf_error("'opts$newton' needs the preconditioner 'pre' (the Cholesky factor of the inverse "
+                 "curvature)");
+    Q.newton = C.newton;
+    if (opt_flag(opts, "control_variate", 0)) {
+        if (pre == R_NilValue || Q.score)
+            Rf_error("'opts$control_variate' needs the preconditioner 'pre' and the reparameterisation "
+                     "estimator");
+        Q.cv = 1;
+        Q.stl = 0; /* the control variate replaces the path derivative */
+        if (!Q.fullrank) Q.H = cv_curvature(d, Q.pre);
     }
     double *lam = (double *)R_alloc(Q.P, sizeof(double));
     start_lambda(&Q, mu0, L0, lam);
