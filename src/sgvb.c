@@ -61,6 +61,27 @@
  * its standard error is at most opts$elbo_se, unless opts$final_elbo is
  * FALSE (a caller with a closed-form ELBO, such as the GLMs).
  *
+ * Newton mode (opts$newton, needs Lpre; the GLMs of vb(method = "sgvb")):
+ * no Adam and no search.  Each step is the gradient estimate itself times
+ * eta (1 unless control$step_size is set; 1/2 for the log-diagonals, whose
+ * curvature is 2 at the optimum) in the whitened coordinates, where the
+ * curvature of the start is the identity: for a posterior whose curvature
+ * is that of the start, a Newton step.  A window whose smoothed ELBO fell
+ * by more than two standard errors (and tol relative) halves eta and
+ * restarts from the previous window's average (leaving the final phase if
+ * it had started); the first stall with the ELBO no longer rising starts
+ * the final phase (no halvings are required: the steps' jitter is the
+ * gradient noise, which the control variates make small, not Adam's
+ * eta-sized one).  opts$window sets the window (the GLMs use
+ * max(5, control$window / 20) steps).
+ * Control variates (opts$control_variate, needs Lpre and reparam): with
+ * H = (Lpre Lpre')^{-1}, each draw's gradient gets + H v and its ELBO term
+ * + v'Hv/2 (v = theta - mu), their expectations (0; H L for the scale
+ * gradient, tr(L'HL)/2 for the ELBO) taken back in closed form (cv_draw,
+ * cv_mean): the quadratic model of f at mu is integrated exactly, only the
+ * remainder is sampled.  It replaces stl.  At a Gaussian target of
+ * precision H both gradient and ELBO estimates are exact at the optimum.
+ *
  * Non-finite draws: a step whose draw has a non-finite log density (or
  * gradient) is skipped; SGVB_MAX_BAD consecutive ones end the run.  A
  * convergence claim needs a finite ELBO: the status is VB_NONFINITE, not
@@ -77,7 +98,8 @@
  * used), Lpre (d x d lower, or NULL), the vb_control() list (read by name:
  * sgvb_maxit, sgvb_tol, quiet, step_size, adapt_iter, window, step_decays,
  * elbo_samples, baseline, stl, precision) and opts = list(fullrank, score,
- * samples [, laplace_start, final_elbo, elbo_se]).
+ * samples [, laplace_start, final_elbo, elbo_se, newton, window,
+ * control_variate]).
  * Outputs: mu, L, elbo, elbo_se, trace (per-step ELBO estimates), smooth
  * (window means), eta, iterations, status, converged, n_grad, n_eval,
  * n_nonfinite (skipped draws), error (the R closure's condition or NULL).
@@ -729,7 +751,7 @@ static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) 
 
 typedef struct {
     int maxit, adapt_iter, window, decays, elbo_samples, quiet;
-    int newton; /* preconditioned SGD, eta 1, decreases halve eta (opts$newton) */
+    int newton;            /* preconditioned SGD, eta 1, decreases halve eta (opts$newton) */
     double tol, eta, prec; /* eta <= 0: search (or eta_start) */
     int laplace_start;     /* q starts at the Laplace approximation: no search */
     int final_elbo;        /* estimate the ELBO of the returned q */
@@ -1178,10 +1200,15 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
         Rf_error("'opts$newton' needs the preconditioner 'pre' (the Cholesky factor of the inverse "
                  "curvature)");
     Q.newton = C.newton;
+    int glm_moments = opt_flag(opts, "glm_moments", 0);
+    if (glm_moments &&
+        (T.f != vb_glm_log_joint || ((const vb_glm *)T.model)->family == VB_GAUSSIAN))
+        Rf_error("'opts$glm_moments' needs a binomial or Poisson GLM target");
     if (opt_flag(opts, "control_variate", 0)) {
         if (pre == R_NilValue || Q.score)
-            Rf_error("'opts$control_variate' needs the preconditioner 'pre' and the reparameterisation "
-                     "estimator");
+            Rf_error(
+                "'opts$control_variate' needs the preconditioner 'pre' and the reparameterisation "
+                "estimator");
         Q.cv = 1;
         Q.stl = 0; /* the control variate replaces the path derivative */
         if (!Q.fullrank) Q.H = cv_curvature(d, Q.pre);
@@ -1194,12 +1221,31 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
     int status = run(&Q, &C, lam, &R);
     PutRNGstate();
 
-    const char *nms[] = {"mu",          "L",         "elbo",    "elbo_se",
-                         "trace",       "smooth",    "eta",     "iterations",
-                         "status",      "converged", "n_grad",  "n_eval",
-                         "n_nonfinite", "error",     "aborted", "consecutive_bad",
-                         "n_averaged",  "decays",    ""};
+    const char *nms[] = {"mu",          "L",         "elbo",     "elbo_se",
+                         "trace",       "smooth",    "eta",      "iterations",
+                         "status",      "converged", "n_grad",   "n_eval",
+                         "n_nonfinite", "error",     "aborted",  "consecutive_bad",
+                         "n_averaged",  "decays",    "glm_elbo", "eta_mean",
+                         "eta_var",     ""};
     SEXP out = vb_named_list(nms, &nprot);
+    if (glm_moments && (status == VB_OK || status == VB_MAXIT)) {
+        /* the closed-form ELBO of a GLM at the returned q, and the moments
+         * of its linear predictor (opts$glm_moments) */
+        const vb_glm *M = (const vb_glm *)T.model;
+        int n = M->n, nc = n < VB_CHUNK ? n : VB_CHUNK;
+        SEXP em = PROTECT(Rf_allocVector(REALSXP, n)), ev = PROTECT(Rf_allocVector(REALSXP, n));
+        SEXP ge = PROTECT(Rf_allocVector(REALSXP, 3));
+        nprot += 3;
+        double *work = (double *)R_alloc((size_t)nc * d + 1, sizeof(double));
+        int st =
+            vb_glm_target_moments(&T, Q.mu, Q.L, !Q.fullrank, REAL(em), REAL(ev), work, REAL(ge));
+        if (st == VB_INTERRUPTED) status = st;
+        if (st == VB_OK) {
+            SET_VECTOR_ELT(out, 18, ge);
+            SET_VECTOR_ELT(out, 19, em);
+            SET_VECTOR_ELT(out, 20, ev);
+        }
+    }
     SET_VECTOR_ELT(out, 0, vb_real_vec(d, Q.mu));
     SET_VECTOR_ELT(out, 1, vb_real_mat(d, d, Q.L));
     SET_VECTOR_ELT(out, 2, Rf_ScalarReal(R.elbo));
