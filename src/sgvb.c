@@ -725,8 +725,11 @@ static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) 
     form_L(Q);
     step_scale(Q, W->sc);
     q_sd(Q, W->sc);
-    if (Q->pre) {
-        /* locations move in the whitened coordinates of pre: their precision
+    if (Q->pre && !Q->newton) {
+        /* (the Newton mode's control variates make its noise small enough
+         * to measure the locations in q's own sds, which is what a
+         * comparison of means in posterior sds sees)
+         * locations move in the whitened coordinates of pre: their precision
          * is measured in its marginal sds (a mean-field q's own sds are
          * smaller by the posterior correlations, and would demand averaging
          * far beyond what the ELBO can see) */
