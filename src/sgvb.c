@@ -635,9 +635,12 @@ static int search_eta(sgvb *Q, adam *A, int adapt_iter, vb_progress *pr, double 
 
 typedef struct {
     int P, d, fullrank;
-    int *isdiag;      /* P: 1 at the log-diagonals of L             */
-    double *avg;      /* window sum of lambda                        */
-    double *pavg;     /* the previous window's average (newton)      */
+    int *isdiag;     /* P: 1 at the log-diagonals of L             */
+    double *avg;     /* window sum of lambda                        */
+    double *pavg;    /* the previous window's average (newton)      */
+    double *is, *iq; /* newton, final phase: sums of the iterates   */
+    int in;          /* and of their squares, and their count       */
+    int newton;
     double *bs, *bq;  /* final phase: sum and sum of squares of the  */
     double *sc;       /* window means; step scales                   */
     double wsum, wss; /* window sums of the ELBO estimates           */
@@ -660,6 +663,12 @@ static void windows_init(windows *W, const sgvb *Q) {
     }
     W->avg = (double *)R_alloc(P, sizeof(double));
     W->pavg = (double *)R_alloc(P, sizeof(double));
+    W->is = (double *)R_alloc(P, sizeof(double));
+    W->iq = (double *)R_alloc(P, sizeof(double));
+    memset(W->is, 0, sizeof(double) * P);
+    memset(W->iq, 0, sizeof(double) * P);
+    W->in = 0;
+    W->newton = Q->newton;
     W->bs = (double *)R_alloc(P, sizeof(double));
     W->bq = (double *)R_alloc(P, sizeof(double));
     W->sc = (double *)R_alloc(P, sizeof(double));
@@ -714,13 +723,20 @@ static void window_add(windows *W, double e, const double *lam) {
     W->wn++;
     for (int k = 0; k < W->P; k++)
         W->avg[k] += lam[k];
+    if (W->newton && W->final) {
+        for (int k = 0; k < W->P; k++) {
+            W->is[k] += lam[k];
+            W->iq[k] += lam[k] * lam[k];
+        }
+        W->in++;
+    }
 }
 
 /* Final phase: is the average of lambda known to prec posterior sds (log
  * units for scales)?  Batch means of the window averages; locations and
  * log-diagonals only (the many off-diagonals of a fullrank L move the ELBO
  * little and would dominate). */
-static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) {
+static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec, double eta) {
     unpack(Q, lam);
     form_L(Q);
     step_scale(Q, W->sc);
@@ -746,7 +762,20 @@ static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) 
     for (int k = 0; k < W->P; k++) {
         if (W->fullrank && k >= W->d && !W->isdiag[k]) continue;
         double m = W->bs[k] / nb, v = fmax((W->bq[k] - nb * m * m) / (nb - 1), 0);
-        double r = sqrt(v / nb) / W->sc[k];
+        double se = sqrt(v / nb);
+        if (W->newton && W->in > 1) {
+            /* a few short batches can agree by chance: the standard error
+             * of the mean of (nearly independent) Newton iterates bounds it
+             * from below */
+            int ni = W->in;
+            double mi = W->is[k] / ni, vi = fmax((W->iq[k] - ni * mi * mi) / (ni - 1), 0);
+            /* a step of a = eta nsc_k on a quadratic of matched curvature
+             * makes the iterates AR(1) with coefficient 1 - a: the variance
+             * of their mean is (2 - a) / a times the independent one */
+            double a = fmin(eta * Q->nsc[k], 1.0);
+            se = fmax(se, sqrt(vi / ni * (2.0 - a) / a));
+        }
+        double r = se / W->sc[k];
         if (r > worst) worst = r;
     }
     return worst <= prec;
@@ -794,9 +823,11 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
             W->nt = 0;
             if (W->final) {
                 W->final = 0;
-                W->nb = 0;
+                W->nb = W->in = 0;
                 memset(W->bs, 0, sizeof(double) * P);
                 memset(W->bq, 0, sizeof(double) * P);
+                memset(W->is, 0, sizeof(double) * P);
+                memset(W->iq, 0, sizeof(double) * P);
             }
             W->wsum = W->wss = 0;
             W->wn = 0;
@@ -827,7 +858,7 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
         }
         W->nb++;
         done = W->nb >= 3 && stall && !still_rising(W, C->tol) &&
-               averaged_enough(W, Q, A->lam, C->prec);
+               averaged_enough(W, Q, A->lam, C->prec, *eta);
     }
     W->prev_mean = mean;
     W->prev_se = se;
