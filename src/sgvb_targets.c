@@ -17,6 +17,14 @@
  *       cannot longjmp through the engine: the target then sets its status, keeps
  *       the condition in holder[0], and the entry point restores the RNG and
  *       returns it to R, which re-raises it.
+ *
+ * For the GLM target also: C_sgvb_glm_start(model, theta0), the Laplace start
+ * of vb(method = "sgvb") (chord Newton steps to the mode and the curvature
+ * X'WX + prior precision there; one gradient per step, X'WX only after large
+ * moves), and vb_glm_target_moments(), the closed-form ELBO of q(beta) with
+ * the linear predictor's moments, which C_sgvb_fit returns on
+ * opts$glm_moments (so the fit needs no Monte Carlo ELBO and no n x p
+ * temporaries in R).
  */
 #include "vbayes.h"
 
