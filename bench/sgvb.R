@@ -17,7 +17,7 @@
 # logistic, n = 20,000, p = 20), medians of 3 runs ("nostep" or
 # "noglm" skip one of the two).  Run it with
 # two libraries (before / after) to compare.  Results:
-# bench/RESULTS-density.md.
+# bench/RESULTS-density.md (per step) and bench/RESULTS-sgvb.md (GLMs).
 suppressPackageStartupMessages(library(vbayes))
 args <- commandArgs(TRUE)
 quick <- "quick" %in% args
@@ -60,13 +60,17 @@ if ("cost" %in% args) {
     y <- if (fam == "poisson") rpois(n, exp(eta)) else rbinom(n, 1, plogis(eta))
     fm <- get(fam)()
     for (ap in c("fullrank", "meanfield")) {
-      tc <- median(vapply(1:3, function(i) cpu(
+      nrep <- if ("reps5" %in% args) 5L else 3L
+      tc <- median(vapply(seq_len(nrep), function(i) cpu(
         fc <<- vb_fit(X, y, family = fm, approx = ap, control = vb_control(quiet = TRUE))), 0))
-      ts <- median(vapply(1:3, function(i) { set.seed(i); cpu(
+      ts <- median(vapply(seq_len(nrep), function(i) { set.seed(i); cpu(
         fs <<- vb_fit(X, y, family = fm, approx = ap, method = "sgvb",
                       control = vb_control(quiet = TRUE))) }, 0))
-      cat(sprintf("glm | %-8s | n %6d | p %d | %-9s | CAVI %.2f s CPU | SGVB %.2f s CPU | ratio %.1f | SGVB steps %d, gradients %g | ELBO gap %.4f nat\n",
-                  fam, n, p, ap, tc, ts, ts / tc, fs$iterations, fs$sgvb$n_grad, elbo(fc) - elbo(fs)))
+      sd0 <- sqrt(diag(vcov(fc)))
+      cat(sprintf("glm | %-8s | n %6d | p %d | %-9s | CAVI %.3f s CPU | SGVB %.3f s CPU | ratio %.2f | SGVB steps %d, gradients %g | ELBO gap %.4f nat | max mean err %.4f sd | max sd err %.4f | converged %s\n",
+                  fam, n, p, ap, tc, ts, ts / tc, fs$iterations, fs$sgvb$n_grad, elbo(fc) - elbo(fs),
+                  max(abs(coef(fs) - coef(fc)) / sd0), max(abs(sqrt(diag(vcov(fs))) / sd0 - 1)),
+                  fs$converged))
     }
   }
   cat(paste(system("uptime", intern = TRUE), collapse = ""), "\n")

@@ -27,6 +27,7 @@ SEXP C_lds_poisson_mstep(SEXP y, SEXP off, SEXP m, SEXP S, SEXP C, SEXP dvec, SE
 /* sgvb.c (targets in sgvb_targets.c) */
 SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts);
 SEXP C_sgvb_grad(SEXP model, SEXP mu, SEXP L, SEXP control);
+SEXP C_sgvb_glm_start(SEXP model, SEXP theta0);
 /* predictive.c */
 SEXP C_pc_fit(SEXP y, SEXP model, SEXP control, SEXP holder);
 
@@ -58,6 +59,7 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(lds_poisson_mstep, 7),
     CALLDEF(sgvb_fit, 6),
     CALLDEF(sgvb_grad, 4),
+    CALLDEF(sgvb_glm_start, 2),
     CALLDEF(pc_fit, 4),
     CALLDEF(amortized_fit, 3),
     CALLDEF(amortized_eval, 3),

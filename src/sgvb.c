@@ -61,6 +61,27 @@
  * its standard error is at most opts$elbo_se, unless opts$final_elbo is
  * FALSE (a caller with a closed-form ELBO, such as the GLMs).
  *
+ * Newton mode (opts$newton, needs Lpre; the GLMs of vb(method = "sgvb")):
+ * no Adam and no search.  Each step is the gradient estimate itself times
+ * eta (1 unless control$step_size is set; 1/2 for the log-diagonals, whose
+ * curvature is 2 at the optimum) in the whitened coordinates, where the
+ * curvature of the start is the identity: for a posterior whose curvature
+ * is that of the start, a Newton step.  A window whose smoothed ELBO fell
+ * by more than two standard errors (and tol relative) halves eta and
+ * restarts from the previous window's average (leaving the final phase if
+ * it had started); the first stall with the ELBO no longer rising starts
+ * the final phase (no halvings are required: the steps' jitter is the
+ * gradient noise, which the control variates make small, not Adam's
+ * eta-sized one).  opts$window sets the window (the GLMs use
+ * max(5, control$window / 20) steps).
+ * Control variates (opts$control_variate, needs Lpre and reparam): with
+ * H = (Lpre Lpre')^{-1}, each draw's gradient gets + H v and its ELBO term
+ * + v'Hv/2 (v = theta - mu), their expectations (0; H L for the scale
+ * gradient, tr(L'HL)/2 for the ELBO) taken back in closed form (cv_draw,
+ * cv_mean): the quadratic model of f at mu is integrated exactly, only the
+ * remainder is sampled.  It replaces stl.  At a Gaussian target of
+ * precision H both gradient and ELBO estimates are exact at the optimum.
+ *
  * Non-finite draws: a step whose draw has a non-finite log density (or
  * gradient) is skipped; SGVB_MAX_BAD consecutive ones end the run.  A
  * convergence claim needs a finite ELBO: the status is VB_NONFINITE, not
@@ -77,7 +98,8 @@
  * used), Lpre (d x d lower, or NULL), the vb_control() list (read by name:
  * sgvb_maxit, sgvb_tol, quiet, step_size, adapt_iter, window, step_decays,
  * elbo_samples, baseline, stl, precision) and opts = list(fullrank, score,
- * samples [, laplace_start, final_elbo, elbo_se]).
+ * samples [, laplace_start, final_elbo, elbo_se, newton, window,
+ * control_variate]).
  * Outputs: mu, L, elbo, elbo_se, trace (per-step ELBO estimates), smooth
  * (window means), eta, iterations, status, converged, n_grad, n_eval,
  * n_nonfinite (skipped draws), error (the R closure's condition or NULL).
@@ -155,6 +177,11 @@ typedef struct {
     double *ustep;
     int tw;          /* fullrank with pre: L = pre Lt, Lt parameterised     */
     double *Lt, *aw; /* d x d, d                                             */
+    int newton;      /* preconditioned SGD steps (see the contract)          */
+    double *nsc;     /* newton: per-parameter step factor, P                 */
+    int cv;          /* control variates (cv_draw)                           */
+    double *H;       /* meanfield cv: H = (pre pre')^{-1}, d x d             */
+    double *hv, cvq; /* d scratch; v'Hv of the current draw                  */
 } sgvb;
 
 static int npar(int d, int fullrank) {
@@ -283,6 +310,65 @@ static void inv_lt(const sgvb *Q, const double *e, double *u) {
     F77_CALL(dtrsv)("L", "T", "N", &d, Q->tw ? Q->Lt : Q->L, &d, u, &one FCONE FCONE FCONE);
     if (Q->tw) F77_CALL(dtrsv)("L", "T", "N", &d, Q->pre, &d, u, &one FCONE FCONE FCONE);
 }
+/*
+ * The control variate of a draw (opts$control_variate): the quadratic model
+ * -v'Hv/2 of f around mu, v = theta - mu = L eps, H = (pre pre')^{-1} the
+ * curvature the preconditioner came from.  Its gradient -Hv is taken off the
+ * draw's gradient (g += Hv), its value off the ELBO estimate (Q->cvq = v'Hv);
+ * cv_mean() puts their expectations back.  Fullrank (L = pre Lt): Hv =
+ * pre^{-T} Lt eps and v'Hv = |Lt eps|^2, O(d^2); meanfield: v = ld eps and
+ * Hv by dsymv with the explicit H.  For a Gaussian target of precision H the
+ * location gradient is then exact and the scale gradient's noise is the
+ * location error times eps, so both vanish at the optimum.
+ */
+static void cv_draw(sgvb *Q, const double *e, double *g) {
+    int d = Q->d, one = 1;
+    double q = 0;
+    if (Q->fullrank) {
+        memcpy(Q->u, e, sizeof(double) * d);
+        F77_CALL(dtrmv)("L", "N", "N", &d, Q->Lt, &d, Q->u, &one FCONE FCONE FCONE);
+        for (int i = 0; i < d; i++)
+            q += Q->u[i] * Q->u[i];
+        memcpy(Q->hv, Q->u, sizeof(double) * d);
+        F77_CALL(dtrsv)("L", "T", "N", &d, Q->pre, &d, Q->hv, &one FCONE FCONE FCONE);
+    } else {
+        double done = 1.0, dzero = 0.0;
+        for (int i = 0; i < d; i++)
+            Q->u[i] = Q->ld[i] * e[i];
+        F77_CALL(dsymv)("L", &d, &done, Q->H, &d, Q->u, &one, &dzero, Q->hv, &one FCONE);
+        for (int i = 0; i < d; i++)
+            q += Q->u[i] * Q->hv[i];
+    }
+    Q->cvq = q;
+    if (g)
+        for (int i = 0; i < d; i++)
+            g[i] += Q->hv[i];
+}
+
+/* The expectations of the control variates at the current q: returns
+ * E[v'Hv]/2 = tr(L'HL)/2 and subtracts E[(Hv) eps'] = HL from the scale
+ * gradients in Q->gacc (fullrank: pre' H pre = I, so d/dLt gets -Lt; the
+ * location gradient needs nothing, E[Hv] = 0).  O(d^2) fullrank, O(d)
+ * meanfield. */
+static double cv_mean(sgvb *Q) {
+    int d = Q->d, k = d;
+    double tr = 0;
+    for (int j = 0; j < d; j++) {
+        if (!Q->fullrank) {
+            double c = Q->H[j + (size_t)j * d] * Q->ld[j] * Q->ld[j];
+            tr += c;
+            Q->gacc[k++] -= c;
+            continue;
+        }
+        for (int i = j; i < d; i++, k++) {
+            double l = Q->Lt[i + (size_t)j * d];
+            tr += l * l;
+            Q->gacc[k] -= i == j ? l * l : l;
+        }
+    }
+    return 0.5 * tr;
+}
+
 /* A status that ends the run at once: anything but VB_OK and a skipped draw. */
 static int hard_status(int st) {
     return st != VB_OK && st != VB_NONFINITE;
@@ -312,14 +398,22 @@ static int estimate(sgvb *Q, double *elbo) {
             for (int i = 0; i < d; i++)
                 if (!R_FINITE(g[i])) return VB_NONFINITE;
         fsum += Q->fz[s];
+        double *e = Q->eps + (size_t)s * d;
+        if (Q->cv) {
+            cv_draw(Q, e, g);
+            esum += 0.5 * Q->cvq;
+            continue;
+        }
         /* -log q(theta) = sum log L_jj + d/2 log 2 pi + |eps|^2 / 2: estimating
          * the ELBO by f - log q (not f + exact entropy) makes its noise vanish
          * as q approaches the posterior, which sharpens the stall test */
-        double *e = Q->eps + (size_t)s * d;
         for (int i = 0; i < d; i++)
             esum += 0.5 * e[i] * e[i];
     }
-    *elbo = (fsum + esum) / S + entropy(Q) - 0.5 * d;
+    if (Q->cv)
+        *elbo = (fsum + esum) / S - cv_mean(Q) + entropy(Q);
+    else
+        *elbo = (fsum + esum) / S + entropy(Q) - 0.5 * d;
     if (!Q->score && Q->stl) {
         /* path derivative of f - log q: a = grad f(theta) + L^{-T} eps */
         for (int s = 0; s < S; s++) {
@@ -453,10 +547,16 @@ static int adam_step(sgvb *Q, adam *A, double eta, double *elbo) {
     A->t += 1;
     double c1 = 1.0 - pow(0.9, A->t), c2 = 1.0 - pow(0.999, A->t);
     for (int k = 0; k < Q->P; k++) {
-        double g = Q->gacc[k];
-        A->m[k] = 0.9 * A->m[k] + 0.1 * g;
-        A->v[k] = 0.999 * A->v[k] + 0.001 * g * g;
-        double step = eta * A->sc[k] * (A->m[k] / c1) / (sqrt(A->v[k] / c2) + 1e-8);
+        double g = Q->gacc[k], step;
+        if (Q->newton) {
+            /* the gradient itself, in coordinates whose curvature is about
+             * the identity (whitened locations, Lt) or 2 (log-diagonals) */
+            step = eta * Q->nsc[k] * g;
+        } else {
+            A->m[k] = 0.9 * A->m[k] + 0.1 * g;
+            A->v[k] = 0.999 * A->v[k] + 0.001 * g * g;
+            step = eta * A->sc[k] * (A->m[k] / c1) / (sqrt(A->v[k] / c2) + 1e-8);
+        }
         /* a log-diagonal (or whitened location) never moves by more than 1 */
         if (A->sc[k] == 1.0 && fabs(step) > 1.0) step = step > 0 ? 1.0 : -1.0;
         if (Q->pre && k < d)
@@ -535,8 +635,12 @@ static int search_eta(sgvb *Q, adam *A, int adapt_iter, vb_progress *pr, double 
 
 typedef struct {
     int P, d, fullrank;
-    int *isdiag;      /* P: 1 at the log-diagonals of L             */
-    double *avg;      /* window sum of lambda                        */
+    int *isdiag;     /* P: 1 at the log-diagonals of L             */
+    double *avg;     /* window sum of lambda                        */
+    double *pavg;    /* the previous window's average (newton)      */
+    double *is, *iq; /* newton, final phase: sums of the iterates   */
+    int in;          /* and of their squares, and their count       */
+    int newton;
     double *bs, *bq;  /* final phase: sum and sum of squares of the  */
     double *sc;       /* window means; step scales                   */
     double wsum, wss; /* window sums of the ELBO estimates           */
@@ -558,6 +662,13 @@ static void windows_init(windows *W, const sgvb *Q) {
         k += Q->fullrank ? d - j : 1;
     }
     W->avg = (double *)R_alloc(P, sizeof(double));
+    W->pavg = (double *)R_alloc(P, sizeof(double));
+    W->is = (double *)R_alloc(P, sizeof(double));
+    W->iq = (double *)R_alloc(P, sizeof(double));
+    memset(W->is, 0, sizeof(double) * P);
+    memset(W->iq, 0, sizeof(double) * P);
+    W->in = 0;
+    W->newton = Q->newton;
     W->bs = (double *)R_alloc(P, sizeof(double));
     W->bq = (double *)R_alloc(P, sizeof(double));
     W->sc = (double *)R_alloc(P, sizeof(double));
@@ -612,19 +723,29 @@ static void window_add(windows *W, double e, const double *lam) {
     W->wn++;
     for (int k = 0; k < W->P; k++)
         W->avg[k] += lam[k];
+    if (W->newton && W->final) {
+        for (int k = 0; k < W->P; k++) {
+            W->is[k] += lam[k];
+            W->iq[k] += lam[k] * lam[k];
+        }
+        W->in++;
+    }
 }
 
 /* Final phase: is the average of lambda known to prec posterior sds (log
  * units for scales)?  Batch means of the window averages; locations and
  * log-diagonals only (the many off-diagonals of a fullrank L move the ELBO
  * little and would dominate). */
-static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) {
+static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec, double eta) {
     unpack(Q, lam);
     form_L(Q);
     step_scale(Q, W->sc);
     q_sd(Q, W->sc);
-    if (Q->pre) {
-        /* locations move in the whitened coordinates of pre: their precision
+    if (Q->pre && !Q->newton) {
+        /* (the Newton mode's control variates make its noise small enough
+         * to measure the locations in q's own sds, which is what a
+         * comparison of means in posterior sds sees)
+         * locations move in the whitened coordinates of pre: their precision
          * is measured in its marginal sds (a mean-field q's own sds are
          * smaller by the posterior correlations, and would demand averaging
          * far beyond what the ELBO can see) */
@@ -641,7 +762,20 @@ static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) 
     for (int k = 0; k < W->P; k++) {
         if (W->fullrank && k >= W->d && !W->isdiag[k]) continue;
         double m = W->bs[k] / nb, v = fmax((W->bq[k] - nb * m * m) / (nb - 1), 0);
-        double r = sqrt(v / nb) / W->sc[k];
+        double se = sqrt(v / nb);
+        if (W->newton && W->in > 1) {
+            /* a few short batches can agree by chance: the standard error
+             * of the mean of (nearly independent) Newton iterates bounds it
+             * from below */
+            int ni = W->in;
+            double mi = W->is[k] / ni, vi = fmax((W->iq[k] - ni * mi * mi) / (ni - 1), 0);
+            /* a step of a = eta nsc_k on a quadratic of matched curvature
+             * makes the iterates AR(1) with coefficient 1 - a: the variance
+             * of their mean is (2 - a) / a times the independent one */
+            double a = fmin(eta * Q->nsc[k], 1.0);
+            se = fmax(se, sqrt(vi / ni * (2.0 - a) / a));
+        }
+        double r = se / W->sc[k];
         if (r > worst) worst = r;
     }
     return worst <= prec;
@@ -649,6 +783,7 @@ static int averaged_enough(windows *W, sgvb *Q, const double *lam, double prec) 
 
 typedef struct {
     int maxit, adapt_iter, window, decays, elbo_samples, quiet;
+    int newton;            /* preconditioned SGD, eta 1, decreases halve eta (opts$newton) */
     double tol, eta, prec; /* eta <= 0: search (or eta_start) */
     int laplace_start;     /* q starts at the Laplace approximation: no search */
     int final_elbo;        /* estimate the ELBO of the returned q */
@@ -675,6 +810,31 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
     }
     for (int k = 0; k < P; k++)
         W->avg[k] /= wn;
+    if (C->newton && R_FINITE(W->prev_mean)) {
+        double ch = mean - W->prev_mean;
+        if (ch < -2.0 * sqrt(se * se + W->prev_se * W->prev_se) && -ch > C->tol * fabs(mean)) {
+            /* the smoothed ELBO fell: the step overshoots (the curvature at
+             * the start understates the posterior's); halve it and restart
+             * from the better window, whose mean stays the reference */
+            *eta *= 0.5;
+            W->decays++;
+            memcpy(A->lam, W->pavg, sizeof(double) * P);
+            adam_reset(A, P);
+            W->nt = 0;
+            if (W->final) {
+                W->final = 0;
+                W->nb = W->in = 0;
+                memset(W->bs, 0, sizeof(double) * P);
+                memset(W->bq, 0, sizeof(double) * P);
+                memset(W->is, 0, sizeof(double) * P);
+                memset(W->iq, 0, sizeof(double) * P);
+            }
+            W->wsum = W->wss = 0;
+            W->wn = 0;
+            memset(W->avg, 0, sizeof(double) * P);
+            return 0;
+        }
+    }
     trend_push(W, mean, se);
     if (!W->final) {
         if (stall && *eta <= eta_final && W->decays >= C->decays) {
@@ -698,10 +858,11 @@ static int window_close(windows *W, sgvb *Q, adam *A, const sgvb_settings *C, do
         }
         W->nb++;
         done = W->nb >= 3 && stall && !still_rising(W, C->tol) &&
-               averaged_enough(W, Q, A->lam, C->prec);
+               averaged_enough(W, Q, A->lam, C->prec, *eta);
     }
     W->prev_mean = mean;
     W->prev_se = se;
+    memcpy(W->pavg, W->avg, sizeof(double) * P);
     W->wsum = W->wss = 0;
     W->wn = 0;
     memset(W->avg, 0, sizeof(double) * P);
@@ -786,7 +947,14 @@ static int run(sgvb *Q, const sgvb_settings *C, double *lam, run_result *R) {
     /* Adam's jitter costs about P eta^2 nats of ELBO before averaging: the
      * final step shrinks with the number of parameters */
     double eta = C->eta, eta_final = fmin(ETA_FINAL, 0.1 / sqrt((double)P));
-    if (!(eta > 0) && C->laplace_start) {
+    if (C->newton) {
+        /* a full gradient step in the whitened coordinates is a Newton
+         * step when the curvature of the start is the posterior's: no
+         * search, no required halvings (a falling ELBO halves it) */
+        if (!(eta > 0)) eta = 1.0;
+        eta_final = eta;
+        status = VB_OK;
+    } else if (!(eta > 0) && C->laplace_start) {
         /* q starts at the Laplace approximation, within a fraction of a
          * posterior sd of the optimum for a near-Gaussian posterior: trial
          * runs at steps of up to one sd would first move it away */
@@ -915,6 +1083,17 @@ static void sgvb_alloc(sgvb *Q, const vb_target *T, int fullrank, int score, int
     Q->Lt = (double *)R_alloc((size_t)d * d, sizeof(double));
     memset(Q->Lt, 0, sizeof(double) * (size_t)d * d);
     Q->aw = (double *)R_alloc(d, sizeof(double));
+    Q->newton = 0;
+    Q->cv = 0;
+    Q->H = NULL;
+    Q->hv = (double *)R_alloc(d, sizeof(double));
+    Q->nsc = (double *)R_alloc(Q->P, sizeof(double));
+    for (int k = 0; k < Q->P; k++)
+        Q->nsc[k] = 1.0;
+    for (int j = 0, k = d; j < d; j++) {
+        Q->nsc[k] = 0.5; /* log L_jj: curvature 2 at the optimum */
+        k += fullrank ? d - j : 1;
+    }
 }
 
 /* The target, with the dimension limit of the entry points. */
@@ -974,6 +1153,10 @@ static void read_settings(SEXP control, SEXP opts, sgvb_settings *C) {
     C->laplace_start = opt_flag(opts, "laplace_start", 0);
     C->final_elbo = opt_flag(opts, "final_elbo", 1);
     C->elbo_se = opt_num(opts, "elbo_se", 0, R_PosInf, 0);
+    /* opts: newton (absent: FALSE, Adam) and window (absent: control's) */
+    C->newton = opt_flag(opts, "newton", 0);
+    if (vb_elt(opts, "window") != R_NilValue)
+        C->window = vb_int_elt(opts, "window", 2, INT_MAX - 1, "opts");
 }
 
 /* The start lambda: from (mu0, L0), whitened by pre when given (fullrank). */
@@ -1013,6 +1196,25 @@ static void engine_setup(SEXP model, SEXP holder, SEXP mu, SEXP L, const char *L
     sgvb_alloc(Q, T, fullrank, score, S, baseline, stl);
 }
 
+/* H = (pre pre')^{-1} = pre^{-T} pre^{-1}, O(d^3) once (wrapper only). */
+static double *cv_curvature(int d, const double *pre) {
+    double *P = (double *)R_alloc((size_t)d * d, sizeof(double));
+    double *H = (double *)R_alloc((size_t)d * d, sizeof(double));
+    memcpy(P, pre, sizeof(double) * (size_t)d * d);
+    int info = 0;
+    F77_CALL(dtrtri)("L", "N", &d, P, &d, &info FCONE FCONE);
+    if (info != 0) Rf_error("'pre' is singular: no control variate");
+    for (int j = 0; j < d; j++)
+        for (int i = 0; i < j; i++)
+            P[i + (size_t)j * d] = 0;
+    double one = 1.0, zero = 0.0;
+    F77_CALL(dsyrk)("L", "T", &d, &d, &one, P, &d, &zero, H, &d FCONE FCONE);
+    for (int j = 0; j < d; j++)
+        for (int i = 0; i < j; i++)
+            H[i + (size_t)j * d] = H[j + (size_t)i * d];
+    return H;
+}
+
 SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts) {
     int nprot = 0;
     SEXP holder = PROTECT(Rf_allocVector(VECSXP, 2));
@@ -1028,6 +1230,23 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
         Q.pre = REAL(pre);
         Q.tw = Q.fullrank;
     }
+    if (C.newton && pre == R_NilValue)
+        Rf_error("'opts$newton' needs the preconditioner 'pre' (the Cholesky factor of the inverse "
+                 "curvature)");
+    Q.newton = C.newton;
+    int glm_moments = opt_flag(opts, "glm_moments", 0);
+    if (glm_moments &&
+        (T.f != vb_glm_log_joint || ((const vb_glm *)T.model)->family == VB_GAUSSIAN))
+        Rf_error("'opts$glm_moments' needs a binomial or Poisson GLM target");
+    if (opt_flag(opts, "control_variate", 0)) {
+        if (pre == R_NilValue || Q.score)
+            Rf_error(
+                "'opts$control_variate' needs the preconditioner 'pre' and the reparameterisation "
+                "estimator");
+        Q.cv = 1;
+        Q.stl = 0; /* the control variate replaces the path derivative */
+        if (!Q.fullrank) Q.H = cv_curvature(d, Q.pre);
+    }
     double *lam = (double *)R_alloc(Q.P, sizeof(double));
     start_lambda(&Q, mu0, L0, lam);
     run_result R;
@@ -1036,12 +1255,31 @@ SEXP C_sgvb_fit(SEXP model, SEXP mu0, SEXP L0, SEXP pre, SEXP control, SEXP opts
     int status = run(&Q, &C, lam, &R);
     PutRNGstate();
 
-    const char *nms[] = {"mu",          "L",         "elbo",    "elbo_se",
-                         "trace",       "smooth",    "eta",     "iterations",
-                         "status",      "converged", "n_grad",  "n_eval",
-                         "n_nonfinite", "error",     "aborted", "consecutive_bad",
-                         "n_averaged",  "decays",    ""};
+    const char *nms[] = {"mu",          "L",         "elbo",     "elbo_se",
+                         "trace",       "smooth",    "eta",      "iterations",
+                         "status",      "converged", "n_grad",   "n_eval",
+                         "n_nonfinite", "error",     "aborted",  "consecutive_bad",
+                         "n_averaged",  "decays",    "glm_elbo", "eta_mean",
+                         "eta_var",     ""};
     SEXP out = vb_named_list(nms, &nprot);
+    if (glm_moments && (status == VB_OK || status == VB_MAXIT)) {
+        /* the closed-form ELBO of a GLM at the returned q, and the moments
+         * of its linear predictor (opts$glm_moments) */
+        const vb_glm *M = (const vb_glm *)T.model;
+        int n = M->n, nc = n < VB_CHUNK ? n : VB_CHUNK;
+        SEXP em = PROTECT(Rf_allocVector(REALSXP, n)), ev = PROTECT(Rf_allocVector(REALSXP, n));
+        SEXP ge = PROTECT(Rf_allocVector(REALSXP, 3));
+        nprot += 3;
+        double *work = (double *)R_alloc((size_t)nc * d + 1, sizeof(double));
+        int st =
+            vb_glm_target_moments(&T, Q.mu, Q.L, !Q.fullrank, REAL(em), REAL(ev), work, REAL(ge));
+        if (st == VB_INTERRUPTED) status = st;
+        if (st == VB_OK) {
+            SET_VECTOR_ELT(out, 18, ge);
+            SET_VECTOR_ELT(out, 19, em);
+            SET_VECTOR_ELT(out, 20, ev);
+        }
+    }
     SET_VECTOR_ELT(out, 0, vb_real_vec(d, Q.mu));
     SET_VECTOR_ELT(out, 1, vb_real_mat(d, d, Q.L));
     SET_VECTOR_ELT(out, 2, Rf_ScalarReal(R.elbo));

@@ -207,5 +207,9 @@ typedef struct {
     const int *status; /* NULL: the target cannot fail */
 } vb_target;
 void vb_target_setup(SEXP model, SEXP holder, vb_target *T);
+/* closed-form ELBO c(elbo, loglik, kl) of a non-gaussian GLM target at N(mu, L L') and the
+ * linear predictor's moments m, v (n each); work min(n, VB_CHUNK) p; VB_BAD_INPUT otherwise */
+int vb_glm_target_moments(const vb_target *T, const double *mu, const double *L, int diag,
+                          double *m, double *v, double *work, double *out);
 
 #endif
