@@ -41,7 +41,7 @@ test_that("stochastic fits are reproducible bit for bit under sequential and mul
   run <- function() {
     set.seed(11)
     expect_warning(m <- vb_many(y ~ x, d, by = "unit", family = poisson(), method = "sgvb",
-                                control = vb_control(quiet = TRUE, sgvb_maxit = 300), keep_fits = FALSE),
+                                control = vb_control(quiet = TRUE, sgvb_maxit = 8), keep_fits = FALSE),
                    "units warned .*sgvb_maxit")
     m
   }
