@@ -25,14 +25,20 @@
 #'   `"reparam"` and 8 for `"score"`.
 #' @param step_size Adam step size of SGVB, measured in posterior standard
 #'   deviations for locations (and in log units for scales); `NULL` (default)
-#'   chooses it by short trial runs over a grid from 1 down to 0.003.
+#'   chooses it by short trial runs over a grid from 1 down to 0.003. For a
+#'   GLM (`vb(method = "sgvb")` with the `"reparam"` estimator) SGVB takes
+#'   Newton-like steps instead of Adam's, whitened by the curvature at the
+#'   mode, with the quadratic model of the log density integrated exactly as
+#'   a control variate; there `step_size` is the fraction of a Newton step
+#'   (default 1), halved when a window's smoothed ELBO falls.
 #' @param adapt_iter Steps of each trial run of the step-size search.
 #' @param sgvb_maxit Maximum number of SGVB steps.
 #' @param sgvb_tol SGVB's smoothed ELBO (the mean of a window of per-step
 #'   estimates) "stalls" when its relative change between windows is below
 #'   `sgvb_tol` or within two Monte Carlo standard errors; a stall halves the
 #'   step size.
-#' @param window Steps per window of the smoothed ELBO.
+#' @param window Steps per window of the smoothed ELBO (for a GLM's
+#'   Newton-like steps, max(5, `window` / 20)).
 #' @param step_decays Minimum number of step-size halvings (each restarting
 #'   from the window's averaged iterate) before the final averaging phase;
 #'   halving also continues until the step size is at most
@@ -51,7 +57,9 @@
 #' @param precision SGVB's final phase averages the iterates (Polyak) until
 #'   the batch-means standard error of every location is below `precision`
 #'   posterior standard deviations (and of every log scale below
-#'   `precision`).
+#'   `precision`); with a GLM's Newton-like steps, in q's own standard
+#'   deviations, and the standard error is also bounded through the averaged
+#'   iterates' own autocorrelated variance.
 #' @param joint_means For `approx = "meanfield"` or `"block"` (CAVI): with at
 #'   most this many coefficients, each sweep also takes a joint Newton step on
 #'   all the means (cost n p^2), which makes coordinate ascent converge in a
