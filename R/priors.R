@@ -241,8 +241,10 @@ expand_priors <- function(cn, prior, prior_intercept, coef_mult, int_mult) {
 # The priors a fit uses: the C arrays (in the coordinates the engine works
 # in: centred when `centre` is not NULL), the adjusted gamma prior, and what
 # was specified, for prior_summary().  X, y, weights, offset as checked by
-# check_glm_data(); see ?priors for the rule.
-resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept, prior_precision) {
+# check_glm_data(); see ?priors for the rule.  `scan` (check_glm_data()'s
+# C_design_scan of X with these moment weights) saves the passes over X.
+resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept, prior_precision,
+                           scan = NULL) {
   pr <- as_vb_prior(prior, "prior")
   pint <- as_vb_prior(prior_intercept, "prior_intercept")
   pp <- as_vb_prior(prior_precision, "prior_precision", "gamma")
@@ -266,11 +268,16 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   is_int <- cn == "(Intercept)"
   sdx <- rep(1, length(cn))
   if (isTRUE(pr$autoscale) && length(cn)) {
-    allpos <- all(pos) # column by column: no copy of X
-    sdx <- vapply(seq_along(cn), function(j) {
-      x <- if (allpos) X[, j] else X[pos, j]
-      if (min(x) == max(x)) 1 else wsd(x)
-    }, 0)
+    if (!is.null(scan)) {
+      sdx <- scan$sd
+      sdx[scan$const] <- 1
+    } else {
+      allpos <- all(pos) # column by column: no copy of X
+      sdx <- vapply(seq_along(cn), function(j) {
+        x <- if (allpos) X[, j] else X[pos, j]
+        if (min(x) == max(x)) 1 else wsd(x)
+      }, 0)
+    }
     sdx[!is.finite(sdx) | sdx <= 0] <- 1
   }
   coef_mult <- if (isTRUE(pr$autoscale)) sdy / sdx[!is_int] else 1
@@ -292,8 +299,9 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   int <- which(is_int)
   centre <- NULL
   if (default[["prior_intercept"]] && length(int) == 1L && length(cn) > 1L &&
-      all(X[, int] == 1) && any(pos)) {
-    centre <- drop(crossprod(w, if (all(pos)) X else X[pos, , drop = FALSE])) / sum(w)
+      (if (is.null(scan)) all(X[, int] == 1) else isTRUE(scan$ones[int])) && any(pos)) {
+    centre <- if (!is.null(scan)) scan$mean else
+      drop(crossprod(w, if (all(pos)) X else X[pos, , drop = FALSE])) / sum(w)
     names(centre) <- cn
     centre[int] <- 0
     if (all(centre == 0)) centre <- NULL
@@ -309,8 +317,7 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
 # The design the engine sees.
 centre_design <- function(X, centre) {
   if (is.null(centre)) return(X)
-  for (j in which(centre != 0)) X[, j] <- X[, j] - centre[[j]]
-  X
+  .Call(C_centre_design, X, as.double(centre)) # one pass, no temporaries
 }
 
 # A = T^{-1}: raw coordinates from centred ones, beta = A theta_c; d >= p

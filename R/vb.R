@@ -186,7 +186,7 @@ family_response <- function(yr, w, family, n) {
     if (!is.numeric(yr)) stop("vb(): the binomial response must be numeric, logical, a factor or cbind(successes, failures).", call. = FALSE)
     if (any(!is.finite(yr))) stop("vb(): the response contains NA or infinite values.", call. = FALSE)
     if (is.null(w)) {
-      if (any(!yr %in% c(0, 1)))
+      if (any(yr != 0 & yr != 1))
         stop("vb(): a binomial response without weights must be 0/1 (or a factor); give proportions with 'weights' = trials, or cbind(successes, failures).", call. = FALSE)
       return(list(y = as.numeric(yr), weights = rep(1, n)))
     }

@@ -39,7 +39,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
          call. = FALSE)
   # ARD: the coefficients' Gaussian prior scales are set by ard_cavi() from q(alpha)
   pri <- resolve_priors(X, y, weights, offset, family, if (ard) normal(0, 1) else prior, prior_intercept,
-                        prior_precision)
+                        prior_precision, d$scan)
   if (ard) pri$specified$prior <- prior
   pa <- pri$coef
   # the engines work on the centred design when the default intercept prior
@@ -74,7 +74,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   fitted <- response_mean(family, eta, v, control$gh_nodes)
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
   rank <- if (is.numeric(core$rank) && !is.na(core$rank)) core$rank else design_rank(X)
-  separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, mu)
+  separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, mu, d$scan)
   fit <- list(coefficients = mu, vcov = Sigma, elbo = core$elbo, elbo_trace = core$trace,
               elbo_terms = c(elbo = core$elbo, loglik = core$loglik, kl = core$kl),
               converged = converged, status = core$status, iterations = core$iterations,
@@ -106,13 +106,6 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
   if (n == 0L) stop("vb_fit(): there are no observations.", call. = FALSE)
   if (is.null(colnames(X)) && p > 0L) colnames(X) <- paste0("x", seq_len(p))
   if (!is.double(X)) storage.mode(X) <- "double"
-  # anyNA(), min() and max(): three passes, no n x p temporary (range() copies X)
-  rx <- if (p == 0L) c(0, 0) else if (anyNA(X)) NA_real_ else c(min(X), max(X))
-  if (anyNA(rx) || any(is.infinite(rx)))
-    stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
-  # the engines form X'WX and x_t' Sigma x_t: their entries must not overflow
-  if (p > 0L && !is.finite(max(abs(rx))^2 * n * p))
-    stop("vb_fit(): the design matrix has entries too large to compute with (X'X overflows double precision); rescale the predictors.", call. = FALSE)
   num <- function(v, nm) {
     if (is.null(v)) return(NULL)
     if (!is.numeric(v) || is.factor(v) || is.complex(v) || !is.null(dim(v)) && length(dim(v)) > 1L && ncol(as.matrix(v)) != 1L)
@@ -154,7 +147,25 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
     exposure <- rep_len(exposure, n)
     offset <- offset + log(exposure)
   }
-  list(X = X, y = y, weights = weights, offset = offset, exposure = exposure)
+  # One C pass over X (src/glm_model.c, C_design_scan): finiteness, the largest
+  # entry, the moments the default priors and the centring need, and for
+  # binomial the ranges of every column over the success-only, failure-only
+  # and mixed rows (the separation check) -- no n x p temporary.
+  cls <- if (fam == "binomial") {
+    k <- as.integer(y == weights) - as.integer(y == 0)
+    k[weights <= 0] <- NA_integer_
+    k
+  }
+  mw <- if (fam == "binomial") weights else as.double(weights > 0)
+  scan <- .Call(C_design_scan, X, mw, cls)
+  if (scan$status != 0L) check_status(scan$status, "vb_fit()")
+  if (!scan$finite)
+    stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
+  # the engines form X'WX and x_t' Sigma x_t: their entries must not overflow
+  if (p > 0L && !is.finite(scan$maxabs^2 * n * p))
+    stop("vb_fit(): the design matrix has entries too large to compute with (X'X overflows double precision); rescale the predictors.", call. = FALSE)
+  scan$cls <- cls
+  list(X = X, y = y, weights = weights, offset = offset, exposure = exposure, scan = scan)
 }
 
 # Numerical rank of X from a pivoted Cholesky factor of the column-scaled
@@ -181,13 +192,19 @@ design_rank <- function(X) {
 # Cost: one X mu, and a pass over only those columns that a few rows do not
 # already rule out (a column at a time, no copy of X); each direction is
 # judged from the ranges of u = X d over the three kinds of rows.
-is_separated <- function(X, y, weights, mu = NULL) {
-  side <- ifelse(y == weights, 1, ifelse(y == 0, -1, 0)) # all successes, all failures, mixed
-  side[weights <= 0] <- NA
-  pos <- which(side > 0); neg <- which(side < 0); mix <- which(side == 0)
+# With `scan` (check_glm_data()'s design scan, which holds every column's
+# ranges over the three kinds of rows) no column is read again here.
+is_separated <- function(X, y, weights, mu = NULL, scan = NULL) {
+  side <- if (is.null(scan$cls)) { # all successes, all failures, mixed
+    k <- as.integer(y == weights) - as.integer(y == 0)
+    k[weights <= 0] <- NA_integer_
+    k
+  } else scan$cls
+  pos <- which(side > 0L); neg <- which(side < 0L); mix <- which(side == 0L)
   keep <- weights > 0
   int <- which(colnames(X) == "(Intercept)")
-  int <- int[vapply(int, function(j) all(X[keep, j] == 1), TRUE)]
+  int <- if (!is.null(scan$ranges)) int[scan$ones_pos[int] %in% TRUE]
+         else int[vapply(int, function(j) all(X[keep, j] == 1), TRUE)]
   cols <- setdiff(seq_len(ncol(X)), int)
   tol <- 1e-10
   rng <- function(u, idx) if (length(idx)) range(u[idx]) else c(Inf, -Inf)
@@ -220,8 +237,15 @@ is_separated <- function(X, y, weights, mu = NULL) {
   # intercept) once some success-only row lies below a failure-only row and
   # another above one: checked on a few rows of each kind first, so only the
   # undecided columns cost a pass over X.
-  open <- cols
-  if (length(cols) && length(pos) && length(neg)) {
+  if (!is.null(scan$ranges)) {
+    for (j in cols) {
+      r <- scan$ranges[, j]
+      rp <- r[1:2]; rn <- r[3:4]; rm <- r[5:6]
+      if (certify(rp, rn, rm) || certify(-rev(rp), -rev(rn), -rev(rm))) return(TRUE)
+    }
+    open <- integer(0)
+  } else open <- cols
+  if (is.null(scan$ranges) && length(cols) && length(pos) && length(neg)) {
     A <- X[utils::head(pos, 64L), cols, drop = FALSE]; B <- X[utils::head(neg, 64L), cols, drop = FALSE]
     mix_order <- apply(A, 2L, min) < apply(B, 2L, max) & apply(A, 2L, max) > apply(B, 2L, min)
     open <- cols[!mix_order]
@@ -289,6 +313,14 @@ uncentre_core <- function(core, centre) {
 # Gauss-Hermite rule for E g(Z), Z ~ N(0, 1/2) scaled: nodes x, weights summing
 # to one, so E g(m + sqrt(2 v) x) integrates against N(m, v).  Golub-Welsch.
 gauss_hermite <- function(k) {
+  key <- as.character(k)
+  if (!is.null(gh <- gh_cache[[key]])) return(gh)
+  gh_cache[[key]] <- gh <- gauss_hermite_rule(k)
+  gh
+}
+# the rules computed so far (an eigen() of k x k each), by k
+gh_cache <- new.env(parent = emptyenv())
+gauss_hermite_rule <- function(k) {
   J <- matrix(0, k, k)
   off <- sqrt(seq_len(k - 1L) / 2)
   J[cbind(1:(k - 1L), 2:k)] <- off

@@ -4,7 +4,10 @@
 # glm() on the same data.  Timings are CPU-second (user + system) medians of
 # `reps` runs in this one R process: the machine is shared by several
 # developers, so elapsed time measures the load; load averages are printed.
-# VBAYES_BENCH_SIZES="1e4x10,1e5x200" picks sizes ("" skips the table),
+# VBAYES_BENCH_SIZES="1e4x10,1e5x200" picks sizes ("" skips the table; default the
+# grid n in 1e4, 1e5, 1e6 by p in 10, 30, 200 without n = 1e6, p = 200, whose
+# 1.6 GB design and hour-long glm() do not fit a bounded run), VBAYES_BENCH_INTERFACES
+# "formula,matrix" (vb() vs glm()/lm(), vb_fit() vs glm.fit()/lm.fit()),
 # VBAYES_BENCH_SECTIONS="iter,sweep,memory,openblas" the other sections; VBAYES_BENCH_REPS reps.
 # "openblas" reruns the table for VBAYES_BENCH_OPENBLAS_SIZES (default 1e5x30,1e5x200) and
 # the iteration section in a child Rscript on OpenBLAS with one thread: R_LD_LIBRARY_PATH
@@ -12,11 +15,14 @@
 # libblas.so.3 that `make bench-deps` found or unpacked into .lib/openblas.
 suppressPackageStartupMessages(library(vbayes))
 reps <- as.integer(Sys.getenv("VBAYES_BENCH_REPS", "3"))
-sizes <- strsplit(strsplit(Sys.getenv("VBAYES_BENCH_SIZES", "1e4x10,1e4x200,1e5x30,1e5x200,1e6x10"), ",")[[1]], "x")
+grid_default <- "1e4x10,1e4x30,1e4x200,1e5x10,1e5x30,1e5x200,1e6x10,1e6x30"
+sizes <- strsplit(strsplit(Sys.getenv("VBAYES_BENCH_SIZES", grid_default), ",")[[1]], "x")
 sections <- strsplit(Sys.getenv("VBAYES_BENCH_SECTIONS", "iter,sweep,memory,openblas"), ",")[[1]]
+interfaces <- strsplit(Sys.getenv("VBAYES_BENCH_INTERFACES", "formula,matrix"), ",")[[1]]
 load <- function() paste(scan("/proc/loadavg", what = "", n = 3, quiet = TRUE), collapse = " ")
 cat(sprintf("# bench/speed.R  %s  nproc %s  R %s  BLAS %s\n", format(Sys.time(), tz = "UTC", usetz = TRUE),
             parallel::detectCores(), getRversion(), extSoftVersion()[["BLAS"]]))
+# CPU seconds (user + system) of f(), median of r runs; the value of the last run
 med <- function(f, r = reps) {
   tt <- numeric(r); out <- NULL
   for (i in seq_len(r)) {
@@ -37,23 +43,50 @@ make_data <- function(n, p, fam, seed = 1) {
 }
 ctl <- vb_control(quiet = TRUE)
 fam_of <- list(gaussian = gaussian(), poisson = poisson(), binomial = binomial())
+# warm up: the first vb() call loads the namespaces the formula front end uses
+invisible(vb(mpg ~ wt, data = mtcars, control = ctl)); invisible(glm(mpg ~ wt, data = mtcars))
+# Per row: the peer (glm(), and lm() for gaussian) and vb fullrank / meanfield,
+# through the formula interface (same data frame, y ~ .) or the matrix one
+# (glm.fit(), lm.fit(), vb_fit() on the same X).  Small problems are timed as
+# the median of `reps` runs of a loop long enough to measure (>= 0.2 s); a run
+# where n p > 2e6 counts once (medians of 3 would not fit the time budget).
 rows <- list()
-if (length(sizes)) cat("\n| family | n | p | glm() s | lm() s | vb fullrank s (it) | ratio glm | ratio lm | vb meanfield s (it) | ratio glm | load |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+if (length(sizes)) cat("\n| interface | family | n | p | glm s | lm s | vb fullrank s (it) | / glm | / lm | vb meanfield s (it) | / glm | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 for (sz in sizes) {
   n <- as.numeric(sz[1]); p <- as.integer(sz[2])
-  r <- if (n * p > 1e6) 1L else reps
+  r <- if (n * p > 2e6) 1L else reps
+  loops <- max(1L, as.integer(ceiling(2e6 / (n * p))))     # enough calls to time (>= 0.1 s)
   for (fam in names(fam_of)) {
     d <- make_data(n, p, fam)
-    tg <- med(function() glm.fit(d$X, d$y, family = fam_of[[fam]]), r)
-    tl <- if (fam == "gaussian") med(function() lm.fit(d$X, d$y), r) else NA
-    tf <- med(function() vb_fit(d$X, d$y, family = fam_of[[fam]], control = ctl), r)
-    tm <- med(function() suppressWarnings(vb_fit(d$X, d$y, family = fam_of[[fam]], approx = "meanfield", control = ctl)), r)
-    f <- attr(tf, "value"); m <- attr(tm, "value")
-    cat(sprintf("| %s | %g | %d | %.3f | %s | %.3f (%d) | %.2f | %s | %.3f (%d) | %.2f | %s |\n", fam, n, p, tg,
-                if (is.na(tl)) "" else sprintf("%.3f", tl), tf, f$iterations, tf / tg,
-                if (is.na(tl)) "" else sprintf("%.2f", tf / tl), tm, m$iterations, tm / tg, load()))
-    rows[[length(rows) + 1]] <- data.frame(fam, n, p, tg, tl, tf, itf = f$iterations, tm, itm = m$iterations)
-    rm(d, f, m); gc(FALSE)
+    df <- as.data.frame(d$X[, -1, drop = FALSE]); df$y <- d$y
+    for (ifc in interfaces) {
+      fm <- fam_of[[fam]]
+      calls <- if (ifc == "formula") list(
+        glm = function() glm(y ~ ., family = fm, data = df),
+        lm = function() lm(y ~ ., data = df),
+        full = function() vb(y ~ ., family = fm, data = df, control = ctl),
+        mf = function() suppressWarnings(vb(y ~ ., family = fm, data = df, approx = "meanfield", control = ctl)))
+      else list(
+        glm = function() glm.fit(d$X, d$y, family = fm),
+        lm = function() lm.fit(d$X, d$y),
+        full = function() vb_fit(d$X, d$y, family = fm, control = ctl),
+        mf = function() suppressWarnings(vb_fit(d$X, d$y, family = fm, approx = "meanfield", control = ctl)))
+      timed <- function(f) {
+        t <- med(function() { for (i in seq_len(loops)) v <- f(); v }, r)
+        structure(t / loops, value = attr(t, "value"))
+      }
+      tg <- timed(calls$glm)
+      tl <- if (fam == "gaussian") timed(calls$lm) else NA
+      tf <- timed(calls$full)
+      tm <- timed(calls$mf)
+      f <- attr(tf, "value"); m <- attr(tm, "value")
+      cat(sprintf("| %s | %s | %g | %d | %.4f | %s | %.4f (%d) | %.2f | %s | %.4f (%d) | %.2f | %s |\n", ifc, fam, n, p, tg,
+                  if (is.na(tl)) "" else sprintf("%.4f", tl), tf, f$iterations, tf / tg,
+                  if (is.na(tl)) "" else sprintf("%.2f", tf / tl), tm, m$iterations, tm / tg, load()))
+      rows[[length(rows) + 1]] <- data.frame(ifc, fam, n, p, tg, tl, tf, itf = f$iterations, tm, itm = m$iterations)
+      rm(f, m)
+    }
+    rm(d, df); gc(FALSE)
   }
 }
 
@@ -142,7 +175,7 @@ if (!length(cand)) {
   env <- c(sprintf("R_LD_LIBRARY_PATH=%s:%s:%s", dir, rhome, Sys.getenv("R_LD_LIBRARY_PATH")),
            "OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1",
            sprintf("VBAYES_BENCH_SIZES=%s", Sys.getenv("VBAYES_BENCH_OPENBLAS_SIZES", "1e5x30,1e5x200")),
-           "VBAYES_BENCH_SECTIONS=iter")
+           "VBAYES_BENCH_SECTIONS=iter", "VBAYES_BENCH_INTERFACES=formula")
   script <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])
   if (is.na(script) || !file.exists(script)) script <- "bench/speed.R"
   system2(file.path(R.home("bin"), "Rscript"), shQuote(normalizePath(script)), env = env)

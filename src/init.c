@@ -12,6 +12,8 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau);
 SEXP C_glm_log_joint(SEXP model, SEXP theta);
 SEXP C_glm_jj(SEXP model, SEXP control);
 SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh);
+SEXP C_design_scan(SEXP X, SEXP w, SEXP cls);
+SEXP C_centre_design(SEXP X, SEXP centre);
 
 /* spikes.c */
 SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag);
@@ -52,6 +54,8 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(glm_log_joint, 2),
     CALLDEF(glm_jj, 2),
     CALLDEF(binomial_mean, 3),
+    CALLDEF(design_scan, 3),
+    CALLDEF(centre_design, 2),
     CALLDEF(spikes_history, 4),
     CALLDEF(spikes_simulate, 4),
     CALLDEF(btd_solve, 3),

@@ -47,8 +47,21 @@ void vb_symmetrize(int p, double *A) {
 }
 
 /*
+ * Rows per chunk of the two O(n k^2) passes below: a chunk of k columns that
+ * stays in the L2 cache (about 1 MB: 128 K doubles) while dsyrk / dtrsm sweep
+ * it k times, at most VB_CHUNK (the callers' work size).  On the reference
+ * BLAS, which does not block for the cache, this is 15-20% faster at k = 200
+ * than chunks of VB_CHUNK rows (6.5 MB), and never slower at small k.
+ */
+static int cache_rows(int k) {
+    int r = k > 0 ? 131072 / k : VB_CHUNK;
+    r -= r % 8;
+    return r < 128 ? 128 : r > VB_CHUNK ? VB_CHUNK : r;
+}
+
+/*
  * out = X' diag(w) X (k x k, full), w >= 0, by dsyrk on sqrt(w) * X in row
- * chunks of VB_CHUNK, checking for an interrupt between chunks (one call can
+ * chunks of cache_rows(k) <= VB_CHUNK, checking for an interrupt between chunks (one call can
  * cost seconds at large n k^2).  work holds min(n, VB_CHUNK) * k doubles.
  * Cost n k^2 flops.  Returns VB_OK or VB_INTERRUPTED.
  */
@@ -59,8 +72,9 @@ int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *wor
         memset(out, 0, sizeof(double) * (size_t)k * k);
         return VB_OK;
     }
-    for (int t0 = 0; t0 < n; t0 += VB_CHUNK) {
-        int nc = n - t0 < VB_CHUNK ? n - t0 : VB_CHUNK;
+    int ch = cache_rows(k);
+    for (int t0 = 0; t0 < n; t0 += ch) {
+        int nc = n - t0 < ch ? n - t0 : ch;
         for (int j = 0; j < k; j++) {
             const double *xj = X + (size_t)j * ldx + t0;
             double *zj = work + (size_t)j * nc;
@@ -78,13 +92,14 @@ int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *wor
 /*
  * out_t = || R^{-T} x_t ||^2 = x_t' A^{-1} x_t for the rows x_t of X (n x k),
  * A = R'R upper Cholesky: the variance of x_t'beta under N(., A^{-1}).  One
- * dtrsm per chunk of VB_CHUNK rows; work holds min(n, VB_CHUNK) * k doubles.
+ * dtrsm per chunk of cache_rows(k) rows; work holds min(n, VB_CHUNK) * k doubles.
  * Cost n k^2 flops.  Returns VB_OK or VB_INTERRUPTED.
  */
 int vb_rowvar(int n, int k, const double *X, int ldx, const double *R, double *work, double *out) {
     double one = 1.0;
-    for (int t0 = 0; t0 < n; t0 += VB_CHUNK) {
-        int nc = n - t0 < VB_CHUNK ? n - t0 : VB_CHUNK;
+    int ch = cache_rows(k);
+    for (int t0 = 0; t0 < n; t0 += ch) {
+        int nc = n - t0 < ch ? n - t0 : ch;
         for (int j = 0; j < k; j++)
             memcpy(work + (size_t)j * nc, X + (size_t)j * ldx + t0, sizeof(double) * nc);
         if (k > 0) F77_CALL(dtrsm)

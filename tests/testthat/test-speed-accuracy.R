@@ -191,3 +191,84 @@ test_that("the IRLS-like first step: logistic and Poisson fullrank fits need no 
     expect_lt(max(abs(coef(f) - g$coefficients) / sqrt(diag(vcov(f)))), 0.05, label = fam$family)
   }
 })
+
+test_that("the design scan's moments, flags and class ranges are those of base R", {
+  set.seed(31)
+  n <- 257
+  X <- cbind("(Intercept)" = 1, a = rnorm(n, 5, 2), k = 3, b = rexp(n), o = c(1, rep(1, n - 1)))
+  X[1:4, "k"] <- 7 # constant only over the rows that count
+  w <- rep(c(2, 0, 1, 3), length.out = n); w[1:4] <- 0
+  y <- pmin(rpois(n, 1), w)
+  cls <- as.integer(y == w) - as.integer(y == 0); cls[w <= 0] <- NA_integer_
+  s <- .Call(vbayes:::C_design_scan, X, as.double(w), cls)
+  pos <- w > 0
+  wm <- function(x) sum(w[pos] * x[pos]) / sum(w[pos])
+  wsd <- function(x) sqrt(sum(w[pos] * (x[pos] - wm(x))^2) / (sum(w[pos]) - 1))
+  expect_true(s$finite)
+  expect_equal(s$maxabs, max(abs(X)))
+  expect_equal(s$mean, unname(apply(X, 2, wm)), tolerance = 1e-14)
+  expect_equal(s$sd[c(2, 4)], unname(apply(X[, c(2, 4)], 2, wsd)), tolerance = 1e-13)
+  expect_equal(s$const, c(TRUE, FALSE, TRUE, FALSE, TRUE))
+  expect_equal(s$ones, c(TRUE, FALSE, FALSE, FALSE, TRUE))
+  rng <- function(x, idx) if (any(idx)) range(x[idx]) else c(Inf, -Inf)
+  for (j in seq_len(ncol(X))) {
+    ref <- c(rng(X[, j], cls %in% 1L), rng(X[, j], cls %in% -1L), rng(X[, j], cls %in% 0L))
+    expect_equal(s$ranges[, j], ref, label = colnames(X)[j])
+  }
+  # the scan stops at a non-finite entry; without classes there are no ranges
+  X2 <- X; X2[10, 4] <- NaN
+  s2 <- .Call(vbayes:::C_design_scan, X2, as.double(w), NULL)
+  expect_false(s2$finite)
+  expect_null(s2$ranges)
+  # the centred copy keeps dimnames and leaves X alone
+  ce <- c(0, 5, 3, 1, 0)
+  Xc <- .Call(vbayes:::C_centre_design, X, ce)
+  expect_identical(Xc, X - rep(ce, each = n))
+  expect_identical(X[1, "a"], X[1, 2])
+})
+
+test_that("the separation check from the scan's ranges agrees with the column passes", {
+  set.seed(32)
+  for (r in 1:40) {
+    n <- 40 + r
+    X <- cbind("(Intercept)" = 1, u = rnorm(n), v = sample(0:2, n, TRUE))
+    w <- sample(c(0, 1, 2), n, TRUE, prob = c(0.1, 0.6, 0.3))
+    y <- switch(1 + r %% 3,
+                as.numeric(X[, "u"] > 0.2) * w,        # separated by u
+                rbinom(n, w, plogis(X[, "u"])),      # usually not
+                ifelse(X[, "v"] == 0, 0, w))         # quasi-separated by v
+    d <- vbayes:::check_glm_data(X, y, binomial(), w, NULL, NULL)
+    mu <- c(0.1, rnorm(2))
+    expect_identical(vbayes:::is_separated(X, y, w, mu, d$scan), vbayes:::is_separated(X, y, w, mu),
+                     label = paste("replicate", r))
+  }
+})
+
+test_that("fullrank Poisson and logistic fits stop at a stationary point of the closed-form ELBO", {
+  set.seed(33)
+  n <- 2000; p <- 25
+  X <- cbind("(Intercept)" = 1, matrix(rnorm(n * (p - 1)), n) / sqrt(p))
+  colnames(X) <- c("(Intercept)", paste0("x", 1:(p - 1)))
+  b <- c(0.2, rnorm(p - 1))
+  for (fam in c("poisson", "binomial")) {
+    eta <- drop(X %*% b)
+    y <- if (fam == "poisson") rpois(n, exp(0.5 * eta)) else rbinom(n, 1, plogis(eta))
+    fit <- vb_fit(X, y, family = get(fam)(), prior = normal(0, 2), prior_intercept = normal(0, 5),
+                  control = vb_control(quiet = TRUE))
+    expect_true(fit$converged)
+    e <- .Call(vbayes:::C_glm_elbo, vbayes:::fit_model(fit), unname(fit$coefficients), unname(fit$vcov), c(1, 1))
+    pr <- list(type = rep("normal", p), location = rep(0, p), scale = c(5, rep(2, p - 1)))
+    expect_lt(abs(fit$elbo - ref_elbo_fit(fit, pr)[["elbo"]]), 1e-10 * abs(fit$elbo)) # helper-elbo.R
+    expect_equal(e$elbo, fit$elbo, tolerance = 1e-12)
+    # the Newton decrement g' Sigma g and || Sigma^1/2 dELBO/dSigma Sigma^1/2 || at the returned q
+    S <- unname(fit$vcov)
+    expect_lt(drop(crossprod(e$grad_mu, S %*% e$grad_mu)), 1e-6, label = paste(fam, "mean"))
+    R <- chol(S)
+    expect_lt(norm(R %*% e$grad_Sigma %*% t(R), "F"), 1e-3, label = paste(fam, "covariance"))
+    # and the same optimum as a run to tol = 1e-13
+    ref <- vb_fit(X, y, family = get(fam)(), prior = normal(0, 2), prior_intercept = normal(0, 5),
+                  control = vb_control(quiet = TRUE, tol = 1e-13))
+    expect_equal(fit$coefficients, ref$coefficients, tolerance = 1e-5)
+    expect_lt(abs(fit$elbo - ref$elbo), 1e-8 * abs(ref$elbo))
+  }
+})
