@@ -48,6 +48,7 @@ typedef struct {
     int diag;                                /* meanfield: all variances at once */
     double *dL, *dg, *dmu, *ds2;             /* p each, for diag_step        */
     double *jH, *jg, *jd, *jw;               /* p x p, p, p, chunk x p      */
+    double *mu0;                             /* p: the start's previous mean */
     int rank;                                /* rank of X'WX, -1 until known */
     const double *warm;                      /* p x p starting precision, or NULL */
     double *rwork;                           /* p^2 + 4p for vb_gram_rank    */
@@ -625,24 +626,57 @@ static int irls_newton(cavi_state *S, double *H, double *L) {
  * would otherwise finish.  Factorised q (joint mean steps) takes one step: a
  * meanfield sweep costs O(np), an extra X'WX more than it saves.
  */
-static int irls_start(cavi_state *S, double *H) {
+/* The log posterior at v = 0 at the current mean (m, v set there). */
+static double log_post_v0(cavi_state *S) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
-    double done = 1.0, L0, L1, a, c;
-    int st = irls_newton(S, H, &L0);
-    if (st != VB_OK || S->nb != 1 || p == 0) return st;
-    double *mu1 = S->jd;
-    memcpy(mu1, S->mu, sizeof(double) * p);
-    st = irls_newton(S, H, &L1); /* L1: at mu1 */
-    if (st != VB_OK) return st;
+    double done = 1.0, a, c;
     for (int t = 0; t < n; t++) {
         S->m[t] = M->off[t];
         S->v[t] = 0;
     }
-    F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
-    double L2 = sum_obs(S, S->m, S->v, NULL, NULL);
+    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+    double L = sum_obs(S, S->m, S->v, NULL, NULL);
     for (int j = 0; j < p; j++)
-        L2 += vb_glm_prior(M, j, S->mu[j], M->pscale[j] * M->pscale[j], &a, &c);
+        L += vb_glm_prior(M, j, S->mu[j], M->pscale[j] * M->pscale[j], &a, &c);
+    return L;
+}
+
+static int irls_start(cavi_state *S, double *H) {
+    vb_glm *M = S->M;
+    int p = M->p;
+    double L0, L1, L2, *mu0 = S->mu0, *mu1 = S->jd;
+    /* Far from the mode (large effects, a poor mu_init) a full Newton step can
+     * overshoot by orders of magnitude: then it is halved until the log
+     * posterior rises, and Newton steps are repeated from there (glm()'s IRLS
+     * with step halving), at most 30 of them.  Near the mode the first full
+     * step is kept, at no extra cost but one O(np) evaluation. */
+    memcpy(mu0, S->mu, sizeof(double) * p);
+    int st = irls_newton(S, H, &L0);
+    for (int k = 0; st == VB_OK && p > 0; k++) {
+        L1 = log_post_v0(S);
+        if (R_FINITE(L1) && L1 >= L0) break;
+        memcpy(mu1, S->mu, sizeof(double) * p);
+        double t = 1;
+        do {
+            t *= 0.5;
+            for (int j = 0; j < p; j++)
+                S->mu[j] = mu0[j] + t * (mu1[j] - mu0[j]);
+            L1 = log_post_v0(S);
+        } while (!(R_FINITE(L1) && L1 >= L0) && t > 1e-10);
+        if (!(R_FINITE(L1) && L1 >= L0)) {
+            memcpy(S->mu, mu0, sizeof(double) * p);
+            break;
+        }
+        if (k == 30 || vb_interrupted()) break;
+        memcpy(mu0, S->mu, sizeof(double) * p);
+        st = irls_newton(S, H, &L0);
+    }
+    if (st != VB_OK || S->nb != 1 || p == 0) return st;
+    memcpy(mu1, S->mu, sizeof(double) * p);
+    st = irls_newton(S, H, &L1); /* L1: at mu1 */
+    if (st != VB_OK) return st;
+    L2 = log_post_v0(S);
     if (!(R_FINITE(L2) && L2 >= L1)) memcpy(S->mu, mu1, sizeof(double) * p);
     return VB_OK;
 }
@@ -1038,6 +1072,7 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         S.jH = alloc0(pp);
         S.jg = alloc0(p);
         S.jd = alloc0(p);
+        S.mu0 = alloc0(p);
         size_t nc = (size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p;
         size_t nw = nc > (size_t)n ? nc : (size_t)n;
         S.jw = alloc0(nw);

@@ -272,3 +272,27 @@ test_that("fullrank Poisson and logistic fits stop at a stationary point of the 
     expect_lt(abs(fit$elbo - ref$elbo), 1e-8 * abs(ref$elbo))
   }
 })
+
+test_that("a Poisson fit with large effects starts by damped Newton steps and converges to glm()'s estimate", {
+  # rates from e^-11 to e^9: a full Newton step from beta = 0 overshoots by
+  # orders of magnitude (the start's log posterior was -1e32), and fits took
+  # 45 iterations (fullrank) or stopped unconverged after 500 sweeps (meanfield)
+  set.seed(40)
+  n <- 20000; p <- 30; rho <- 0.5
+  Z <- sqrt(1 - rho) * matrix(rnorm(n * (p - 1)), n) + sqrt(rho) * rnorm(n)
+  X <- cbind(1, Z)
+  y <- rpois(n, exp(drop(X %*% c(-1, rnorm(p - 1, 0, 0.3)))))
+  g <- glm.fit(X, y, family = poisson())
+  se <- sqrt(diag(chol2inv(qr.R(g$qr))))
+  for (a in c("fullrank", "meanfield")) {
+    f <- vb_fit(X, y, family = poisson(), approx = a, prior = normal(0, 10), prior_intercept = normal(0, 10),
+                control = vb_control(quiet = TRUE))
+    expect_true(f$converged)
+    expect_lte(f$iterations, 15L)
+    if (a == "fullrank") {
+      expect_lt(max(abs(coef(f) - g$coefficients) / se), 0.1) # n is large: q mean and MLE agree to a fraction of an sd
+      fr <- f
+    }
+  }
+  expect_lt(elbo(f), elbo(fr)) # the meanfield family is the smaller one
+})
