@@ -170,6 +170,17 @@ static int block_store(cavi_state *S, int b, const double *mub, const double *Lb
     return VB_OK;
 }
 
+/* Block b's precision is in Lb: factor it and store it with the current mean. */
+static int block_set(cavi_state *S, int b) {
+    int k = S->bstart[b + 1] - S->bstart[b];
+    memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
+    int info = vb_chol(k, S->Rb, k);
+    if (info != 0) return vb_lapack_status(info);
+    for (int i = 0; i < k; i++)
+        S->mub[i] = S->mu[S->idx[S->bstart[b] + i]];
+    return block_store(S, b, S->mub, S->Lb, S->Rb);
+}
+
 /*
  * 1/2 g' Sigma g + 1/4 ||(Lambda - Lambda*) Sigma||_F^2 for the current block:
  * D = Lambda - Lambda* into D (which may be Lstar itself), D Sigma by dsymm
@@ -600,14 +611,8 @@ static int irls_newton(cavi_state *S, double *H, double *L) {
         g[j] += -2.0 * c * S->mu[j] + a;
     }
     for (int b = 0; b < S->nb; b++) { /* block precisions: sub-blocks of X'WX + P */
-        int k = S->bstart[b + 1] - S->bstart[b];
         gather_block(S, b, S->Lb, H);
-        memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
-        int info = vb_chol(k, S->Rb, k);
-        if (info != 0) return vb_lapack_status(info);
-        for (int i = 0; i < k; i++)
-            S->mub[i] = S->mu[S->idx[S->bstart[b] + i]];
-        int st = block_store(S, b, S->mub, S->Lb, S->Rb);
+        int st = block_set(S, b);
         if (st != VB_OK) return st;
     }
     int info = vb_chol(p, H, p);
@@ -699,12 +704,7 @@ static int cavi_start(cavi_state *S) {
                 for (int i = 0; i < j; i++)
                     S->Lb[i + j * k] = S->Lb[j + i * k] =
                         0.5 * (S->Lb[i + j * k] + S->Lb[j + i * k]);
-            memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
-            int info = vb_chol(k, S->Rb, k);
-            if (info != 0) return vb_lapack_status(info);
-            for (int i = 0; i < k; i++)
-                S->mub[i] = S->mu[S->idx[S->bstart[b] + i]];
-            int st = block_store(S, b, S->mub, S->Lb, S->Rb);
+            int st = block_set(S, b);
             if (st != VB_OK) return st;
         }
         S->jH_fresh = 0;
@@ -721,14 +721,8 @@ static int cavi_start(cavi_state *S) {
             F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
         sum_obs(S, S->m, S->v, S->dm, S->dv);
         for (int b = 0; b < S->nb; b++) {
-            int k = S->bstart[b + 1] - S->bstart[b];
             if (block_target(S, b, 1) != VB_OK) return VB_INTERRUPTED;
-            memcpy(S->Rb, S->Lb, sizeof(double) * k * k);
-            int info = vb_chol(k, S->Rb, k);
-            if (info != 0) return vb_lapack_status(info);
-            for (int i = 0; i < k; i++)
-                S->mub[i] = S->mu[S->idx[S->bstart[b] + i]];
-            int st = block_store(S, b, S->mub, S->Lb, S->Rb);
+            int st = block_set(S, b);
             if (st != VB_OK) return st;
         }
     }
