@@ -194,21 +194,18 @@ void vb_target_setup(SEXP model, SEXP holder, vb_target *T) {
  */
 static int glm_curvature(const vb_glm *M, const double *theta, double *w, double *work, double *H) {
     int n = M->n, p = M->p, one = 1;
-    double done = 1.0;
+    double done = 1.0, dm, dv;
+    vb_glm Mt = *M; /* gaussian: the curvature at tau = exp(theta[p]) */
+    if (M->family == VB_GAUSSIAN) {
+        Mt.Etau = exp(theta[p]);
+        Mt.Elogtau = theta[p];
+    }
     for (int t = 0; t < n; t++)
         w[t] = M->off[t];
     F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, theta, &one, &done, w, &one FCONE);
-    double tau = M->family == VB_GAUSSIAN ? exp(theta[p]) : 0;
-    for (int t = 0; t < n; t++) {
-        double e = w[t];
-        if (M->family == VB_GAUSSIAN)
-            w[t] = tau * M->wt[t];
-        else if (M->family == VB_POISSON)
-            w[t] = M->wt[t] * exp(e);
-        else {
-            double pr = 1.0 / (1.0 + exp(-e));
-            w[t] = M->wt[t] * pr * (1.0 - pr);
-        }
+    for (int t = 0; t < n; t++) { /* W = -2 df/dv at v = 0: the family's own derivatives */
+        vb_glm_obs(&Mt, t, w[t], 0, &dm, &dv);
+        w[t] = -2.0 * dv;
         if (!R_FINITE(w[t])) w[t] = 0; /* an overflowing row adds no usable curvature */
     }
     int st = vb_xtwx(n, p, M->X, n, w, work, H);
