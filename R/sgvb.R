@@ -73,8 +73,8 @@ glm_mc_elbo <- function(model, mu, L, S) {
   c(mean(r), stats::sd(r) / sqrt(S))
 }
 
-# Start of GLM SGVB (C_sgvb_glm_start, src/sgvb_targets.c): damped Newton steps on log p(y, theta) from the CAVI
-# starting values towards the posterior mode (gaussian: beta at tau fixed,
+# Start of GLM SGVB (C_sgvb_glm_start, src/sgvb_targets.c): damped Newton
+# steps on log p(y, theta) from the CAVI starting values towards the posterior mode (gaussian: beta at tau fixed,
 # then log tau at its conditional mode), and the curvature there (X'WX plus
 # the prior precision; for laplace priors 1/scale^2 stands in).  q starts at
 # this Laplace approximation, whose Cholesky factor also whitens the steps
