@@ -21,7 +21,13 @@
  * tol, and the gain a full Newton step still predicts,
  *   sum_b 1/2 g_b' Sigma_b g_b + 1/4 || (Lambda_b - Lambda*_b) Sigma_b ||_F^2,
  * within tol too — a sweep that creeps along a flat ridge with tiny accepted
- * steps is not converged.  Otherwise the status says why it stopped.
+ * steps is not converged.  Fullrank q also stops, at the current q and
+ * without the step, once a clean sweep (a full step whose gain the quadratic
+ * model predicted within a factor 2, no step halving or mean extension) is
+ * followed by a predicted gain within tol, certified by an upper bound that
+ * needs no X'WX (pred_bound) or by the X'WX of the next step; its steps are
+ * over-relaxed by the sweeps' estimated linear rate (fullrank_step).
+ * Otherwise the status says why it stopped.
  *
  * Inputs: model list (glm_model.c), init (mu, tau shape, tau rate[, a p x p
  * starting precision: a warm start, its block entries used]), block ids
@@ -43,6 +49,10 @@ typedef struct {
     double *Lb, *Rb, *Lcur, *Scur, *La, *Sa; /* kmax x kmax    */
     double *g, *delta, *mub, *mua;           /* kmax           */
     double pred;                             /* predicted gain of this sweep */
+    int full;                                /* this sweep: full steps, no extension */
+    double omega;                            /* over-relaxation of the next step */
+    double *Dw, *Pw, *Ds, *Ps;               /* n, p, n, p: see pred_bound() */
+    int dw_ok;                               /* Lam = X' diag(Dw) X + diag(Pw) */
     int joint;                               /* joint mean steps on         */
     int jH_fresh;                            /* jH holds a reusable factor   */
     int diag;                                /* meanfield: all variances at once */
@@ -150,6 +160,13 @@ static int block_target(cavi_state *S, int b, int at_prior_var) {
         vb_glm_prior(M, j, S->mu[j], s2, &a, &c);
         S->g[i] += a;
         S->Lb[i + i * k] += -2.0 * c;
+        if (S->Ps) S->Ps[i] = -2.0 * c;
+    }
+    if (S->Ds) {
+        if (k > 1)
+            memcpy(S->Ds, S->work, sizeof(double) * n);
+        else
+            S->dw_ok = 0; /* (the one-pass branch forms no weights) */
     }
     return VB_OK;
 }
@@ -299,7 +316,7 @@ static int worth_extending(cavi_state *S, int b, const double *xd, double step) 
     return slope > 0 && slope >= curv * step;
 }
 
-static int mean_extend(cavi_state *S, int b, double *F) {
+static int mean_extend(cavi_state *S, int b, double *F, int *ext) {
     vb_glm *M = S->M;
     int n = M->n, k = S->bstart[b + 1] - S->bstart[b];
     const int *ix = S->idx + S->bstart[b];
@@ -327,14 +344,20 @@ static int mean_extend(cavi_state *S, int b, double *F) {
         swap(&S->dv, &S->dvt);
         cur = Fa + Ga;
         *F = Fa;
+        (*ext)++;
         /* xd is unchanged: the next trial doubles the step from the new point */
     }
     return VB_OK;
 }
 
-/* One damped fixed-point Newton step on block b; *F (sum_t f_t) is kept current. */
-static int block_step(cavi_state *S, int b, double *F) {
-    int n = S->M->n, k = S->bstart[b + 1] - S->bstart[b], kk = k * k;
+/*
+ * The first half of a block step: the target precision Lambda* and gradient
+ * at the current q (one X_b'WX_b), the current block in Lcur, Scur, mub, its
+ * factor in Rb, the predicted gain added to S->pred, and in *old the ELBO
+ * terms the step search compares against.  Nothing of q changes.
+ */
+static int block_prepare(cavi_state *S, int b, const double *F, double *old) {
+    int k = S->bstart[b + 1] - S->bstart[b], kk = k * k;
     const int *ix = S->idx + S->bstart[b];
     if (!S->grad_ok) sum_obs(S, S->m, S->v, S->dm, S->dv);
     S->grad_ok = 1;
@@ -347,15 +370,36 @@ static int block_step(cavi_state *S, int b, double *F) {
     memcpy(S->Rb, S->Lcur, sizeof(double) * kk);
     int info = vb_chol(k, S->Rb, k);
     if (info != 0) return vb_lapack_status(info);
-    double old = *F + block_prior_entropy(S, b, S->mub, S->Scur, vb_chol_logdet(k, S->Rb, k));
+    *old = *F + block_prior_entropy(S, b, S->mub, S->Scur, vb_chol_logdet(k, S->Rb, k));
+    return VB_OK;
+}
+
+/* The second half: the damped fixed-point Newton step; *F is kept current and
+ * S->full set when the step was a full one (a = 1) that no mean extension
+ * lengthened. */
+static int block_move(cavi_state *S, int b, double *F, double old) {
+    int n = S->M->n, k = S->bstart[b + 1] - S->bstart[b];
     if (S->nb == 1)
         memcpy(S->vold, S->v, sizeof(double) * n);
     else if (k > 1 && block_var(n, k, S->Xk, S->Rb, S->Z, S->vold) != VB_OK)
         return VB_INTERRUPTED; /* k = 1: the trial updates v by x^2 (s2_new - s2_old) */
     block_trial bt = {S, b, 0};
-    double a, val;
-    int st = vb_step_search(block_try, &bt, old, &a, &val);
+    double a = 0, val;
+    int st = VB_STALLED;
+    if (S->omega > 1) { /* an over-relaxed step first */
+        st = block_try(S->omega, &bt, &val);
+        if (st == VB_INTERRUPTED) return st;
+        if (st == VB_OK && !(R_FINITE(val) && val >= old - vb_step_slack(old))) st = VB_STALLED;
+        if (st == VB_OK) a = S->omega;
+    }
+    if (st != VB_OK) st = vb_step_search(block_try, &bt, old, &a, &val);
     if (st != VB_OK) return st;
+    if (S->Ds && S->dw_ok) { /* Lam_a = (1 - a) Lam + a Lam*, term by term */
+        for (int t = 0; t < n; t++)
+            S->Dw[t] += a * (S->Ds[t] - S->Dw[t]);
+        for (int j = 0; j < k; j++)
+            S->Pw[j] += a * (S->Ps[j] - S->Pw[j]);
+    }
     st = block_store(S, b, S->mua, S->La, S->Rb);
     if (st != VB_OK) return st;
     swap(&S->m, &S->mt);
@@ -363,7 +407,16 @@ static int block_step(cavi_state *S, int b, double *F) {
     swap(&S->dm, &S->dmt);
     swap(&S->dv, &S->dvt);
     *F = bt.Fa;
-    return mean_extend(S, b, F);
+    int ext = 0;
+    st = mean_extend(S, b, F, &ext);
+    S->full = S->full && a >= 1.0 && ext == 0;
+    return st;
+}
+
+static int block_step(cavi_state *S, int b, double *F) {
+    double old;
+    int st = block_prepare(S, b, F, &old);
+    return st != VB_OK ? st : block_move(S, b, F, old);
 }
 
 /* ---------------------------------------------------- joint mean step -- */
@@ -609,6 +662,11 @@ static int irls_newton(cavi_state *S, double *H, double *L) {
         *L += vb_glm_prior(M, j, S->mu[j], M->pscale[j] * M->pscale[j], &a, &c);
         H[j + (size_t)j * p] += -2.0 * c;
         g[j] += -2.0 * c * S->mu[j] + a;
+        if (S->Pw) S->Pw[j] = -2.0 * c;
+    }
+    if (S->Dw) {
+        memcpy(S->Dw, S->work, sizeof(double) * n);
+        S->dw_ok = 1;
     }
     for (int b = 0; b < S->nb; b++) { /* block precisions: sub-blocks of X'WX + P */
         gather_block(S, b, S->Lb, H);
@@ -746,11 +804,85 @@ static int cavi_start(cavi_state *S) {
     return VB_OK;
 }
 
+/*
+ * An upper bound on the gain a full step on the one block (fullrank) would
+ * make from the current q, without the X'WX that computes it
+ * (block_predicted_gain): while Lambda = X' diag(D) X + diag(P) is known term
+ * by term (the start and every step keep D and P), Lambda - Lambda* =
+ * X' diag(d) X + diag(e) with d = D - D*, e = P - P*, and
+ *   || X' diag(d) X Sigma ||_F^2 = d' (H o H) d,   H = X Sigma X',
+ * where H o H = D^-1 (K o K) D^-1 with K = D^1/2 H D^1/2 <= I (Lambda >=
+ * X'DX as P >= 0), so by Schur's bound lambda_max(K o K) <= max_t K_tt:
+ *   d' (H o H) d <= max_t (D_t v_t) sum_t (d_t / D_t)^2.
+ * With || diag(e) Sigma ||_F exact, the triangle inequality bounds the
+ * precision part of the predicted gain; the mean part 1/2 g' Sigma g is exact.
+ * Cost: one X' dm (n p), O(n + p^2).  Returns +Inf when it does not apply.
+ */
+static double pred_bound(cavi_state *S) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0, dzero = 0.0, a, c, r = 0, e2 = 0, q = 0, *g = S->jg;
+    if (!S->dw_ok || !S->grad_ok) return R_PosInf;
+    for (int t = 0; t < n; t++) {
+        double D = S->Dw[t], d = D + 2.0 * S->dv[t];
+        if (D > 0)
+            r += d * d * S->v[t] / D;
+        else if (d != 0 || D < 0)
+            return R_PosInf;
+    }
+    F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->dm, &one, &dzero, g, &one FCONE);
+    for (int j = 0; j < p; j++) {
+        vb_glm_prior(M, j, S->mu[j], S->Sig[j + (size_t)j * p], &a, &c);
+        g[j] += a;
+        double e = S->Pw[j] + 2.0 * c, s = 0;
+        if (S->Pw[j] < 0) return R_PosInf;
+        for (int i = 0; i < p; i++)
+            s += S->Sig[i + (size_t)j * p] * S->Sig[i + (size_t)j * p];
+        e2 += e * e * s;
+    }
+    for (int j = 0; j < p; j++) {
+        double s = 0;
+        for (int i = 0; i < p; i++)
+            s += S->Sig[i + (size_t)j * p] * g[i];
+        q += g[j] * s;
+    }
+    double f = sqrt(r) + sqrt(e2);
+    return 0.5 * q + 0.25 * f * f;
+}
+
+/*
+ * The step of a one-block (fullrank) q.  After a clean sweep (full steps whose
+ * gain the quadratic model predicted within a factor 2) the fit has converged
+ * at the current q, without another step, when the gain a full step predicts
+ * is within thr: first by pred_bound() (no X'WX), else exactly (from the X'WX
+ * the step needs anyway).  Otherwise the step is over-relaxed by 1 / (1 - r),
+ * where r^2 = (predicted gain) / (last gain) estimates the linear rate of the
+ * sweeps (when r < 1/2; the plain step if the ELBO does not rise).
+ */
+static int fullrank_step(cavi_state *S, double *F, double thr, int clean, double prev_gain,
+                         int *conv) {
+    double old;
+    if (clean && pred_bound(S) <= thr) {
+        *conv = 1;
+        return VB_OK;
+    }
+    int st = block_prepare(S, 0, F, &old);
+    if (st != VB_OK) return st;
+    if (clean && S->pred <= thr) {
+        *conv = 1;
+        return VB_OK;
+    }
+    double r = clean && prev_gain > 0 ? sqrt(S->pred / prev_gain) : 1;
+    S->omega = r < 0.5 ? 1 / (1 - r) : 1;
+    return block_move(S, 0, F, old);
+}
+
 /* The CAVI worker: sweeps until converged or a status says why not. */
 static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *iter, double *elbo,
                     double *ll, double *kl) {
     double F;
-    int it = 0, st = cavi_start(S);
+    int it = 0, clean = 0, st = cavi_start(S);
+    double prev_gain = 0;
     *iter = 0;
     if (st == VB_OK) st = full_elbo(S, &F, ll, kl, elbo, 0);
     if (st != VB_OK) return st;
@@ -775,8 +907,19 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
             if (sd == VB_OK && a == 1.0) goto swept;
             S->diag = 0; /* from now on coordinate steps */
         }
+        S->full = 1;
         for (int b = 0; b < S->nb; b++) {
-            int sb = block_step(S, b, &F);
+            int sb;
+            if (S->nb == 1) {
+                int conv = 0;
+                sb = fullrank_step(S, &F, set->tol * (fabs(*elbo) + set->tol), clean, prev_gain,
+                                   &conv);
+                if (sb == VB_OK && conv) {
+                    *iter = it - 1; /* converged at the q of the last sweep */
+                    return VB_OK;
+                }
+            } else
+                sb = block_step(S, b, &F);
             if (sb == VB_INTERRUPTED) return sb;
             if (sb == VB_OK)
                 accepted++;
@@ -793,8 +936,11 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
         vb_progress_tick(&pr, "vb", it, *elbo);
         if (*elbo < prev - vb_step_slack(prev)) return VB_DECREASED;
         if (accepted == 0) return sweep; /* nothing moved: a stall, not convergence */
-        double thr = set->tol * (fabs(*elbo) + set->tol);
+        double thr = set->tol * (fabs(*elbo) + set->tol), gain = *elbo - prev;
         if (sweep == VB_OK && vb_tol_met(prev, *elbo, set->tol) && S->pred <= thr) return VB_OK;
+        clean = sweep == VB_OK && S->full && gain <= 2 * S->pred && gain >= 0.5 * S->pred &&
+                S->M->family != VB_GAUSSIAN; /* (q(tau)'s gain is not in pred) */
+        prev_gain = gain;
         if (vb_interrupted()) return VB_INTERRUPTED;
     }
     return VB_MAXIT;
@@ -1085,6 +1231,12 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     S.rank = -1;
     S.warm = (size_t)Rf_xlength(init) == nwarm ? REAL(init) + ninit : NULL;
     S.rwork = alloc0(pp + 4 * (size_t)p);
+    if (nb == 1 && !S.warm) {
+        S.Dw = alloc0(n);
+        S.Ds = alloc0(n);
+        S.Pw = alloc0(p);
+        S.Ps = alloc0(p);
+    }
     int gauss = M.family == VB_GAUSSIAN && (nb == 1 || nb == p);
     for (int j = 0; j < p; j++)
         gauss = gauss && M.ptype[j] == VB_PRIOR_NORMAL;
