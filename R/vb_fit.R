@@ -74,7 +74,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   fitted <- response_mean(family, eta, v, control$gh_nodes)
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
   rank <- if (is.numeric(core$rank) && !is.na(core$rank)) core$rank else design_rank(X)
-  separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, mu, d$scan)
+  separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, mu, d$scan, eta - offset)
   fit <- list(coefficients = mu, vcov = Sigma, elbo = core$elbo, elbo_trace = core$trace,
               elbo_terms = c(elbo = core$elbo, loglik = core$loglik, kl = core$kl),
               converged = converged, status = core$status, iterations = core$iterations,
@@ -193,8 +193,10 @@ design_rank <- function(X) {
 # already rule out (a column at a time, no copy of X); each direction is
 # judged from the ranges of u = X d over the three kinds of rows.
 # With `scan` (check_glm_data()'s design scan, which holds every column's
-# ranges over the three kinds of rows) no column is read again here.
-is_separated <- function(X, y, weights, mu = NULL, scan = NULL) {
+# ranges over the three kinds of rows) no column is read again here, and with
+# `eta` (the fit's linear predictor less the offset, X mu) neither is X for
+# the posterior mean's direction.
+is_separated <- function(X, y, weights, mu = NULL, scan = NULL, eta = NULL) {
   side <- if (is.null(scan$cls)) { # all successes, all failures, mixed
     k <- as.integer(y == weights) - as.integer(y == 0)
     k[weights <= 0] <- NA_integer_
@@ -238,11 +240,11 @@ is_separated <- function(X, y, weights, mu = NULL, scan = NULL) {
   # another above one: checked on a few rows of each kind first, so only the
   # undecided columns cost a pass over X.
   if (!is.null(scan$ranges)) {
-    for (j in cols) {
-      r <- scan$ranges[, j]
-      rp <- r[1:2]; rn <- r[3:4]; rm <- r[5:6]
-      if (certify(rp, rn, rm) || certify(-rev(rp), -rev(rn), -rev(rm))) return(TRUE)
-    }
+    r <- scan$ranges[, cols, drop = FALSE]
+    if (length(cols) && (any(certify_cols(r, length(int) > 0L, length(mix) > 0L, tol)) ||
+                         any(certify_cols(-r[c(2, 1, 4, 3, 6, 5), , drop = FALSE], length(int) > 0L,
+                                          length(mix) > 0L, tol))))
+      return(TRUE)
     open <- integer(0)
   } else open <- cols
   if (is.null(scan$ranges) && length(cols) && length(pos) && length(neg)) {
@@ -253,10 +255,37 @@ is_separated <- function(X, y, weights, mu = NULL, scan = NULL) {
   for (j in open) if (both(X[, j])) return(TRUE)
   if (!is.null(mu) && length(cols) > 1L) {
     m <- mu; m[int] <- 0
-    rp <- rng(u <- drop(X %*% m), pos)
+    # u = X m; from the fit's linear predictor (eta = offset + X mu) when the
+    # intercept, if any, is one column of ones on the rows that count
+    u <- if (!is.null(eta) && length(int) <= 1L) eta - sum(mu[int]) else drop(X %*% m)
+    rp <- rng(u, pos)
     if (certify(rp, rng(u, neg), rng(u, mix))) return(TRUE)
   }
   FALSE
+}
+
+# certify() over columns at once: r holds, per column, the ranges over the
+# success-only, failure-only and mixed rows (6 x k, min and max of each).
+certify_cols <- function(r, has_int, has_mix, tol) {
+  a <- abs(r)
+  a[!is.finite(a)] <- 0
+  sc <- pmax(a[1, ], a[2, ], a[3, ], a[4, ], a[5, ], a[6, ], 1e-300)
+  r <- r / rep(sc, each = 6L)
+  cc <- numeric(ncol(r)); ok <- rep(TRUE, ncol(r))
+  if (has_int) {
+    lo <- -r[1, ]; hi <- -r[4, ]
+    if (has_mix) {
+      ok <- r[6, ] - r[5, ] <= tol
+      cc <- -r[5, ]
+      ok <- ok & cc >= lo - tol & cc <= hi + tol
+    } else {
+      ok <- lo <= hi + tol
+      cc <- ifelse(is.finite(lo), lo, ifelse(is.finite(hi), hi, 0))
+    }
+  }
+  e <- r + rep(cc, each = 6L)
+  big <- colSums(is.finite(e) & abs(e) > tol) > 0
+  ok & e[1, ] >= -tol & e[4, ] <= tol & (!has_mix | pmax(abs(e[5, ]), abs(e[6, ])) <= tol) & big
 }
 
 family_code <- function(family) match(family$family, c("gaussian", "poisson", "binomial")) - 1L
@@ -297,9 +326,8 @@ centre_theta <- function(theta, centre) {
 # design as built: mu = A mu_c, Sigma = A Sigma_c A' (A = T^-1; exact, the
 # linear predictor and the ELBO are unchanged).
 uncentre_core <- function(core, centre) {
-  A <- uncentre_matrix(centre)
-  core$mu <- drop(A %*% core$mu)
-  core$Sigma <- A %*% core$Sigma %*% t(A)
+  core$mu <- uncentre_mean(core$mu, centre)
+  core$Sigma <- uncentre_cov(core$Sigma, centre)
   if (!is.null(core$sgvb)) {
     d <- length(core$sgvb$mu)
     Aj <- uncentre_matrix(centre, d)
@@ -308,6 +336,25 @@ uncentre_core <- function(core, centre) {
     if (!is.null(core$sgvb$L)) core$sgvb$L <- Aj %*% core$sgvb$L
   }
   core
+}
+
+# A = I - e_int c' (c = centre, 0 at the intercept) applied in O(p^2):
+# A mu, and A S A' = S - e u' - u e' + (c' S c) e e' with u = S c.
+uncentre_mean <- function(mu, centre) {
+  int <- which(names(centre) == "(Intercept)")
+  cc <- centre; cc[int] <- 0
+  mu[int] <- mu[int] - sum(cc * mu)
+  mu
+}
+uncentre_cov <- function(S, centre) {
+  int <- which(names(centre) == "(Intercept)")
+  if (!length(int)) return(S)
+  cc <- centre; cc[int] <- 0
+  u <- drop(S %*% cc)
+  S[int, ] <- S[int, ] - u
+  S[, int] <- S[, int] - u
+  S[int, int] <- S[int, int] + sum(cc * u)
+  S
 }
 
 # Gauss-Hermite rule for E g(Z), Z ~ N(0, 1/2) scaled: nodes x, weights summing
