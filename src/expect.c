@@ -301,6 +301,81 @@ double vb_ebinom(double y, double w, double m, double v, int k, const double *x,
     return y * m - w * sp;
 }
 
+/*
+ * vb_ebinom over n observations, sum_t f_t returned, derivatives into dm, dv
+ * (either may be NULL).  The narrow-q expansion is latency-bound (each
+ * Taylor coefficient waits for the previous ones), so it runs on VB_LANES
+ * observations side by side at the largest order any of them needs (a higher
+ * order only shrinks the remainder); the others (w = 0, wider q) one by one.
+ */
+#define VB_LANES 8
+static double ebinom_lanes(int L, const int *idx, const double *y, const double *w, const double *m,
+                           const double *v, double *dm, double *dv) {
+    double a[TY_NA][VB_LANES], vl[VB_LANES], e[VB_LANES], sg[VB_LANES], A[VB_LANES], B[VB_LANES],
+        C[VB_LANES], F = 0;
+    int K = 1;
+    for (int l = 0; l < VB_LANES; l++) {
+        double ml = l < L ? m[idx[l]] : 0;
+        vl[l] = l < L ? v[idx[l]] : 0;
+        while (vl[l] > TY_VMAX[K])
+            K++;
+        e[l] = exp(-fabs(ml));
+        a[0][l] = e[l] / (1.0 + e[l]);
+        sg[l] = ml > 0 ? -1.0 : 1.0;
+    }
+    int na = 2 * K + 2;
+    for (int j = 0; j + 1 < na; j++) { /* innermost loops over the lanes */
+        double c[VB_LANES] = {0};
+        for (int i = 0; i < (j + 1) / 2; i++)
+            for (int l = 0; l < VB_LANES; l++)
+                c[l] += a[i][l] * a[j - i][l];
+        for (int l = 0; l < VB_LANES; l++) {
+            double cl = 2 * c[l];
+            if (j % 2 == 0) cl += a[j / 2][l] * a[j / 2][l];
+            a[j + 1][l] = (a[j][l] - cl) * TY_INV[j];
+        }
+    }
+    for (int l = 0; l < VB_LANES; l++)
+        A[l] = B[l] = C[l] = 0;
+    for (int k = K; k >= 1; k--)
+        for (int l = 0; l < VB_LANES; l++) {
+            A[l] = A[l] * vl[l] + TY_CA[k] * a[2 * k - 1][l];
+            B[l] = B[l] * vl[l] + TY_CB[k] * a[2 * k][l];
+            C[l] = C[l] * vl[l] + TY_CC[k] * a[2 * k + 1][l];
+        }
+    for (int l = 0; l < L; l++) {
+        int t = idx[l];
+        double mt = m[t], r = 1.0 / (1.0 + e[l]);
+        double sp = (mt > 0 ? mt : 0) + log(1.0 + e[l]) + vl[l] * A[l]; /* as binom_taylor */
+        double s1 = (mt > 0 ? r : a[0][l]) + sg[l] * vl[l] * B[l], s2 = a[1][l] + vl[l] * C[l];
+        if (dm) dm[t] = y[t] - w[t] * s1;
+        if (dv) dv[t] = -0.5 * w[t] * s2;
+        F += y[t] * mt - w[t] * sp;
+    }
+    return F;
+}
+
+double vb_ebinom_n(int n, const double *y, const double *w, const double *m, const double *v, int k,
+                   const double *x, const double *wt, double *dm, double *dv) {
+    int idx[VB_LANES], L = 0;
+    double F = 0, a, b;
+    for (int t = 0; t < n; t++) {
+        if (w[t] == 0) {
+            if (dm) dm[t] = 0;
+            if (dv) dv[t] = 0;
+        } else if (v[t] <= TY_VMAX[TY_KMAX]) {
+            idx[L++] = t;
+            if (L == VB_LANES) {
+                F += ebinom_lanes(L, idx, y, w, m, v, dm, dv);
+                L = 0;
+            }
+        } else
+            F += vb_ebinom(y[t], w[t], m[t], v[t], k, x, wt, dm ? dm + t : &a, dv ? dv + t : &b);
+    }
+    if (L) F += ebinom_lanes(L, idx, y, w, m, v, dm, dv);
+    return F;
+}
+
 double vb_esigmoid(double m, double v, int k, const double *x, const double *wt) {
     double s1, s2;
     binom_moments(m, v, k, x, wt, NULL, &s1, &s2);

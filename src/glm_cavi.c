@@ -71,10 +71,7 @@ static void set_tau(cavi_state *S) {
 
 /* sum_t f_t(m_t, v_t); derivatives into dm, dv unless they are NULL */
 static double sum_obs(cavi_state *S, const double *m, const double *v, double *dm, double *dv) {
-    double F = 0, a, b;
-    for (int t = 0; t < S->M->n; t++)
-        F += vb_glm_obs(S->M, t, m[t], v[t], dm ? dm + t : &a, dv ? dv + t : &b);
-    return F;
+    return vb_glm_obs_sum(S->M, m, v, dm, dv);
 }
 
 /* Prior expectation and entropy of block b at (mu_b, Sigma_b); Sb is k x k. */

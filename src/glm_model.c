@@ -103,6 +103,16 @@ double vb_glm_obs(const vb_glm *M, int t, double m, double v, double *dm, double
     }
 }
 
+/* sum_t f_t over the n observations; derivatives into dm, dv unless NULL. */
+double vb_glm_obs_sum(const vb_glm *M, const double *m, const double *v, double *dm, double *dv) {
+    if (M->family == VB_BINOMIAL)
+        return vb_ebinom_n(M->n, M->y, M->wt, m, v, M->ngh, M->ghx, M->ghw, dm, dv);
+    double F = 0, a, b;
+    for (int t = 0; t < M->n; t++)
+        F += vb_glm_obs(M, t, m[t], v[t], dm ? dm + t : &a, dv ? dv + t : &b);
+    return F;
+}
+
 /* g_j = E log p(beta_j) under beta_j ~ N(mu, s2); dg/dmu, dg/ds2. */
 double vb_glm_prior(const vb_glm *M, int j, double mu, double s2, double *dmu, double *ds2) {
     double loc = M->ploc[j], b = M->pscale[j], d = mu - loc;

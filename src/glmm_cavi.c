@@ -142,10 +142,7 @@ static void set_tau(gstate *S) {
 }
 
 static double sum_obs(gstate *S, const double *m, const double *v, int grad) {
-    double F = 0, a, b;
-    for (int i = 0; i < S->n; i++)
-        F += vb_glm_obs(S->M, i, m[i], v[i], grad ? S->dm + i : &a, grad ? S->dv + i : &b);
-    return F;
+    return vb_glm_obs_sum(S->M, m, v, grad ? S->dm : NULL, grad ? S->dv : NULL);
 }
 
 /* ------------------------------------------------ moments of q(beta, b) -- */

@@ -125,6 +125,8 @@ double vb_ebinom(double y, double w, double m, double v, int k, const double *x,
                  double *dm, double *dv);
 /* E sigmoid(eta): the binomial mean response */
 double vb_esigmoid(double m, double v, int k, const double *x, const double *wt);
+double vb_ebinom_n(int n, const double *y, const double *w, const double *m, const double *v,
+                   int k, const double *x, const double *wt, double *dm, double *dv);
 static inline double vb_softplus(double x) { /* log(1 + e^x) without overflow */
     return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));
 }
@@ -183,6 +185,7 @@ typedef struct {
 void vb_glm_unpack(SEXP model, vb_glm *M);
 double vb_glm_log_joint(const double *theta, double *grad, void *model);
 double vb_glm_obs(const vb_glm *M, int t, double m, double v, double *dm, double *dv);
+double vb_glm_obs_sum(const vb_glm *M, const double *m, const double *v, double *dm, double *dv);
 double vb_glm_prior(const vb_glm *M, int j, double mu, double s2, double *dmu, double *ds2);
 double vb_glm_tau_terms(const vb_glm *M, double A, double B); /* E log p(tau) + H[q(tau)] */
 /* The result list shared by the GLM engines (protected on return; caller unprotects 1). */
