@@ -59,6 +59,7 @@ typedef struct {
     double *dL, *dg, *dmu, *ds2;             /* p each, for diag_step        */
     double *jH, *jg, *jd, *jw;               /* p x p, p, p, chunk x p      */
     double *mu0;                             /* p: the start's previous mean */
+    int m_v0;                                /* (m, v) = (offset + X mu, 0) now */
     int rank;                                /* rank of X'WX, -1 until known */
     const double *warm;                      /* p x p starting precision, or NULL */
     double *rwork;                           /* p^2 + 4p for vb_gram_rank    */
@@ -642,11 +643,14 @@ static int irls_newton(cavi_state *S, double *H, double *L) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
     double done = 1.0, dzero = 0.0, a, c, *g = S->jg ? S->jg : S->g, *rhs = S->vt;
-    for (int t = 0; t < n; t++) {
-        S->m[t] = M->off[t];
-        S->v[t] = 0;
+    if (!S->m_v0) {
+        for (int t = 0; t < n; t++) {
+            S->m[t] = M->off[t];
+            S->v[t] = 0;
+        }
+        if (p > 0)
+            F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
     }
-    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
     *L = sum_obs(S, S->m, S->v, S->dm, S->dv);
     for (int t = 0; t < n; t++) {
         S->work[t] = -2.0 * S->dv[t];
@@ -674,6 +678,7 @@ static int irls_newton(cavi_state *S, double *H, double *L) {
     if (info != 0) return vb_lapack_status(info);
     vb_chol_solve(p, H, p, g);
     memcpy(S->mu, g, sizeof(double) * p);
+    S->m_v0 = 0;
     return VB_OK;
 }
 
@@ -699,6 +704,7 @@ static double log_post_v0(cavi_state *S) {
     double L = sum_obs(S, S->m, S->v, NULL, NULL);
     for (int j = 0; j < p; j++)
         L += vb_glm_prior(M, j, S->mu[j], M->pscale[j] * M->pscale[j], &a, &c);
+    S->m_v0 = 1;
     return L;
 }
 
@@ -726,6 +732,7 @@ static int irls_start(cavi_state *S, double *H) {
         } while (!(R_FINITE(L1) && L1 >= L0) && t > 1e-10);
         if (!(R_FINITE(L1) && L1 >= L0)) {
             memcpy(S->mu, mu0, sizeof(double) * p);
+            S->m_v0 = 0;
             break;
         }
         if (k == 30 || vb_interrupted()) break;
@@ -737,7 +744,10 @@ static int irls_start(cavi_state *S, double *H) {
     st = irls_newton(S, H, &L1); /* L1: at mu1 */
     if (st != VB_OK) return st;
     L2 = log_post_v0(S);
-    if (!(R_FINITE(L2) && L2 >= L1)) memcpy(S->mu, mu1, sizeof(double) * p);
+    if (!(R_FINITE(L2) && L2 >= L1)) {
+        memcpy(S->mu, mu1, sizeof(double) * p);
+        S->m_v0 = 0;
+    }
     return VB_OK;
 }
 
@@ -781,11 +791,15 @@ static int cavi_start(cavi_state *S) {
             if (st != VB_OK) return st;
         }
     }
-    for (int t = 0; t < n; t++) {
-        S->m[t] = M->off[t];
-        S->v[t] = 0;
+    if (!S->m_v0) {
+        for (int t = 0; t < n; t++) {
+            S->m[t] = M->off[t];
+            S->v[t] = 0;
+        }
+        if (p > 0)
+            F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
     }
-    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+    S->m_v0 = 0;
     for (int b = 0; b < S->nb; b++) {
         int k = S->bstart[b + 1] - S->bstart[b];
         block_columns(S, b);
