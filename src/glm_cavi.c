@@ -1097,11 +1097,16 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     S.Sig = alloc0(pp);
     memset(S.Lam, 0, sizeof(double) * pp);
     memset(S.Sig, 0, sizeof(double) * pp);
+    /* the gaussian path (below) needs only m and work of the n-sized buffers */
+    int gauss = M.family == VB_GAUSSIAN && (nb == 1 || nb == p);
+    for (int j = 0; j < p; j++)
+        gauss = gauss && M.ptype[j] == VB_PRIOR_NORMAL;
+    size_t ng = gauss ? 0 : (size_t)n;
     double **nbufs[] = {&S.m, &S.v, &S.vold, &S.mt, &S.vt, &S.dm, &S.dv, &S.dmt, &S.dvt, &S.work};
     for (int i = 0; i < 10; i++)
-        *nbufs[i] = alloc0(n);
-    S.Xb = alloc0(nb > 1 ? nk : 0);
-    S.Z = alloc0((size_t)(n < VB_CHUNK ? n : VB_CHUNK) * kmax);
+        *nbufs[i] = alloc0(i == 0 || i == 9 ? (size_t)n : ng);
+    S.Xb = alloc0(nb > 1 && !gauss ? nk : 0);
+    S.Z = alloc0(gauss ? 0 : (size_t)(n < VB_CHUNK ? n : VB_CHUNK) * kmax);
     double **kk_bufs[] = {&S.Lb, &S.Rb, &S.Lcur, &S.Scur, &S.La, &S.Sa};
     for (int i = 0; i < 6; i++)
         *kk_bufs[i] = alloc0(kk);
@@ -1110,7 +1115,7 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         *k_bufs[i] = alloc0(kmax);
     /* joint mean steps for factorised q with at most joint_means coefficients */
     S.joint = nb > 1 && p <= set.joint_max;
-    if (S.joint || nb == 1) { /* H of the IRLS start and the joint steps */
+    if ((S.joint || nb == 1) && !gauss) { /* H of the IRLS start and the joint steps */
         S.jH = alloc0(pp);
         S.jg = alloc0(p);
         S.jd = alloc0(p);
@@ -1133,9 +1138,6 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     S.rank = -1;
     S.warm = (size_t)Rf_xlength(init) == nwarm ? REAL(init) + ninit : NULL;
     S.rwork = alloc0(pp + 4 * (size_t)p);
-    int gauss = M.family == VB_GAUSSIAN && (nb == 1 || nb == p);
-    for (int j = 0; j < p; j++)
-        gauss = gauss && M.ptype[j] == VB_PRIOR_NORMAL;
 
     vb_trace tr;
     vb_trace_init(&tr);
