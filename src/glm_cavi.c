@@ -813,9 +813,11 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
  * (one dgemv, O(np)) at a reference point mu0 — the start, then the first
  * q(beta) mean, which is already within the final E tau's reach of the
  * optimum — and elsewhere from
- *   rss(mu) = rss(mu0) - 2 d' g0 + d' G d,  d = mu - mu0,  g0 = h - G mu0,
- * whose terms are of the size of the change in rss, not of y'Wy: the error is
- * about eps (|h| + |G mu0|) |d|, second order in the small step d.  One exact
+ *   rss(mu) = rss(mu0) - 2 d' g0 + d' G d,  d = mu - mu0,  g0 = X'W r0 (= h - G mu0),
+ * whose terms are of the size of the change in rss, not of y'Wy.  g0 is taken
+ * from the exact residuals r0 (one dgemv) rather than as h - G mu0, whose
+ * cancellation error eps (|h| + |G mu0|), times d, reached 1e-9 of the rss on
+ * a design with a large intercept; so the error is about eps |X'W| |r0| |d|.  One exact
  * dgemv at the end gives the fitted values and the final weighted residual
  * sum.  The linear-predictor variances are not formed (a dtrsm pass as costly
  * as X'WX itself): R computes them on demand.  The same ELBO as the general
@@ -850,16 +852,21 @@ static double gauss_rss_exact(cavi_state *S) {
     return s0 + s1;
 }
 
-/* The exact rss at the current mean, which becomes the reference point. */
-static double gauss_set_reference(cavi_state *S, gauss_stats *T) {
-    int p = S->M->p;
+/*
+ * The exact rss at the current mean, which becomes the reference point; with
+ * grad, also g0 = X' W r0 from the exact residuals r0 (a second pass: h - G mu0
+ * would cancel when the residuals are small against y, as the rss would).
+ */
+static double gauss_set_reference(cavi_state *S, gauss_stats *T, int grad) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0, dzero = 0.0;
     T->rss0 = gauss_rss_exact(S);
     memcpy(T->mu0, S->mu, sizeof(double) * p);
-    for (int j = 0; j < p; j++) {
-        double s = 0;
-        for (int i = 0; i < p; i++)
-            s += T->G[j + (size_t)i * p] * T->mu0[i];
-        T->g0[j] = T->h[j] - s;
+    if (grad && p > 0) {
+        for (int t = 0; t < n; t++)
+            S->work[t] = M->wt[t] * (M->y[t] - S->m[t]);
+        F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->work, &one, &dzero, T->g0, &one FCONE);
     }
     return T->rss0;
 }
@@ -884,8 +891,9 @@ static double gauss_rss_stats(cavi_state *S, gauss_stats *T) {
 
 /*
  * q(tau) from the current q(beta) (Sig holds Sigma), then the ELBO.  exact:
- * rss by a pass over X, making the current mean the reference point;
- * otherwise from the sufficient statistics.
+ * rss by a pass over X, making the current mean the reference point (2: with
+ * its gradient g0, for the shortcut of later iterations); 0: from the
+ * sufficient statistics.
  */
 static int gauss_tau_elbo(cavi_state *S, gauss_stats *T, int exact, double *elbo, double *ll,
                           double *kl) {
@@ -895,7 +903,7 @@ static int gauss_tau_elbo(cavi_state *S, gauss_stats *T, int exact, double *elbo
     for (size_t i = 0; i < (size_t)p * p; i++)
         tr += T->G[i] * S->Sig[i];
     T->trGS = tr;
-    double ss = (exact ? gauss_set_reference(S, T) : gauss_rss_stats(S, T)) + tr;
+    double ss = (exact ? gauss_set_reference(S, T, exact > 1) : gauss_rss_stats(S, T)) + tr;
     S->A = M->a0 + 0.5 * T->neff;
     S->B = M->b0 + 0.5 * ss;
     set_tau(S);
@@ -1020,7 +1028,7 @@ static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_t
         double pred = gauss_pred(S, T), prev = *elbo;
         if ((st = gauss_beta(S, T, 1)) != VB_OK) return st;
         /* the first mean step moves far (from the start): its rss is taken exactly */
-        if ((st = gauss_tau_elbo(S, T, it == 1, elbo, ll, kl)) != VB_OK) return st;
+        if ((st = gauss_tau_elbo(S, T, it == 1 ? 2 : 0, elbo, ll, kl)) != VB_OK) return st;
         vb_trace_push(tr, *elbo);
         vb_progress_tick(&pr, "vb", it, *elbo);
         if (*elbo < prev - vb_step_slack(prev)) return VB_DECREASED;

@@ -407,9 +407,9 @@ SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh) {
  *            rows (min, max) x (success-only, failure-only, mixed), +-Inf if none:
  *            the separation certificate of is_separated() for each column
  *            (binomial only: the other families do not pay this third pass).
- * Accuracy: the sums are double, in four interleaved accumulators (branch-free,
- * so the loops pipeline).  Pass 1 gives a first mean m1; pass 2 sums
- * d_t = x_t - m1 (exact by Sterbenz when x_t is near m1) and d_t^2, and
+ * Accuracy: the sums are double, in interleaved accumulators (branch-free,
+ * so the loops pipeline) over blocks of 512 rows whose sums are then added.  Pass 1 gives a first
+ * mean m1; pass 2 sums d_t = x_t - m1 (exact by Sterbenz when x_t is near m1) and d_t^2, and
  * returns mean = m1 + sum w d / sum w and ss = sum w d^2 - (sum w d)^2 / sum w
  * (the corrected two-pass algorithm, Chan, Golub & LeVeque 1983): the error
  * of the variance is a few n eps relative to the variance itself, whatever the
@@ -433,8 +433,8 @@ typedef struct {
  * finite, and 0 * Inf is NaN); it can also be +-Inf or NaN from an overflow
  * of finite entries, which the caller tells apart.
  */
-static void scan_pass1(int n, const double *x, const double *w, double *swx, double *lo,
-                       double *hi) {
+static void scan_seg1(int n, const double *x, const double *w, double *swx, double *lo,
+                      double *hi) {
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0, l0 = R_PosInf, l1 = R_PosInf, l2 = R_PosInf,
            l3 = R_PosInf, h0 = R_NegInf, h1 = R_NegInf, h2 = R_NegInf, h3 = R_NegInf;
     int t = 0;
@@ -469,8 +469,8 @@ static void scan_pass1(int n, const double *x, const double *w, double *swx, dou
 }
 
 /* sum_t w_t d_t and sum_t w_t d_t^2, d_t = x_t - m. */
-static void scan_pass2(int n, const double *x, const double *w, double m, double *swd,
-                       double *swdd) {
+static void scan_seg2(int n, const double *x, const double *w, double m, double *swd,
+                      double *swdd) {
     double s0 = 0, s1 = 0, q0 = 0, q1 = 0;
     int t = 0;
     for (; t + 2 <= n; t += 2) {
@@ -487,6 +487,40 @@ static void scan_pass2(int n, const double *x, const double *w, double m, double
     }
     *swd = s0 + s1;
     *swdd = q0 + q1;
+}
+
+/*
+ * The two passes over a column, summed in blocks of SCAN_BLOCK rows whose
+ * partial sums are then added up: the rounding error of a sum grows with
+ * about SCAN_BLOCK / 4 + n / SCAN_BLOCK terms instead of n / 4.
+ */
+#define SCAN_BLOCK 512
+static void scan_pass1(int n, const double *x, const double *w, double *swx, double *lo,
+                       double *hi) {
+    double s = 0, l = R_PosInf, h = R_NegInf;
+    for (int b = 0; b < n; b += SCAN_BLOCK) {
+        double bs, bl, bh;
+        scan_seg1(n - b < SCAN_BLOCK ? n - b : SCAN_BLOCK, x + b, w + b, &bs, &bl, &bh);
+        s += bs;
+        l = bl < l ? bl : l;
+        h = bh > h ? bh : h;
+    }
+    *swx = s;
+    *lo = l;
+    *hi = h;
+}
+
+static void scan_pass2(int n, const double *x, const double *w, double m, double *swd,
+                       double *swdd) {
+    double s = 0, q = 0;
+    for (int b = 0; b < n; b += SCAN_BLOCK) {
+        double bs, bq;
+        scan_seg2(n - b < SCAN_BLOCK ? n - b : SCAN_BLOCK, x + b, w + b, m, &bs, &bq);
+        s += bs;
+        q += bq;
+    }
+    *swd = s;
+    *swdd = q;
 }
 
 /* min and max of x over the rows with w_t > 0 */
