@@ -8,7 +8,8 @@
 # grid n in 1e4, 1e5, 1e6 by p in 10, 30, 200 without n = 1e6, p = 200, whose
 # 1.6 GB design and hour-long glm() do not fit a bounded run), VBAYES_BENCH_INTERFACES
 # "formula,matrix" (vb() vs glm()/lm(), vb_fit() vs glm.fit()/lm.fit()),
-# VBAYES_BENCH_SECTIONS="iter,sweep,memory,openblas" the other sections; VBAYES_BENCH_REPS reps.
+# VBAYES_BENCH_SECTIONS="iter,sweep,memory,openblas" the other sections; VBAYES_BENCH_REPS reps;
+# VBAYES_BENCH_FAMILIES="gaussian" the families of the table (default all three).
 # "openblas" reruns the table for VBAYES_BENCH_OPENBLAS_SIZES (default 1e5x30,1e5x200) and
 # the iteration section in a child Rscript on OpenBLAS with one thread: R_LD_LIBRARY_PATH
 # (not LD_LIBRARY_PATH, which R's ldpaths would override) points at the OpenBLAS
@@ -43,6 +44,8 @@ make_data <- function(n, p, fam, seed = 1) {
 }
 ctl <- vb_control(quiet = TRUE)
 fam_of <- list(gaussian = gaussian(), poisson = poisson(), binomial = binomial())
+fam_of <- fam_of[intersect(names(fam_of),
+                           strsplit(Sys.getenv("VBAYES_BENCH_FAMILIES", "gaussian,poisson,binomial"), ",")[[1]])]
 # warm up: the first vb() call loads the namespaces the formula front end uses
 invisible(vb(mpg ~ wt, data = mtcars, control = ctl)); invisible(glm(mpg ~ wt, data = mtcars))
 # Per row: the peer (glm(), and lm() for gaussian) and vb fullrank / meanfield,
