@@ -1152,7 +1152,6 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     int it;
     double elbo = R_NaN, ll = R_NaN, kl = R_NaN;
     int status;
-    const double *vout = S.v;
     double ewrss = NA_REAL;
     if (gauss) {
         gauss_stats T;
@@ -1170,10 +1169,12 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
             gauss_finish(&S, &T, &ewrss);
         else
             memset(S.m, 0, sizeof(double) * n);
-        vout = NULL; /* the variances of a gaussian fit are computed on demand in R */
     } else {
         status = cavi_run(&S, &set, &tr, &it, &elbo, &ll, &kl);
     }
+    /* read S.v only now (the sweep swaps its buffers); a gaussian fit's
+       variances are computed on demand in R */
+    const double *vout = gauss ? NULL : S.v;
     double tau[2] = {S.A, S.B};
     SEXP out = vb_glm_result(&M, S.mu, S.Sig, elbo, &tr, it, ll, kl, status,
                              M.family == VB_GAUSSIAN ? tau : NULL, S.m, vout);
