@@ -351,11 +351,19 @@ weights.vbfit <- function(object, type = c("prior", "working"), ...) {
 #' @export
 deviance.vbfit <- function(object, ...) {
   fam <- object[["family"]]$family
+  # gaussian: E_q sum w (y - eta)^2 = sum w (y - m)^2 + tr(X'WX Sigma), which
+  # the engine returns (fits carry no linear-predictor variances)
+  if (fam == "gaussian" && is.numeric(object[["ewrss"]])) return(object[["ewrss"]])
   m <- object[["linear.predictors"]]
   v <- object[["linear.predictors.var"]]
   w <- object[["prior.weights"]]
   mu <- object[["fitted.values"]]
   y <- object[["residuals"]] + mu
+  if (fam == "gaussian" && is.null(v)) {
+    if (is.null(object[["x"]]) || is.null(object[["vcov"]]))
+      stop("deviance(): this gaussian fit keeps neither its expected residual sum of squares nor its design (x = FALSE); refit with x = TRUE.", call. = FALSE)
+    return(expected_wrss(object[["x"]], y, w, m, object[["vcov"]]))
+  }
   keep <- w > 0
   m <- m[keep]; v <- v[keep]; w <- w[keep]; y <- y[keep]
   switch(fam,

@@ -253,15 +253,19 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   pos <- weights > 0
   # binomial weights are trials: moments over the trials, so grouped and
   # 0/1 data of the same trials get one prior; otherwise sd() and mean()
-  w <- if (family$family == "binomial") weights[pos] else rep(1, sum(pos))
-  wmean <- function(v) sum(w * v) / sum(w)
-  wsd <- function(v) if (sum(w) <= 1) NA_real_ else sqrt(sum(w * (v - wmean(v))^2) / (sum(w) - 1))
-  sdy <- if (gauss && any(pos)) wsd(y[pos]) else 1
+  allpos <- all(pos)
+  unit <- family$family != "binomial" # unit moment weights: mean() and sd()
+  w <- if (!unit) weights[pos] else rep(1, sum(pos))
+  wmean <- function(v) if (unit) mean(v) else sum(w * v) / sum(w)
+  wsd <- function(v) if (sum(w) <= 1) NA_real_ else if (unit) stats::sd(v)
+                     else sqrt(sum(w * (v - wmean(v))^2) / (sum(w) - 1))
+  sub <- function(v) if (allpos) v else v[pos]
+  sdy <- if (gauss && any(pos)) wsd(sub(y)) else 1
   if (!is.finite(sdy) || sdy <= 0) sdy <- 1 # a constant response: as rstanarm without y
   default <- c(prior = is.null(pr), prior_intercept = is.null(pint), prior_precision = is.null(pp))
   if (is.null(pr)) pr <- normal(0, 2.5, autoscale = TRUE)
   if (is.null(pint)) {
-    loc <- if (gauss && any(pos)) wmean(y[pos] - offset[pos]) else 0
+    loc <- if (gauss && any(pos)) wmean(sub(y) - sub(offset)) else 0
     pint <- normal(loc, 2.5, autoscale = TRUE)
   }
   if (is.null(pp)) pp <- gamma_prior(1, 0.01, autoscale = TRUE)
@@ -272,7 +276,6 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
       sdx <- scan$sd
       sdx[scan$const] <- 1
     } else {
-      allpos <- all(pos) # column by column: no copy of X
       sdx <- vapply(seq_along(cn), function(j) {
         x <- if (allpos) X[, j] else X[pos, j]
         if (min(x) == max(x)) 1 else wsd(x)

@@ -61,7 +61,16 @@
 #'   `elbo_terms` (expected log-likelihood and KL), `converged`, `status`,
 #'   `iterations`, `time`, and
 #'   the fields of a `glm` fit (`fitted.values`, `residuals`, `terms`, ...).
-#'   `fitted.values` are posterior means of the mean response.
+#'   `fitted.values` are posterior means of the mean response;
+#'   `linear.predictors` the posterior means of the linear predictor.  For
+#'   non-gaussian families, `linear.predictors.var`: the posterior variances
+#'   of the linear predictor, which the CAVI engine needs anyway; gaussian
+#'   fits compute them on demand, as `predict(se.fit = TRUE)` does
+#'   (`linear.predictors.var` is `NULL`), and carry `ewrss`, the expected
+#'   weighted residual sum of squares
+#'   \eqn{E_q \sum_t w_t (y_t - x_t'\beta - o_t)^2 = \sum_t w_t (y_t - m_t)^2 +
+#'   \mathrm{tr}(X'WX\Sigma)}{E_q sum w (y - x'b - offset)^2 = sum w (y - m)^2 + tr(X'WX Sigma)},
+#'   which `deviance()` returns.
 #'
 #'   `converged` is `TRUE` only when the relative change of the ELBO and the
 #'   gain a full Newton step still predicts were both within `tol`, in a sweep
@@ -199,7 +208,9 @@ family_response <- function(yr, w, family, n) {
   }
   if (is.matrix(yr) && ncol(yr) > 1L) stop("vb(): the response must be a vector for this family.", call. = FALSE)
   if (!is.numeric(yr) || is.factor(yr)) stop("vb(): the response must be numeric.", call. = FALSE)
-  yr <- as.vector(yr)
+  # drop names and dim: as.vector() would first expand the row names that
+  # model.response() attaches (about 1 ms per 10^4 rows), attributes<- does not
+  if (!is.null(attributes(yr))) attributes(yr) <- NULL
   if (any(!is.finite(yr))) stop("vb(): the response contains NA, NaN or infinite values.", call. = FALSE)
   if (fam == "poisson" && (any(yr < 0) || any(yr != round(yr))))
     stop("vb(): a poisson response must be non-negative whole counts.", call. = FALSE)

@@ -70,7 +70,15 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   Sigma <- core$Sigma
   dimnames(Sigma) <- list(cn, cn)
   eta <- core$eta_mean
-  v <- core$eta_var
+  gauss <- family$family == "gaussian"
+  # gaussian fits carry no linear-predictor variances (an n p^2 pass, as much
+  # work as X'X itself): predict(se.fit = TRUE) computes them on demand, and
+  # deviance() reads the expected weighted residual sum of squares instead
+  v <- if (!gauss) core$eta_var
+  ewrss <- if (gauss) {
+    if (is.numeric(core$ewrss) && length(core$ewrss) == 1L) core$ewrss
+    else expected_wrss(X, y, weights, eta, Sigma)
+  }
   fitted <- response_mean(family, eta, v, control$gh_nodes)
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
   rank <- if (is.numeric(core$rank) && !is.na(core$rank)) core$rank else design_rank(X)
@@ -84,7 +92,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
               family = family, prior.weights = weights, offset = offset, exposure = exposure,
               y = y, x = X, rank = rank, approx = approx, method = method,
               blocks = core$blocks, prior = pri,
-              control = control, mc_se = core$mc_se, separated = separated)
+              control = control, mc_se = core$mc_se, separated = separated, ewrss = ewrss)
   if (ard) { # the Gaussian prior the final q(beta) step used: alpha at E[alpha]
     fit$ard <- ard_table(core$ard, cn)
     jj <- !is.na(core$ard$groups)
@@ -95,6 +103,23 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   fit$time <- proc.time()[["elapsed"]] - t0
   class(fit) <- c("vbfit", "vb_posterior")
   fit
+}
+
+# E_q sum_t w_t (y_t - x_t' beta - offset_t)^2 under q(beta) = N(mu, Sigma),
+# eta = X mu + offset: the residual part plus tr(X'WX Sigma), in row chunks
+# (no n x p temporary beyond a chunk).  For gaussian fits whose engine did not
+# return it (SGVB, ARD).
+expected_wrss <- function(X, y, w, eta, Sigma) {
+  rss <- sum(w * (y - eta)^2)
+  if (ncol(X) == 0L) return(rss)
+  n <- nrow(X); ch <- max(1L, as.integer(131072 %/% ncol(X)))
+  tr <- 0
+  for (s in seq(1L, n, by = ch)) {
+    i <- s:min(n, s + ch - 1L)
+    Xi <- X[i, , drop = FALSE]
+    tr <- tr + sum(w[i] * rowSums((Xi %*% Sigma) * Xi))
+  }
+  rss + tr
 }
 
 # What vb() checks, at the matrix level: the design, the response for the

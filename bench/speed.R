@@ -8,7 +8,8 @@
 # grid n in 1e4, 1e5, 1e6 by p in 10, 30, 200 without n = 1e6, p = 200, whose
 # 1.6 GB design and hour-long glm() do not fit a bounded run), VBAYES_BENCH_INTERFACES
 # "formula,matrix" (vb() vs glm()/lm(), vb_fit() vs glm.fit()/lm.fit()),
-# VBAYES_BENCH_SECTIONS="iter,sweep,memory,openblas" the other sections; VBAYES_BENCH_REPS reps.
+# VBAYES_BENCH_SECTIONS="iter,sweep,memory,openblas" the other sections; VBAYES_BENCH_REPS reps;
+# VBAYES_BENCH_FAMILIES="gaussian" the families of the table (default all three).
 # "openblas" reruns the table for VBAYES_BENCH_OPENBLAS_SIZES (default 1e5x30,1e5x200) and
 # the iteration section in a child Rscript on OpenBLAS with one thread: R_LD_LIBRARY_PATH
 # (not LD_LIBRARY_PATH, which R's ldpaths would override) points at the OpenBLAS
@@ -43,6 +44,7 @@ make_data <- function(n, p, fam, seed = 1) {
 }
 ctl <- vb_control(quiet = TRUE)
 fam_of <- list(gaussian = gaussian(), poisson = poisson(), binomial = binomial())
+fam_tab <- intersect(names(fam_of), strsplit(Sys.getenv("VBAYES_BENCH_FAMILIES", "gaussian,poisson,binomial"), ",")[[1]])
 # warm up: the first vb() call loads the namespaces the formula front end uses
 invisible(vb(mpg ~ wt, data = mtcars, control = ctl)); invisible(glm(mpg ~ wt, data = mtcars))
 # Per row: the peer (glm(), and lm() for gaussian) and vb fullrank / meanfield,
@@ -56,7 +58,7 @@ for (sz in sizes) {
   n <- as.numeric(sz[1]); p <- as.integer(sz[2])
   r <- if (n * p > 2e6) 1L else reps
   loops <- max(1L, as.integer(ceiling(2e6 / (n * p))))     # enough calls to time (>= 0.1 s)
-  for (fam in names(fam_of)) {
+  for (fam in fam_tab) {
     d <- make_data(n, p, fam)
     df <- as.data.frame(d$X[, -1, drop = FALSE]); df$y <- d$y
     for (ifc in interfaces) {

@@ -964,41 +964,103 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
  * statistics: G = X' diag(w) X and h = X' diag(w) (y - offset) are formed once
  * (one dsyrk pass and one dgemv), after which the q(beta) step (exact:
  * Lambda = E tau G + P, mu = Lambda^{-1} (E tau h + P m0)) costs O(p^3) and the
- * q(tau) step needs sum_t w_t ((y_t - m_t)^2 + v_t) = ||W^1/2 (y - m)||^2 +
- * tr(G Sigma): the residuals by one dgemv (O(np), no cancellation against
- * y'Wy) and the variance part by the trace.  The linear-predictor variances
- * v_t are computed once, at the end.  The same ELBO as the general sweep, the
- * same starting point, updates and convergence test.
+ * q(tau) step needs sum_t w_t ((y_t - m_t)^2 + v_t) = rss(mu) + tr(G Sigma).
+ * rss is never formed as y'Wy - 2 mu'h + mu'G mu (which cancels catastrophically
+ * when the fit is good or y has a large mean).  Instead it is computed exactly
+ * (one dgemv, O(np)) at a reference point mu0 — the start, then the first
+ * q(beta) mean, which is already within the final E tau's reach of the
+ * optimum — and elsewhere from
+ *   rss(mu) = rss(mu0) - 2 d' g0 + d' G d,  d = mu - mu0,  g0 = X'W r0 (= h - G mu0),
+ * whose terms are of the size of the change in rss, not of y'Wy.  g0 is taken
+ * from the exact residuals r0 (one dgemv) rather than as h - G mu0, whose
+ * cancellation error eps (|h| + |G mu0|), times d, reached 1e-9 of the rss on
+ * a design with a large intercept; so the error is about eps |X'W| |r0| |d|.  One exact
+ * dgemv at the end gives the fitted values and the final weighted residual
+ * sum.  The linear-predictor variances are not formed (a dtrsm pass as costly
+ * as X'WX itself): R computes them on demand.  The same ELBO as the general
+ * sweep, the same starting point, updates and convergence test.
  */
 typedef struct {
     double *G, *h, *R, *g, *work; /* p x p, p, p x p, p, 2 p x p */
     double *Z;                    /* min(n, VB_CHUNK) x p, for X'WX */
     double neff;                  /* observations with positive weight */
     int diag;                     /* meanfield: Lambda = diag(E tau G_jj + 1/b_j^2) */
+    double *mu0, *g0, rss0;       /* reference point: mean, h - G mu0, exact rss there */
+    double trGS;                  /* tr(G Sigma) of the last q(tau) step */
 } gauss_stats;
 
-/* m = offset + X mu; returns sum_t w_t (y_t - m_t)^2 */
-static double gauss_rss(cavi_state *S) {
+/* m = offset + X mu (one dgemv); returns sum_t w_t (y_t - m_t)^2, exactly. */
+static double gauss_rss_exact(cavi_state *S) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
-    double done = 1.0, ss = 0;
+    double done = 1.0, s0 = 0, s1 = 0;
     memcpy(S->m, M->off, sizeof(double) * n);
     if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
-    for (int t = 0; t < n; t++) {
-        double r = M->y[t] - S->m[t];
-        ss += M->wt[t] * r * r;
+    int t = 0;
+    for (; t + 2 <= n; t += 2) {
+        double r0 = M->y[t] - S->m[t], r1 = M->y[t + 1] - S->m[t + 1];
+        s0 += M->wt[t] * r0 * r0;
+        s1 += M->wt[t + 1] * r1 * r1;
     }
-    return ss;
+    for (; t < n; t++) {
+        double r = M->y[t] - S->m[t];
+        s0 += M->wt[t] * r * r;
+    }
+    return s0 + s1;
 }
 
-/* q(tau) from the current q(beta) (Sig holds Sigma), then the ELBO. */
-static int gauss_tau_elbo(cavi_state *S, gauss_stats *T, double *elbo, double *ll, double *kl) {
+/*
+ * The exact rss at the current mean, which becomes the reference point; with
+ * grad, also g0 = X' W r0 from the exact residuals r0 (a second pass: h - G mu0
+ * would cancel when the residuals are small against y, as the rss would).
+ */
+static double gauss_set_reference(cavi_state *S, gauss_stats *T, int grad) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0, dzero = 0.0;
+    T->rss0 = gauss_rss_exact(S);
+    memcpy(T->mu0, S->mu, sizeof(double) * p);
+    if (grad && p > 0) {
+        for (int t = 0; t < n; t++)
+            S->work[t] = M->wt[t] * (M->y[t] - S->m[t]);
+        F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->work, &one, &dzero, T->g0, &one FCONE);
+    }
+    return T->rss0;
+}
+
+/* rss at the current mean from the reference point and G (O(p^2), no pass over X). */
+static double gauss_rss_stats(cavi_state *S, gauss_stats *T) {
+    int p = S->M->p;
+    double *d = T->work, lin = 0, quad = 0;
+    for (int j = 0; j < p; j++)
+        d[j] = S->mu[j] - T->mu0[j];
+    for (int j = 0; j < p; j++) {
+        const double *Gj = T->G + (size_t)j * p;
+        double s = 0;
+        for (int i = 0; i < p; i++)
+            s += Gj[i] * d[i];
+        quad += d[j] * s;
+        lin += d[j] * T->g0[j];
+    }
+    double r = T->rss0 - 2.0 * lin + quad;
+    return r > 0 ? r : 0;
+}
+
+/*
+ * q(tau) from the current q(beta) (Sig holds Sigma), then the ELBO.  exact:
+ * rss by a pass over X, making the current mean the reference point (2: with
+ * its gradient g0, for the shortcut of later iterations); 0: from the
+ * sufficient statistics.
+ */
+static int gauss_tau_elbo(cavi_state *S, gauss_stats *T, int exact, double *elbo, double *ll,
+                          double *kl) {
     vb_glm *M = S->M;
     int p = M->p;
     double tr = 0, G = 0, a, c;
     for (size_t i = 0; i < (size_t)p * p; i++)
         tr += T->G[i] * S->Sig[i];
-    double ss = gauss_rss(S) + tr;
+    T->trGS = tr;
+    double ss = (exact ? gauss_set_reference(S, T, exact > 1) : gauss_rss_stats(S, T)) + tr;
     S->A = M->a0 + 0.5 * T->neff;
     S->B = M->b0 + 0.5 * ss;
     set_tau(S);
@@ -1114,7 +1176,7 @@ static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_t
         F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->work, &one, &dzero, T->h, &one FCONE);
     S->rank = vb_gram_rank(p, T->G, S->rwork);
     if ((st = gauss_beta(S, T, 0)) != VB_OK) return st; /* the general start: mu kept */
-    if ((st = gauss_tau_elbo(S, T, elbo, ll, kl)) != VB_OK) return st;
+    if ((st = gauss_tau_elbo(S, T, 1, elbo, ll, kl)) != VB_OK) return st;
     vb_trace_push(tr, *elbo);
     vb_progress pr;
     vb_progress_init(&pr, set->quiet);
@@ -1122,7 +1184,8 @@ static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_t
         *iter = it;
         double pred = gauss_pred(S, T), prev = *elbo;
         if ((st = gauss_beta(S, T, 1)) != VB_OK) return st;
-        if ((st = gauss_tau_elbo(S, T, elbo, ll, kl)) != VB_OK) return st;
+        /* the first mean step moves far (from the start): its rss is taken exactly */
+        if ((st = gauss_tau_elbo(S, T, it == 1 ? 2 : 0, elbo, ll, kl)) != VB_OK) return st;
         vb_trace_push(tr, *elbo);
         vb_progress_tick(&pr, "vb", it, *elbo);
         if (*elbo < prev - vb_step_slack(prev)) return VB_DECREASED;
@@ -1133,25 +1196,18 @@ static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_t
     return VB_MAXIT;
 }
 
-/* The linear predictor's variances at the end: v_t = x_t' Lambda^{-1} x_t. */
-static int gauss_finish(cavi_state *S, gauss_stats *T) {
-    vb_glm *M = S->M;
-    int p = M->p;
-    gauss_rss(S);
-    if (T->diag) { /* v_t = sum_j x_tj^2 s_j^2: one pass over X */
-        memset(S->v, 0, sizeof(double) * M->n);
-        for (int j = 0; j < p; j++) {
-            const double *x = M->X + (size_t)j * M->n;
-            double s2 = S->Sig[j + (size_t)j * p];
-            for (int t = 0; t < M->n; t++)
-                S->v[t] += x[t] * x[t] * s2;
-        }
-        return VB_OK;
-    }
-    memcpy(T->R, S->Lam, sizeof(double) * (size_t)p * p);
-    int info = vb_chol(p, T->R, p);
-    if (info != 0) return vb_lapack_status(info);
-    return vb_rowvar(M->n, p, M->X, M->n, T->R, S->Z, S->v);
+/*
+ * The end of a gaussian fit: the fitted linear predictor m = offset + X mu by
+ * one exact pass, and the expected weighted residual sum of squares
+ * E_q sum_t w_t (y_t - x_t' beta - offset_t)^2 = rss(mu) + tr(G Sigma)
+ * (deviance() of the fit), returned in *ewrss.  No variances.
+ */
+static void gauss_finish(cavi_state *S, gauss_stats *T, double *ewrss) {
+    int p = S->M->p;
+    double tr = 0;
+    for (size_t i = 0; i < (size_t)p * p; i++)
+        tr += T->G[i] * S->Sig[i];
+    *ewrss = gauss_rss_exact(S) + tr;
 }
 
 /* ------------------------------------------------------- entry point -- */
@@ -1206,11 +1262,16 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     S.Sig = alloc0(pp);
     memset(S.Lam, 0, sizeof(double) * pp);
     memset(S.Sig, 0, sizeof(double) * pp);
+    /* the gaussian path (below) needs only m and work of the n-sized buffers */
+    int gauss = M.family == VB_GAUSSIAN && (nb == 1 || nb == p);
+    for (int j = 0; j < p; j++)
+        gauss = gauss && M.ptype[j] == VB_PRIOR_NORMAL;
+    size_t ng = gauss ? 0 : (size_t)n;
     double **nbufs[] = {&S.m, &S.v, &S.vold, &S.mt, &S.vt, &S.dm, &S.dv, &S.dmt, &S.dvt, &S.work};
     for (int i = 0; i < 10; i++)
-        *nbufs[i] = alloc0(n);
-    S.Xb = alloc0(nb > 1 ? nk : 0);
-    S.Z = alloc0((size_t)(n < VB_CHUNK ? n : VB_CHUNK) * kmax);
+        *nbufs[i] = alloc0(i == 0 || i == 9 ? (size_t)n : ng);
+    S.Xb = alloc0(nb > 1 && !gauss ? nk : 0);
+    S.Z = alloc0(gauss ? 0 : (size_t)(n < VB_CHUNK ? n : VB_CHUNK) * kmax);
     double **kk_bufs[] = {&S.Lb, &S.Rb, &S.Lcur, &S.Scur, &S.La, &S.Sa};
     for (int i = 0; i < 6; i++)
         *kk_bufs[i] = alloc0(kk);
@@ -1219,7 +1280,7 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         *k_bufs[i] = alloc0(kmax);
     /* joint mean steps for factorised q with at most joint_means coefficients */
     S.joint = nb > 1 && p <= set.joint_max;
-    if (S.joint || nb == 1) { /* H of the IRLS start and the joint steps */
+    if ((S.joint || nb == 1) && !gauss) { /* H of the IRLS start and the joint steps */
         S.jH = alloc0(pp);
         S.jg = alloc0(p);
         S.jd = alloc0(p);
@@ -1242,21 +1303,19 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     S.rank = -1;
     S.warm = (size_t)Rf_xlength(init) == nwarm ? REAL(init) + ninit : NULL;
     S.rwork = alloc0(pp + 4 * (size_t)p);
-    if (nb == 1 && !S.warm) {
+    if (nb == 1 && !S.warm && !gauss) {
         S.Dw = alloc0(n);
         S.Ds = alloc0(n);
         S.Pw = alloc0(p);
         S.Ps = alloc0(p);
     }
-    int gauss = M.family == VB_GAUSSIAN && (nb == 1 || nb == p);
-    for (int j = 0; j < p; j++)
-        gauss = gauss && M.ptype[j] == VB_PRIOR_NORMAL;
 
     vb_trace tr;
     vb_trace_init(&tr);
     int it;
     double elbo = R_NaN, ll = R_NaN, kl = R_NaN;
     int status;
+    double ewrss = NA_REAL;
     if (gauss) {
         gauss_stats T;
         T.G = alloc0(pp);
@@ -1266,19 +1325,24 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         T.work = alloc0(2 * pp);
         T.diag = nb > 1;
         T.Z = alloc0((size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p);
-        memset(S.v, 0, sizeof(double) * n);
+        T.mu0 = alloc0(p);
+        T.g0 = alloc0(p);
         status = gauss_run(&S, &T, &set, &tr, &it, &elbo, &ll, &kl);
-        if (status != VB_INTERRUPTED && !vb_unwind_pending()) {
-            int fs = gauss_finish(&S, &T);
-            if (fs != VB_OK && status == VB_OK) status = fs;
-        }
+        if (status != VB_INTERRUPTED && !vb_unwind_pending())
+            gauss_finish(&S, &T, &ewrss);
+        else
+            memset(S.m, 0, sizeof(double) * n);
     } else {
         status = cavi_run(&S, &set, &tr, &it, &elbo, &ll, &kl);
     }
+    /* read S.v only now (the sweep swaps its buffers); a gaussian fit's
+       variances are computed on demand in R */
+    const double *vout = gauss ? NULL : S.v;
     double tau[2] = {S.A, S.B};
     SEXP out = vb_glm_result(&M, S.mu, S.Sig, elbo, &tr, it, ll, kl, status,
-                             M.family == VB_GAUSSIAN ? tau : NULL, S.m, S.v);
+                             M.family == VB_GAUSSIAN ? tau : NULL, S.m, vout);
     vb_glm_result_rank(out, S.rank);
+    if (gauss) vb_glm_result_ewrss(out, ewrss);
     UNPROTECT(1);
     return out;
 }

@@ -62,7 +62,8 @@ static int cache_rows(int k) {
 /*
  * out = X' diag(w) X (k x k, full), w >= 0, by dsyrk on sqrt(w) * X in row
  * chunks of cache_rows(k) <= VB_CHUNK, checking for an interrupt between chunks (one call can
- * cost seconds at large n k^2).  work holds min(n, VB_CHUNK) * k doubles.
+ * cost seconds at large n k^2).  With unit weights dsyrk reads X in place (no
+ * copy of the chunk).  work holds min(n, VB_CHUNK) * k doubles.
  * Cost n k^2 flops.  Returns VB_OK or VB_INTERRUPTED.
  */
 int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *work, double *out) {
@@ -72,17 +73,27 @@ int vb_xtwx(int n, int k, const double *X, int ldx, const double *w, double *wor
         memset(out, 0, sizeof(double) * (size_t)k * k);
         return VB_OK;
     }
-    int ch = cache_rows(k);
+    int ch = cache_rows(k), unit = 1;
+    for (int t = 0; t < n; t++)
+        unit &= w[t] == 1;
+    double sw[VB_CHUNK]; /* sqrt(w) of a chunk: one sqrt per row, not per entry */
     for (int t0 = 0; t0 < n; t0 += ch) {
         int nc = n - t0 < ch ? n - t0 : ch;
-        for (int j = 0; j < k; j++) {
-            const double *xj = X + (size_t)j * ldx + t0;
-            double *zj = work + (size_t)j * nc;
+        if (unit) { /* X'X: dsyrk reads the chunk of X in place, no copy */
+            F77_CALL(dsyrk)
+            ("U", "T", &k, &nc, &one, X + t0, &ldx, t0 == 0 ? &zero : &one, out, &k FCONE FCONE);
+        } else {
             for (int t = 0; t < nc; t++)
-                zj[t] = sqrt(w[t0 + t]) * xj[t];
+                sw[t] = sqrt(w[t0 + t]);
+            for (int j = 0; j < k; j++) {
+                const double *xj = X + (size_t)j * ldx + t0;
+                double *zj = work + (size_t)j * nc;
+                for (int t = 0; t < nc; t++)
+                    zj[t] = sw[t] * xj[t];
+            }
+            F77_CALL(dsyrk)
+            ("U", "T", &k, &nc, &one, work, &nc, t0 == 0 ? &zero : &one, out, &k FCONE FCONE);
         }
-        F77_CALL(dsyrk)
-        ("U", "T", &k, &nc, &one, work, &nc, t0 == 0 ? &zero : &one, out, &k FCONE FCONE);
         if (n > VB_CHUNK && vb_interrupted()) return VB_INTERRUPTED;
     }
     vb_symmetrize(k, out);
