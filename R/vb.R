@@ -75,7 +75,10 @@
 #'   `converged` is `TRUE` only when the relative change of the ELBO and the
 #'   gain a full Newton step still predicts were both within `tol`, in a sweep
 #'   where every step was accepted and the ELBO was finite and did not
-#'   decrease. Otherwise `status` says why the fit stopped (`1` iteration
+#'   decrease; a fullrank Poisson or binomial fit also stops, at the q of its
+#'   last sweep, when that sweep was a full step whose gain the quadratic
+#'   model predicted (within a factor 2) and the gain a further step predicts
+#'   (or an upper bound on it) is within `tol`. Otherwise `status` says why the fit stopped (`1` iteration
 #'   limit, `2` no step increased the ELBO, `3` a precision matrix was not
 #'   positive definite, `4` the ELBO was not finite, `5` it decreased) and
 #'   `vb()` warns, whatever `quiet` is.
