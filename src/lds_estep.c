@@ -25,13 +25,15 @@
  */
 #include "lds.h"
 
+/* x (fresh, unprotected) with a dim attribute; x is protected while dim is allocated */
 static SEXP dims(SEXP x, int a, int b, int c) {
+    PROTECT(x);
     SEXP dim = PROTECT(Rf_allocVector(INTSXP, c > 0 ? 3 : 2));
     INTEGER(dim)[0] = a;
     INTEGER(dim)[1] = b;
     if (c > 0) INTEGER(dim)[2] = c;
     Rf_setAttrib(x, R_DimSymbol, dim);
-    UNPROTECT(1);
+    UNPROTECT(2);
     return x;
 }
 
