@@ -627,6 +627,20 @@ static void gaussian_tau_update(cavi_state *S) {
     S->grad_ok = 0;
 }
 
+/* (m, v) = (offset + X mu, 0), unless they are already (S->m_v0). */
+static void linpred_v0(cavi_state *S) {
+    vb_glm *M = S->M;
+    int n = M->n, p = M->p, one = 1;
+    double done = 1.0;
+    if (S->m_v0) return;
+    for (int t = 0; t < n; t++) {
+        S->m[t] = M->off[t];
+        S->v[t] = 0;
+    }
+    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+    S->m_v0 = 1;
+}
+
 /*
  * An IRLS-like Newton step (one pass over X): at the linear predictor of the
  * initial mean, m = X mu_init + offset, with v = 0, W = -2 df/dv and the
@@ -643,14 +657,7 @@ static int irls_newton(cavi_state *S, double *H, double *L) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
     double done = 1.0, dzero = 0.0, a, c, *g = S->jg ? S->jg : S->g, *rhs = S->vt;
-    if (!S->m_v0) {
-        for (int t = 0; t < n; t++) {
-            S->m[t] = M->off[t];
-            S->v[t] = 0;
-        }
-        if (p > 0)
-            F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
-    }
+    linpred_v0(S);
     *L = sum_obs(S, S->m, S->v, S->dm, S->dv);
     for (int t = 0; t < n; t++) {
         S->work[t] = -2.0 * S->dv[t];
@@ -694,17 +701,12 @@ static int irls_newton(cavi_state *S, double *H, double *L) {
 /* The log posterior at v = 0 at the current mean (m, v set there). */
 static double log_post_v0(cavi_state *S) {
     vb_glm *M = S->M;
-    int n = M->n, p = M->p, one = 1;
-    double done = 1.0, a, c;
-    for (int t = 0; t < n; t++) {
-        S->m[t] = M->off[t];
-        S->v[t] = 0;
-    }
-    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+    double a, c;
+    S->m_v0 = 0; /* mu may have moved */
+    linpred_v0(S);
     double L = sum_obs(S, S->m, S->v, NULL, NULL);
-    for (int j = 0; j < p; j++)
+    for (int j = 0; j < M->p; j++)
         L += vb_glm_prior(M, j, S->mu[j], M->pscale[j] * M->pscale[j], &a, &c);
-    S->m_v0 = 1;
     return L;
 }
 
@@ -759,8 +761,7 @@ static int irls_start(cavi_state *S, double *H) {
  */
 static int cavi_start(cavi_state *S) {
     vb_glm *M = S->M;
-    int n = M->n, p = M->p, one = 1;
-    double done = 1.0;
+    int n = M->n;
     if (S->warm) {
         for (int b = 0; b < S->nb; b++) {
             int k = S->bstart[b + 1] - S->bstart[b];
@@ -778,12 +779,7 @@ static int cavi_start(cavi_state *S) {
         if (st != VB_OK) return st;
         S->jH_fresh = 0; /* at v = 0: the first joint step refactors */
     } else {
-        for (int t = 0; t < n; t++) {
-            S->m[t] = M->off[t];
-            S->v[t] = 0;
-        }
-        if (p > 0)
-            F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+        linpred_v0(S);
         sum_obs(S, S->m, S->v, S->dm, S->dv);
         for (int b = 0; b < S->nb; b++) {
             if (block_target(S, b, 1) != VB_OK) return VB_INTERRUPTED;
@@ -791,14 +787,7 @@ static int cavi_start(cavi_state *S) {
             if (st != VB_OK) return st;
         }
     }
-    if (!S->m_v0) {
-        for (int t = 0; t < n; t++) {
-            S->m[t] = M->off[t];
-            S->v[t] = 0;
-        }
-        if (p > 0)
-            F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
-    }
+    linpred_v0(S);
     S->m_v0 = 0;
     for (int b = 0; b < S->nb; b++) {
         int k = S->bstart[b + 1] - S->bstart[b];
