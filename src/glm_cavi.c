@@ -959,6 +959,7 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
                     st = full_elbo(S, &F, ll, kl, elbo, 1);
                     if (st != VB_OK) return st;
                     vb_trace_push(tr, *elbo);
+                    vb_progress_tick(&pr, "vb", it, *elbo);
                     return *elbo < prev - vb_step_slack(prev) ? VB_DECREASED : VB_OK;
                 }
             } else
