@@ -148,7 +148,7 @@ vb_glmm <- function(mc, formula, data, family, prior, prior_intercept, prior_pre
   model$approx <- approx_codes[[approx]]
   model$fix_tau <- !is.null(fix_tau)
   model$expand <- isTRUE(expand)
-  ini <- glm_init(model, colnames(X))
+  ini <- glm_init(model, colnames(X), d$scan$ystats)
   p <- ncol(X)
   init <- list(mu = c(ini[seq_len(p)], numeric(D - p)),
                tau = if (is.null(fix_tau)) ini[p + 1:2] else c(fix_tau, 1))

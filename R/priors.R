@@ -250,24 +250,30 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   pp <- as_vb_prior(prior_precision, "prior_precision", "gamma")
   gauss <- family$family == "gaussian"
   cn <- colnames(X)
-  pos <- weights > 0
-  # binomial weights are trials: moments over the trials, so grouped and
-  # 0/1 data of the same trials get one prior; otherwise sd() and mean()
-  allpos <- all(pos)
-  unit <- family$family != "binomial" # unit moment weights: mean() and sd()
-  w <- if (!unit) weights[pos] else rep(1, sum(pos))
-  wmean <- function(v) if (unit) mean(v) else sum(w * v) / sum(w)
-  wsd <- function(v) if (sum(w) <= 1) NA_real_ else if (unit) stats::sd(v)
-                     else sqrt(sum(w * (v - wmean(v))^2) / (sum(w) - 1))
-  sub <- function(v) if (allpos) v else v[pos]
-  sdy <- if (gauss && any(pos)) wsd(sub(y)) else 1
+  ys <- scan$ystats
+  if (!is.null(ys)) { # check_glm_data()'s sums over the rows with positive weight
+    anypos <- ys[["npos"]] > 0
+    sdy <- if (gauss) ys[["sd_y"]] else 1
+    loc_y <- if (gauss) ys[["mean_yoff"]] else 0
+  } else {
+    pos <- weights > 0
+    anypos <- any(pos)
+    # binomial weights are trials: moments over the trials, so grouped and
+    # 0/1 data of the same trials get one prior; otherwise sd() and mean()
+    allpos <- all(pos)
+    unit <- family$family != "binomial" # unit moment weights: mean() and sd()
+    w <- if (!unit) weights[pos] else rep(1, sum(pos))
+    wmean <- function(v) if (unit) mean(v) else sum(w * v) / sum(w)
+    wsd <- function(v) if (sum(w) <= 1) NA_real_ else if (unit) stats::sd(v)
+                       else sqrt(sum(w * (v - wmean(v))^2) / (sum(w) - 1))
+    sub <- function(v) if (allpos) v else v[pos]
+    sdy <- if (gauss && anypos) wsd(sub(y)) else 1
+    loc_y <- if (gauss && anypos) wmean(sub(y) - sub(offset)) else 0
+  }
   if (!is.finite(sdy) || sdy <= 0) sdy <- 1 # a constant response: as rstanarm without y
   default <- c(prior = is.null(pr), prior_intercept = is.null(pint), prior_precision = is.null(pp))
   if (is.null(pr)) pr <- normal(0, 2.5, autoscale = TRUE)
-  if (is.null(pint)) {
-    loc <- if (gauss && any(pos)) wmean(sub(y) - sub(offset)) else 0
-    pint <- normal(loc, 2.5, autoscale = TRUE)
-  }
+  if (is.null(pint)) pint <- normal(loc_y, 2.5, autoscale = TRUE)
   if (is.null(pp)) pp <- gamma_prior(1, 0.01, autoscale = TRUE)
   is_int <- cn == "(Intercept)"
   sdx <- rep(1, length(cn))
@@ -302,7 +308,7 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   int <- which(is_int)
   centre <- NULL
   if (default[["prior_intercept"]] && length(int) == 1L && length(cn) > 1L &&
-      (if (is.null(scan)) all(X[, int] == 1) else isTRUE(scan$ones[int])) && any(pos)) {
+      (if (is.null(scan)) all(X[, int] == 1) else isTRUE(scan$ones[int])) && anypos) {
     centre <- if (!is.null(scan)) scan$mean else
       drop(crossprod(w, if (all(pos)) X else X[pos, , drop = FALSE])) / sum(w)
     names(centre) <- cn

@@ -56,7 +56,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
     core$blocks <- integer(p)
   } else {
     blocks <- make_blocks(approx, colnames(X), assign, control$blocks)
-    init <- glm_init(model, colnames(X))
+    init <- glm_init(model, colnames(X), d$scan$ystats)
     core <- if (ard) ard_cavi(model, prior, ard_groups(prior, colnames(X), assign), blocks, init, control)
             else .Call(C_glm_cavi, model, init, blocks, control)
     core$blocks <- blocks
@@ -124,6 +124,16 @@ expected_wrss <- function(X, y, w, eta, Sigma) {
 
 # What vb() checks, at the matrix level: the design, the response for the
 # family, weights, offset and exposure.  Returns the cleaned pieces.
+response_errors <- c(
+  "vb_fit(): 'y' contains NA, NaN or infinite values.",
+  "vb_fit(): 'weights' contains NA, NaN or infinite values.",
+  "vb_fit(): 'offset' contains NA, NaN or infinite values.",
+  "vb_fit(): 'weights' must be non-negative.",
+  "vb_fit(): every weight is zero, so there is no data to fit; give positive weights (binomial: numbers of trials).",
+  "vb_fit(): the response is too large to compute with (its squares overflow double precision); rescale 'y'.",
+  "vb_fit(): a poisson response must be non-negative whole counts.",
+  "vb_fit(): for binomial(), 'weights' are numbers of trials and must be whole numbers.",
+  "vb_fit(): for binomial(), 'y' must be whole numbers of successes between 0 and 'weights' (the trials).")
 check_glm_data <- function(X, y, family, weights, offset, exposure) {
   if (!is.matrix(X) || !is.numeric(X) || is.complex(X))
     stop("vb_fit(): 'X' must be a numeric matrix.", call. = FALSE)
@@ -135,9 +145,7 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
     if (is.null(v)) return(NULL)
     if (!is.numeric(v) || is.factor(v) || is.complex(v) || !is.null(dim(v)) && length(dim(v)) > 1L && ncol(as.matrix(v)) != 1L)
       stop(sprintf("vb_fit(): '%s' must be a numeric vector.", nm), call. = FALSE)
-    v <- as.double(v)
-    if (any(!is.finite(v))) stop(sprintf("vb_fit(): '%s' contains NA, NaN or infinite values.", nm), call. = FALSE)
-    v
+    as.double(v)
   }
   len <- function(v, nm) {
     if (!is.null(v) && length(v) != n)
@@ -148,48 +156,36 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
   weights <- num(weights, "weights"); len(weights, "weights")
   offset <- num(offset, "offset"); len(offset, "offset")
   if (is.null(weights)) weights <- rep(1, n)
-  if (any(weights < 0)) stop("vb_fit(): 'weights' must be non-negative.", call. = FALSE)
-  if (!any(weights > 0))
-    stop("vb_fit(): every weight is zero, so there is no data to fit; give positive weights (binomial: numbers of trials).", call. = FALSE)
   if (is.null(offset)) offset <- rep(0, n)
   fam <- family$family
-  if (fam == "gaussian" && !is.finite(sum(weights * (y - mean(y))^2)))
-    stop("vb_fit(): the response is too large to compute with (its squares overflow double precision); rescale 'y'.", call. = FALSE)
-  if (fam == "poisson" && (any(y < 0) || any(y != round(y))))
-    stop("vb_fit(): a poisson response must be non-negative whole counts.", call. = FALSE)
-  if (fam == "binomial") {
-    if (any(weights != round(weights)))
-      stop("vb_fit(): for binomial(), 'weights' are numbers of trials and must be whole numbers.", call. = FALSE)
-    if (any(y < 0) || any(y != round(y)) || any(y > weights))
-      stop("vb_fit(): for binomial(), 'y' must be whole numbers of successes between 0 and 'weights' (the trials).", call. = FALSE)
-  }
   if (!is.null(exposure)) {
     if (fam != "poisson")
       stop("vb_fit(): 'exposure' is for poisson() models (bin width or exposure time); use 'offset' otherwise.", call. = FALSE)
     exposure <- num(exposure, "exposure")
     if (length(exposure) != 1L) len(exposure, "exposure")
+    if (any(!is.finite(exposure))) stop("vb_fit(): 'exposure' contains NA, NaN or infinite values.", call. = FALSE)
     if (any(exposure <= 0)) stop("vb_fit(): 'exposure' must be positive (a bin width or exposure time).", call. = FALSE)
     exposure <- rep_len(exposure, n)
     offset <- offset + log(exposure)
   }
-  # One C pass over X (src/glm_model.c, C_design_scan): finiteness, the largest
-  # entry, the moments the default priors and the centring need, and for
-  # binomial the ranges of every column over the success-only, failure-only
-  # and mixed rows (the separation check) -- no n x p temporary.
-  cls <- if (fam == "binomial") {
-    k <- as.integer(y == weights) - as.integer(y == 0)
-    k[weights <= 0] <- NA_integer_
-    k
-  }
-  mw <- if (fam == "binomial") weights else as.double(weights > 0)
-  scan <- .Call(C_design_scan, X, mw, cls)
+  # One C pass over y, weights and offset (src/glm_model.c, C_glm_response):
+  # the checks below, the classes of the binomial rows, the moment weights and
+  # the sums the default priors and the start need.
+  resp <- .Call(C_glm_response, y, weights, offset, family_code(family))
+  if (resp$bad != 0L) stop(response_errors[resp$bad], call. = FALSE)
+  # One C pass over X (C_design_scan): finiteness, the largest entry, the
+  # moments the default priors and the centring need, and for binomial the
+  # ranges of every column over the success-only, failure-only and mixed rows
+  # (the separation check) -- no n x p temporary.
+  scan <- .Call(C_design_scan, X, resp$mw, resp$cls)
   if (scan$status != 0L) check_status(scan$status, "vb_fit()")
   if (!scan$finite)
     stop("vb_fit(): the design matrix contains NA, NaN or infinite values; remove or impute them (na.action handles only NA).", call. = FALSE)
   # the engines form X'WX and x_t' Sigma x_t: their entries must not overflow
   if (p > 0L && !is.finite(scan$maxabs^2 * n * p))
     stop("vb_fit(): the design matrix has entries too large to compute with (X'X overflows double precision); rescale the predictors.", call. = FALSE)
-  scan$cls <- cls
+  scan$cls <- resp$cls
+  scan$ystats <- resp$ystats
   list(X = X, y = y, weights = weights, offset = offset, exposure = exposure, scan = scan)
 }
 
@@ -222,60 +218,65 @@ design_rank <- function(X) {
 # `eta` (the fit's linear predictor less the offset, X mu) neither is X for
 # the posterior mean's direction.
 is_separated <- function(X, y, weights, mu = NULL, scan = NULL, eta = NULL) {
-  side <- if (is.null(scan$cls)) { # all successes, all failures, mixed
-    k <- as.integer(y == weights) - as.integer(y == 0)
-    k[weights <= 0] <- NA_integer_
-    k
-  } else scan$cls
-  pos <- which(side > 0L); neg <- which(side < 0L); mix <- which(side == 0L)
-  keep <- weights > 0
+  fast <- !is.null(scan$ranges) && !is.null(scan$cls)
+  if (fast) { # the kinds of rows are in the scan (a mixed row has finite ranges)
+    has_mix <- is.finite(scan$ranges[5L, 1L])
+    ranges_of <- function(u) .Call(C_class_ranges, u, scan$cls)
+  } else {
+    side <- as.integer(y == weights) - as.integer(y == 0) # all successes, all failures, mixed
+    side[weights <= 0] <- NA_integer_
+    pos <- which(side > 0L); neg <- which(side < 0L); mix <- which(side == 0L)
+    has_mix <- length(mix) > 0L
+    rng <- function(u, idx) if (length(idx)) range(u[idx]) else c(Inf, -Inf)
+    ranges_of <- function(u) c(rng(u, pos), rng(u, neg), rng(u, mix))
+  }
   int <- which(colnames(X) == "(Intercept)")
   int <- if (!is.null(scan$ranges)) int[scan$ones_pos[int] %in% TRUE]
-         else int[vapply(int, function(j) all(X[keep, j] == 1), TRUE)]
+         else int[vapply(int, function(j) all(X[weights > 0, j] == 1), TRUE)]
   cols <- setdiff(seq_len(ncol(X)), int)
   tol <- 1e-10
-  rng <- function(u, idx) if (length(idx)) range(u[idx]) else c(Inf, -Inf)
-  # rp, rn, rm: ranges of u over the success-only, failure-only and mixed rows
-  certify <- function(rp, rn, rm) {
-    ends <- c(rp, rn, rm)
-    sc <- max(abs(ends[is.finite(ends)]), 1e-300)
-    rp <- rp / sc; rn <- rn / sc; rm <- rm / sc
+  # r: ranges of u over the success-only, failure-only and mixed rows
+  certify <- function(r) {
+    sc <- max(abs(r[is.finite(r)]), 1e-300)
+    r <- r / sc
     cc <- 0
     if (length(int)) {
-      lo <- -rp[1]; hi <- -rn[2]
-      if (length(mix)) {
-        if (rm[2] - rm[1] > tol) return(FALSE)
-        cc <- -rm[1]
+      lo <- -r[1]; hi <- -r[4]
+      if (has_mix) {
+        if (r[6] - r[5] > tol) return(FALSE)
+        cc <- -r[5]
         if (cc < lo - tol || cc > hi + tol) return(FALSE)
       } else {
         if (lo > hi + tol) return(FALSE)
         cc <- if (is.finite(lo)) lo else if (is.finite(hi)) hi else 0
       }
     }
-    e <- c(rp, rn, rm) + cc
-    rp[1] + cc >= -tol && rn[2] + cc <= tol && (!length(mix) || max(abs(rm + cc)) <= tol) &&
+    e <- r + cc
+    e[1] >= -tol && e[4] <= tol && (!has_mix || max(abs(e[5:6])) <= tol) &&
       any(abs(e[is.finite(e)]) > tol)
   }
   both <- function(u) {
-    rp <- rng(u, pos); rn <- rng(u, neg); rm <- rng(u, mix)
-    certify(rp, rn, rm) || certify(-rev(rp), -rev(rn), -rev(rm))
+    r <- ranges_of(u)
+    certify(r) || certify(-r[c(2, 1, 4, 3, 6, 5)])
   }
   # A column cannot separate (in either direction, with or without the
   # intercept) once some success-only row lies below a failure-only row and
   # another above one: checked on a few rows of each kind first, so only the
   # undecided columns cost a pass over X.
-  if (!is.null(scan$ranges)) {
+  if (fast) {
     r <- scan$ranges[, cols, drop = FALSE]
-    if (length(cols) && (any(certify_cols(r, length(int) > 0L, length(mix) > 0L, tol)) ||
+    if (length(cols) && (any(certify_cols(r, length(int) > 0L, has_mix, tol)) ||
                          any(certify_cols(-r[c(2, 1, 4, 3, 6, 5), , drop = FALSE], length(int) > 0L,
-                                          length(mix) > 0L, tol))))
+                                          has_mix, tol))))
       return(TRUE)
     open <- integer(0)
-  } else open <- cols
-  if (is.null(scan$ranges) && length(cols) && length(pos) && length(neg)) {
-    A <- X[utils::head(pos, 64L), cols, drop = FALSE]; B <- X[utils::head(neg, 64L), cols, drop = FALSE]
-    mix_order <- apply(A, 2L, min) < apply(B, 2L, max) & apply(A, 2L, max) > apply(B, 2L, min)
-    open <- cols[!mix_order]
+  } else {
+    open <- cols
+    if (length(cols) && length(pos) && length(neg)) {
+      A <- X[utils::head(pos, 64L), cols, drop = FALSE]; B <- X[utils::head(neg, 64L), cols, drop = FALSE]
+      mix_order <- apply(A, 2L, min) < apply(B, 2L, max) & apply(A, 2L, max) > apply(B, 2L, min)
+      open <- cols[!mix_order]
+    }
   }
   for (j in open) if (both(X[, j])) return(TRUE)
   if (!is.null(mu) && length(cols) > 1L) {
@@ -283,8 +284,7 @@ is_separated <- function(X, y, weights, mu = NULL, scan = NULL, eta = NULL) {
     # u = X m; from the fit's linear predictor (eta = offset + X mu) when the
     # intercept, if any, is one column of ones on the rows that count
     u <- if (!is.null(eta) && length(int) <= 1L) eta - sum(mu[int]) else drop(X %*% m)
-    rp <- rng(u, pos)
-    if (certify(rp, rng(u, neg), rng(u, mix))) return(TRUE)
+    if (certify(ranges_of(u))) return(TRUE)
   }
   FALSE
 }
@@ -402,21 +402,28 @@ gauss_hermite_rule <- function(k) {
 }
 
 # Starting values: prior locations, the intercept at its no-covariate estimate;
-# q(tau) from the marginal variance of y.
-glm_init <- function(model, cn) {
-  y <- model$y; w <- model$weights; off <- model$offset
+# q(tau) from the marginal variance of y.  `ys`: check_glm_data()'s sums over
+# the rows that count (C_glm_response), which save the passes over y here.
+glm_init <- function(model, cn, ys = NULL) {
   mu <- model$prior_location
   i <- which(cn == "(Intercept)")
-  pos <- w > 0
-  if (!all(pos)) { y <- y[pos]; w <- w[pos]; off <- off[pos] } # rows that count (no copy when all do)
-  if (length(i) == 1L && length(y)) {
+  if (is.null(ys)) {
+    y <- model$y; w <- model$weights; off <- model$offset
+    pos <- w > 0
+    if (!all(pos)) { y <- y[pos]; w <- w[pos]; off <- off[pos] } # rows that count (no copy when all do)
+    my <- mean(y)
+    ys <- c(npos = length(y), sw = sum(w), swy = sum(w * y), swyo = sum(w * (y - off)),
+            swexpoff = if (model$family == 1L) sum(w * exp(off)) else NA, mean_off = mean(off),
+            mean_y = my, ydev2 = sum(w * (y - my)^2))
+  }
+  if (length(i) == 1L && ys[["npos"]] > 0) {
     mu[i] <- switch(model$family + 1L,
-      sum(w * (y - off)) / sum(w),
-      log((sum(w * y) + 0.5) / sum(w * exp(off))),
-      qlogis((sum(y) + 0.5) / (sum(w) + 1)) - mean(off))
+      ys[["swyo"]] / ys[["sw"]],
+      log((ys[["swy"]] + 0.5) / ys[["swexpoff"]]),
+      qlogis((ys[["npos"]] * ys[["mean_y"]] + 0.5) / (ys[["sw"]] + 1)) - ys[["mean_off"]])
   }
   a0 <- model$tau_prior[1]; b0 <- model$tau_prior[2]
-  c(mu, a0 + length(y) / 2, b0 + 0.5 * sum(w * (y - mean(y))^2))
+  c(mu, a0 + ys[["npos"]] / 2, b0 + 0.5 * ys[["ydev2"]])
 }
 
 # Block labels 0..B-1 for the C engine.

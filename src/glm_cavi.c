@@ -994,24 +994,26 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
 
 /*
  * The gaussian family with a dense q(beta) and normal priors, by sufficient
- * statistics: G = X' diag(w) X and h = X' diag(w) (y - offset) are formed once
- * (one dsyrk pass and one dgemv), after which the q(beta) step (exact:
- * Lambda = E tau G + P, mu = Lambda^{-1} (E tau h + P m0)) costs O(p^3) and the
- * q(tau) step needs sum_t w_t ((y_t - m_t)^2 + v_t) = rss(mu) + tr(G Sigma).
- * rss is never formed as y'Wy - 2 mu'h + mu'G mu (which cancels catastrophically
- * when the fit is good or y has a large mean).  Instead it is computed exactly
- * (one dgemv, O(np)) at a reference point mu0 — the start, then the first
- * q(beta) mean, which is already within the final E tau's reach of the
- * optimum — and elsewhere from
- *   rss(mu) = rss(mu0) - 2 d' g0 + d' G d,  d = mu - mu0,  g0 = X'W r0 (= h - G mu0),
- * whose terms are of the size of the change in rss, not of y'Wy.  g0 is taken
- * from the exact residuals r0 (one dgemv) rather than as h - G mu0, whose
- * cancellation error eps (|h| + |G mu0|), times d, reached 1e-9 of the rss on
- * a design with a large intercept; so the error is about eps |X'W| |r0| |d|.  One exact
- * dgemv at the end gives the fitted values and the final weighted residual
- * sum.  The linear-predictor variances are not formed (a dtrsm pass as costly
- * as X'WX itself): R computes them on demand.  The same ELBO as the general
- * sweep, the same starting point, updates and convergence test.
+ * statistics: G = X' diag(w) X is formed once (one dsyrk pass), after which
+ * the q(beta) step (exact: Lambda = E tau G + P, mu = Lambda^{-1} (E tau h + P m0),
+ * h = X' diag(w) (y - offset)) costs O(p^3) and the q(tau) step needs
+ * sum_t w_t ((y_t - m_t)^2 + v_t) = rss(mu) + tr(G Sigma).  rss is never formed
+ * as y'Wy - 2 mu'h + mu'G mu (which cancels catastrophically when the fit is
+ * good or y has a large mean).  Instead it is computed exactly (one dgemv,
+ * O(np)) at a reference point mu0, with g0 = X'W r0 from the exact residuals
+ * r0 (another dgemv), and elsewhere from
+ *   rss(mu) = rss(mu0) - 2 d' g0 + d' G d,  d = mu - mu0,
+ * whose terms are at most a few times rss(mu0) while rss(mu) <= rss(mu0), so
+ * the relative error of rss(mu) is about n eps rss(mu0) / rss(mu) (g0's
+ * rounding included).  The reference is the start, which also gives
+ * h = g0 + G mu0 (no separate pass), and is moved to the current mean by the
+ * two passes once rss(mu) has fallen below 1/100 of rss(mu0): a fit with R^2
+ * below 0.99 (against the intercept-only start) makes three passes over X
+ * besides X'WX, a closer fit five.  One exact dgemv at the end gives the fitted values and the
+ * final weighted residual sum.  The linear-predictor variances are not formed
+ * (a dtrsm pass as costly as X'WX itself): R computes them on demand.  The
+ * same ELBO as the general sweep, the same starting point, updates and
+ * convergence test.
  */
 typedef struct {
     double *G, *h, *R, *g, *work; /* p x p, p, p x p, p, 2 p x p */
@@ -1043,17 +1045,17 @@ static double gauss_rss_exact(cavi_state *S) {
 }
 
 /*
- * The exact rss at the current mean, which becomes the reference point; with
- * grad, also g0 = X' W r0 from the exact residuals r0 (a second pass: h - G mu0
- * would cancel when the residuals are small against y, as the rss would).
+ * The exact rss at the current mean, which becomes the reference point, and
+ * g0 = X' W r0 from the exact residuals r0 (a second pass: h - G mu0 would
+ * cancel when the residuals are small against y, as the rss would).
  */
-static double gauss_set_reference(cavi_state *S, gauss_stats *T, int grad) {
+static double gauss_set_reference(cavi_state *S, gauss_stats *T) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
     double done = 1.0, dzero = 0.0;
     T->rss0 = gauss_rss_exact(S);
     memcpy(T->mu0, S->mu, sizeof(double) * p);
-    if (grad && p > 0) {
+    if (p > 0) {
         for (int t = 0; t < n; t++)
             S->work[t] = M->wt[t] * (M->y[t] - S->m[t]);
         F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->work, &one, &dzero, T->g0, &one FCONE);
@@ -1080,20 +1082,23 @@ static double gauss_rss_stats(cavi_state *S, gauss_stats *T) {
 }
 
 /*
- * q(tau) from the current q(beta) (Sig holds Sigma), then the ELBO.  exact:
- * rss by a pass over X, making the current mean the reference point (2: with
- * its gradient g0, for the shortcut of later iterations); 0: from the
- * sufficient statistics.
+ * q(tau) from the current q(beta) (Sig holds Sigma), then the ELBO, with the
+ * rss from the sufficient statistics; where it has fallen below
+ * GAUSS_REF_DROP of the reference's (its terms, of the reference's size,
+ * would then cancel), by a pass over X instead, which makes the current mean
+ * the reference point.
  */
-static int gauss_tau_elbo(cavi_state *S, gauss_stats *T, int exact, double *elbo, double *ll,
-                          double *kl) {
+#define GAUSS_REF_DROP 0.01
+static int gauss_tau_elbo(cavi_state *S, gauss_stats *T, double *elbo, double *ll, double *kl) {
     vb_glm *M = S->M;
     int p = M->p;
     double tr = 0, G = 0, a, c;
     for (size_t i = 0; i < (size_t)p * p; i++)
         tr += T->G[i] * S->Sig[i];
     T->trGS = tr;
-    double ss = (exact ? gauss_set_reference(S, T, exact > 1) : gauss_rss_stats(S, T)) + tr;
+    double rss = gauss_rss_stats(S, T);
+    if (rss < GAUSS_REF_DROP * T->rss0) rss = gauss_set_reference(S, T);
+    double ss = rss + tr;
     S->A = M->a0 + 0.5 * T->neff;
     S->B = M->b0 + 0.5 * ss;
     set_tau(S);
@@ -1196,20 +1201,23 @@ static double gauss_pred(cavi_state *S, gauss_stats *T) {
 static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_trace *tr, int *iter,
                      double *elbo, double *ll, double *kl) {
     vb_glm *M = S->M;
-    int n = M->n, p = M->p, one = 1, st;
-    double done = 1.0, dzero = 0.0;
+    int n = M->n, p = M->p, st;
     *iter = 0;
     T->neff = 0;
-    for (int t = 0; t < n; t++) {
-        S->work[t] = M->wt[t] * (M->y[t] - M->off[t]);
+    for (int t = 0; t < n; t++)
         T->neff += M->wt[t] > 0;
-    }
     if (vb_xtwx(n, p, M->X, n, M->wt, T->Z, T->G) != VB_OK) return VB_INTERRUPTED;
-    if (p > 0)
-        F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->work, &one, &dzero, T->h, &one FCONE);
     S->rank = vb_gram_rank(p, T->G, S->rwork);
+    /* the start is the first reference point: h = X'W (y - offset) = g0 + G mu0 */
+    gauss_set_reference(S, T);
+    for (int j = 0; j < p; j++) {
+        double s = 0;
+        for (int i = 0; i < p; i++)
+            s += T->G[j + (size_t)i * p] * T->mu0[i];
+        T->h[j] = T->g0[j] + s;
+    }
     if ((st = gauss_beta(S, T, 0)) != VB_OK) return st; /* the general start: mu kept */
-    if ((st = gauss_tau_elbo(S, T, 1, elbo, ll, kl)) != VB_OK) return st;
+    if ((st = gauss_tau_elbo(S, T, elbo, ll, kl)) != VB_OK) return st;
     vb_trace_push(tr, *elbo);
     vb_progress pr;
     vb_progress_init(&pr, set->quiet);
@@ -1217,8 +1225,7 @@ static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_t
         *iter = it;
         double pred = gauss_pred(S, T), prev = *elbo;
         if ((st = gauss_beta(S, T, 1)) != VB_OK) return st;
-        /* the first mean step moves far (from the start): its rss is taken exactly */
-        if ((st = gauss_tau_elbo(S, T, it == 1 ? 2 : 0, elbo, ll, kl)) != VB_OK) return st;
+        if ((st = gauss_tau_elbo(S, T, elbo, ll, kl)) != VB_OK) return st;
         vb_trace_push(tr, *elbo);
         vb_progress_tick(&pr, "vb", it, *elbo);
         if (*elbo < prev - vb_step_slack(prev)) return VB_DECREASED;

@@ -15,8 +15,10 @@
  *
  * Entry points: C_glm_log_joint(model, theta), C_glm_elbo(model, mu, Sigma, tau),
  * C_binomial_mean(m, v, control): E sigmoid(eta) for eta ~ N(m, v);
- * C_design_scan(X, w, cls) and C_centre_design(X, centre): the checks, moments
- * and centred copy of the design that vb_fit() needs, without n x p temporaries.
+ * C_glm_response(y, w, off, fam), C_design_scan(X, w, cls) and
+ * C_centre_design(X, centre): the checks, moments and centred copy of the data
+ * that vb_fit() needs, without n x p temporaries; C_class_ranges(u, cls) for
+ * the separation check.
  */
 #include "vbayes.h"
 
@@ -382,7 +384,13 @@ SEXP C_glm_elbo(SEXP model, SEXP mu, SEXP Sigma, SEXP tau) {
     return out;
 }
 
-/* E sigmoid(eta), eta ~ N(m, v), elementwise: the binomial fitted mean. */
+/*
+ * E sigmoid(eta), eta ~ N(m, v), elementwise: the binomial fitted mean, as
+ * -dE[y eta - log(1 + e^eta)]/dm at y = 0 from the batched expectations of
+ * the fit itself (vb_ebinom_n: the moment expansion, eight rows at a time,
+ * Gauss-Hermite with gh's nodes for wide q); NA where m or v is not finite or
+ * v < 0.
+ */
 SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh) {
     if (TYPEOF(m) != REALSXP || TYPEOF(v) != REALSXP || Rf_xlength(m) != Rf_xlength(v))
         Rf_error("'m' and 'v' must be double vectors of the same length");
@@ -390,21 +398,33 @@ SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh) {
     int k = Rf_length(vb_elt(gh, "x"));
     const double *w = vb_real_elt(gh, "w", k, "gh");
     if (k < 1) Rf_error("'gh' needs at least one node");
-    R_xlen_t n = Rf_xlength(m);
-    SEXP out = PROTECT(Rf_allocVector(REALSXP, n));
-    for (R_xlen_t t = 0; t < n; t++) {
-        double mt = REAL(m)[t], vt = REAL(v)[t];
-        REAL(out)
-        [t] = R_FINITE(mt) && R_FINITE(vt) && vt >= 0 ? vb_esigmoid(mt, vt, k, x, w) : NA_REAL;
+    if (Rf_xlength(m) > INT_MAX) Rf_error("'m' is too long");
+    int n = (int)Rf_xlength(m);
+    const double *mm = REAL(m), *vv = REAL(v);
+    double *y0 = (double *)R_alloc((size_t)n + 1, sizeof(double)),
+           *w1 = (double *)R_alloc((size_t)n + 1, sizeof(double)),
+           *m0 = (double *)R_alloc((size_t)n + 1, sizeof(double)),
+           *v0 = (double *)R_alloc((size_t)n + 1, sizeof(double));
+    for (int t = 0; t < n; t++) {
+        int ok = R_FINITE(mm[t]) && R_FINITE(vv[t]) && vv[t] >= 0;
+        y0[t] = 0;
+        w1[t] = ok;
+        m0[t] = ok ? mm[t] : 0;
+        v0[t] = ok ? vv[t] : 0;
     }
+    SEXP out = PROTECT(Rf_allocVector(REALSXP, n));
+    double *o = REAL(out);
+    vb_ebinom_n(n, y0, w1, m0, v0, k, x, w, o, NULL);
+    for (int t = 0; t < n; t++)
+        o[t] = w1[t] > 0 ? -o[t] : NA_REAL;
     UNPROTECT(1);
     return out;
 }
 
 /*
  * Design scan: what vb_fit() needs to know about X before a fit, without an
- * n x p temporary, in two passes over each column (the second while the
- * column is still in cache):
+ * n x p temporary, in one pass over X (a block of 512 rows of a column is
+ * read from memory once and scanned twice while it is in cache):
  *   finite   every entry finite (the scan stops at the first column that is not);
  *   maxabs   max |x_tj| over all rows (the overflow check of X'X);
  *   mean_j   sum_t w_t x_tj / sum_t w_t, sd_j = sqrt(sum_t w_t (x_tj - mean_j)^2 / (sum w - 1))
@@ -416,19 +436,20 @@ SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh) {
  *            NA not counted) min and max of column j over each kind of row,
  *            rows (min, max) x (success-only, failure-only, mixed), +-Inf if none:
  *            the separation certificate of is_separated() for each column
- *            (binomial only: the other families do not pay this third pass).
+ *            (binomial only: the other families do not pay for it).
  * Accuracy: the sums are double, in interleaved accumulators (branch-free,
- * so the loops pipeline) over blocks of 512 rows whose sums are then added.  Pass 1 gives a first
- * mean m1; pass 2 sums d_t = x_t - m1 (exact by Sterbenz when x_t is near m1) and d_t^2, and
- * returns mean = m1 + sum w d / sum w and ss = sum w d^2 - (sum w d)^2 / sum w
- * (the corrected two-pass algorithm, Chan, Golub & LeVeque 1983): the error
+ * so the loops pipeline), per block and then added up.  The first block that
+ * counts gives a first mean m1; pass 2 of every block sums d_t = x_t - m1
+ * (exact by Sterbenz when x_t is near m1) and d_t^2, and the scan returns
+ * mean = m1 + sum w d / sum w and ss = sum w d^2 - (sum w d)^2 / sum w (the
+ * corrected two-pass algorithm, Chan, Golub & LeVeque 1983, whose correction
+ * cancels only as far as m1 is many sd from the mean).  The error
  * of the variance is a few n eps relative to the variance itself, whatever the
  * offset of the column (R's mean()/sd() agree within 1e-12 on 1e8 + N(0, 1)
  * columns at n = 10^4..10^6), far below what an autoscaled prior scale needs.
  * A non-finite entry shows as a non-finite sum (confirmed by vb_all_finite(),
  * since finite entries can overflow it) instead of a test per element.
- * Cost: 2 n p reads (3 with cls), about 1 ns per element.  Checks for an
- * interrupt between columns.
+ * Cost: n p reads from memory.  Checks for an interrupt between columns.
  */
 typedef struct {
     int finite;
@@ -499,39 +520,7 @@ static void scan_seg2(int n, const double *x, const double *w, double m, double 
     *swdd = q0 + q1;
 }
 
-/*
- * The two passes over a column, summed in blocks of SCAN_BLOCK rows whose
- * partial sums are then added up: the rounding error of a sum grows with
- * about SCAN_BLOCK / 4 + n / SCAN_BLOCK terms instead of n / 4.
- */
-#define SCAN_BLOCK 512
-static void scan_pass1(int n, const double *x, const double *w, double *swx, double *lo,
-                       double *hi) {
-    double s = 0, l = R_PosInf, h = R_NegInf;
-    for (int b = 0; b < n; b += SCAN_BLOCK) {
-        double bs, bl, bh;
-        scan_seg1(n - b < SCAN_BLOCK ? n - b : SCAN_BLOCK, x + b, w + b, &bs, &bl, &bh);
-        s += bs;
-        l = bl < l ? bl : l;
-        h = bh > h ? bh : h;
-    }
-    *swx = s;
-    *lo = l;
-    *hi = h;
-}
-
-static void scan_pass2(int n, const double *x, const double *w, double m, double *swd,
-                       double *swdd) {
-    double s = 0, q = 0;
-    for (int b = 0; b < n; b += SCAN_BLOCK) {
-        double bs, bq;
-        scan_seg2(n - b < SCAN_BLOCK ? n - b : SCAN_BLOCK, x + b, w + b, m, &bs, &bq);
-        s += bs;
-        q += bq;
-    }
-    *swd = s;
-    *swdd = q;
-}
+#define SCAN_BLOCK 512 /* rows per block of the scan: a column block stays in L1 */
 
 /* min and max of x over the rows with w_t > 0 */
 static void scan_positive(int n, const double *x, const double *w, double *lo, double *hi) {
@@ -546,6 +535,31 @@ static void scan_positive(int n, const double *x, const double *w, double *lo, d
     *hi = h;
 }
 
+/*
+ * min and max of x over the rows idx[0..m-1] into lo, hi (updated), in two
+ * lanes: the rows of one kind (success-only, failure-only, mixed) are listed
+ * once, so a column's ranges cost a gather per row instead of a branch (the
+ * kinds of 0/1 data are as good as random: a branch mispredicts every other row).
+ */
+static void idx_range(int m, const int *idx, const double *x, double *lo, double *hi) {
+    double l0 = *lo, l1 = *lo, h0 = *hi, h1 = *hi;
+    int i = 0;
+    for (; i + 2 <= m; i += 2) {
+        double a = x[idx[i]], b = x[idx[i + 1]];
+        l0 = a < l0 ? a : l0;
+        h0 = a > h0 ? a : h0;
+        l1 = b < l1 ? b : l1;
+        h1 = b > h1 ? b : h1;
+    }
+    for (; i < m; i++) {
+        double a = x[idx[i]];
+        l0 = a < l0 ? a : l0;
+        h0 = a > h0 ? a : h0;
+    }
+    *lo = l1 < l0 ? l1 : l0;
+    *hi = h1 > h0 ? h1 : h0;
+}
+
 static int design_scan(int n, int p, const double *X, const double *w, const int *cls,
                        design_stats *D) {
     double sw = 0;
@@ -554,53 +568,104 @@ static int design_scan(int n, int p, const double *X, const double *w, const int
         sw += w[t];
         allpos &= w[t] > 0;
     }
+    /* the rows of each kind (success-only, failure-only, mixed), in order */
+    int *rows = NULL, cnt[3] = {0, 0, 0}, *kind[3] = {NULL, NULL, NULL};
+    if (cls) {
+        for (int t = 0; t < n; t++) {
+            int c = cls[t];
+            cnt[0] += c > 0;
+            cnt[1] += c < 0 && c != NA_INTEGER;
+            cnt[2] += c == 0;
+        }
+        rows = (int *)R_alloc((size_t)cnt[0] + cnt[1] + cnt[2] + 1, sizeof(int));
+        kind[0] = rows;
+        kind[1] = rows + cnt[0];
+        kind[2] = kind[1] + cnt[1];
+        int f0 = 0, f1 = 0, f2 = 0;
+        for (int t = 0; t < n; t++) {
+            int c = cls[t];
+            if (c > 0)
+                kind[0][f0++] = t;
+            else if (c == 0)
+                kind[2][f2++] = t;
+            else if (c != NA_INTEGER)
+                kind[1][f1++] = t;
+        }
+    }
+    /* per column: range; weight, shift M, sums of w d and w d^2 (d = x - M) */
+    double *lo = (double *)R_alloc((size_t)6 * p + 1, sizeof(double)), *hi = lo + p, *W = hi + p,
+           *M = W + p, *S1 = M + p, *Q = S1 + p;
+    int ks[3] = {0, 0, 0}, ke[3] = {0, 0, 0}, overflow = 0; /* a block's rows in kind[k] */
+    for (int j = 0; j < p; j++) {
+        lo[j] = R_PosInf;
+        hi[j] = R_NegInf;
+        W[j] = M[j] = S1[j] = Q[j] = 0;
+        if (cls)
+            for (int i = 0; i < 6; i++)
+                D->ranges[(size_t)6 * j + i] = i % 2 ? R_NegInf : R_PosInf;
+    }
     D->finite = 1;
     D->maxabs = 0;
+    /* a block of rows at a time, every column of it (X and w are read from
+     * memory once); each column's block is scanned twice while in cache */
+    for (int t0 = 0, nblk = 0; t0 < n; t0 += SCAN_BLOCK, nblk++) {
+        int nc = n - t0 < SCAN_BLOCK ? n - t0 : SCAN_BLOCK;
+        double wb = 0;
+        for (int t = t0; t < t0 + nc; t++)
+            wb += w[t];
+        for (int k = 0; cls && k < 3; k++) {
+            ks[k] = ke[k];
+            while (ke[k] < cnt[k] && kind[k][ke[k]] < t0 + nc)
+                ke[k]++;
+        }
+        for (int j = 0; j < p; j++) {
+            const double *x = X + (size_t)j * n;
+            double swx, bl, bh;
+            scan_seg1(nc, x + t0, w + t0, &swx, &bl, &bh);
+            lo[j] = bl < lo[j] ? bl : lo[j];
+            hi[j] = bh > hi[j] ? bh : hi[j];
+            for (int k = 0; cls && k < 3; k++) { /* this block's rows of kind k */
+                double *r = D->ranges + (size_t)6 * j + 2 * k;
+                idx_range(ke[k] - ks[k], kind[k] + ks[k], x, r, r + 1);
+            }
+            if (!R_FINITE(swx)) {
+                if (!vb_all_finite(nc, x + t0)) { /* an entry is NA, NaN or infinite */
+                    D->finite = 0;
+                    return VB_OK;
+                }
+                overflow = 1; /* finite entries whose sum overflows */
+                continue;
+            }
+            if (!(wb > 0)) continue;
+            /* the shift: the mean of the first block that counts */
+            if (W[j] == 0) M[j] = swx / wb;
+            double swd, swdd;
+            scan_seg2(nc, x + t0, w + t0, M[j], &swd, &swdd);
+            W[j] += wb;
+            S1[j] += swd;
+            Q[j] += swdd;
+        }
+        if ((nblk & 255) == 255 && vb_interrupted()) return VB_INTERRUPTED;
+    }
     for (int j = 0; j < p; j++) {
         const double *x = X + (size_t)j * n;
-        double swx, lo, hi, plo, phi;
-        scan_pass1(n, x, w, &swx, &lo, &hi);
-        if (!R_FINITE(swx)) {
-            if (!vb_all_finite(n, x)) { /* an entry is NA, NaN or infinite */
-                D->finite = 0;
-                return VB_OK;
-            }
-            /* finite entries whose sum overflows: maxabs makes vb_fit() refuse X */
-            D->maxabs = R_PosInf;
-        }
+        double plo, phi, ss = W[j] > 0 ? Q[j] - S1[j] * S1[j] / W[j] : 0;
+        if (W[j] > 0) M[j] += S1[j] / W[j];
+        if (ss < 0) ss = 0;
+        /* maxabs makes vb_fit() refuse an X whose sums overflow */
+        if (overflow || !R_FINITE(M[j]) || !R_FINITE(ss)) D->maxabs = R_PosInf;
         if (allpos) {
-            plo = lo;
-            phi = hi;
+            plo = lo[j];
+            phi = hi[j];
         } else
             scan_positive(n, x, w, &plo, &phi);
-        double m = sw > 0 ? swx / sw : NA_REAL, ss = 0;
-        if (sw > 0) {
-            double swd, swdd;
-            scan_pass2(n, x, w, m, &swd, &swdd);
-            m += swd / sw;
-            ss = swdd - swd * swd / sw;
-            if (ss < 0) ss = 0;
-        }
-        D->mean[j] = m;
+        D->mean[j] = sw > 0 ? M[j] : NA_REAL;
         D->sd[j] = sw > 1 ? sqrt(ss / (sw - 1)) : NA_REAL;
         D->cnst[j] = !(plo < phi);
-        D->ones[j] = lo == 1 && hi == 1;
+        D->ones[j] = lo[j] == 1 && hi[j] == 1;
         D->ones_pos[j] = plo == 1 && phi == 1;
-        if (fabs(lo) > D->maxabs) D->maxabs = fabs(lo);
-        if (fabs(hi) > D->maxabs) D->maxabs = fabs(hi);
-        if (cls) {
-            double *r = D->ranges + (size_t)6 * j;
-            for (int i = 0; i < 6; i++)
-                r[i] = i % 2 ? R_NegInf : R_PosInf;
-            for (int t = 0; t < n; t++) {
-                int c = cls[t];
-                if (c == NA_INTEGER) continue;
-                double *q = r + (c > 0 ? 0 : c < 0 ? 2 : 4);
-                if (x[t] < q[0]) q[0] = x[t];
-                if (x[t] > q[1]) q[1] = x[t];
-            }
-        }
-        if (vb_interrupted()) return VB_INTERRUPTED;
+        if (fabs(lo[j]) > D->maxabs) D->maxabs = fabs(lo[j]);
+        if (fabs(hi[j]) > D->maxabs) D->maxabs = fabs(hi[j]);
     }
     return VB_OK;
 }
@@ -610,9 +675,13 @@ SEXP C_design_scan(SEXP X, SEXP w, SEXP cls) {
     int n = Rf_nrows(X), p = Rf_ncols(X);
     if (TYPEOF(w) != REALSXP || Rf_xlength(w) != n)
         Rf_error("'w' must be a double vector with one value per row of 'X'");
-    for (int t = 0; t < n; t++)
-        if (!(REAL(w)[t] >= 0) || !R_FINITE(REAL(w)[t]))
-            Rf_error("'w' must be finite and non-negative");
+    const double *wv = REAL(w);
+    double wmin = 0, z = 0;
+    for (int t = 0; t < n; t++) { /* z: NaN once some w_t is not finite */
+        z += wv[t] * 0;
+        wmin = wv[t] < wmin ? wv[t] : wmin;
+    }
+    if (!R_FINITE(z) || wmin < 0) Rf_error("'w' must be finite and non-negative");
     int has_cls = !Rf_isNull(cls);
     if (has_cls && (TYPEOF(cls) != INTSXP || Rf_xlength(cls) != n))
         Rf_error("'cls' must be NULL or an integer vector with one value per row of 'X'");
@@ -668,6 +737,147 @@ SEXP C_centre_design(SEXP X, SEXP centre) {
         double *oj = o + (size_t)j * n;
         for (int t = 0; t < n; t++)
             oj[t] = xj[t] - cj;
+    }
+    UNPROTECT(1);
+    return out;
+}
+
+/*
+ * The response checks of vb_fit() and the sums the default priors and the
+ * start need, in one pass over y, w and offset (no n-vector temporaries in R).
+ * y, w, off: double vectors of length n; fam: 0 gaussian, 1 poisson, 2 binomial.
+ * Returns list(bad, cls, mw, ystats):
+ *   bad     0, or the first failed check: 1 y, 2 w, 3 offset not finite;
+ *           4 a negative weight; 5 no positive weight; 6 (gaussian) the sum
+ *           of squares of y about its mean overflows; 7 (poisson) y not
+ *           non-negative whole numbers; 8 (binomial) w not whole; 9
+ *           (binomial) y not whole in 0..w;
+ *   cls     binomial: 1 success-only (y = w), -1 failure-only (y = 0), 0
+ *           mixed, NA for w = 0 (the rows of the separation check); else NULL;
+ *   mw      the design scan's moment weights: w for binomial, else 1 (w > 0);
+ *   ystats  over the rows with w > 0: npos, sum w, sum w y, sum w (y - off),
+ *           sum w exp(off), mean off, and unweighted mean y, sd y, mean (y - off),
+ *           sum w (y - mean y)^2 (two passes: the deviations about the mean).
+ */
+SEXP C_glm_response(SEXP y_, SEXP w_, SEXP off_, SEXP fam_) {
+    R_xlen_t n = Rf_xlength(y_);
+    if (TYPEOF(y_) != REALSXP || TYPEOF(w_) != REALSXP || TYPEOF(off_) != REALSXP ||
+        Rf_xlength(w_) != n || Rf_xlength(off_) != n)
+        Rf_error("'y', 'w' and 'off' must be double vectors of the same length");
+    int fam = Rf_length(fam_) == 1 && Rf_isNumeric(fam_) ? Rf_asInteger(fam_) : -1;
+    if (fam < 0 || fam > 2) Rf_error("'fam' must be 0, 1 or 2");
+    const double *y = REAL(y_), *w = REAL(w_), *off = REAL(off_);
+    const char *nm[] = {"bad", "cls", "mw", "ystats", ""};
+    int np = 0, bad = 0;
+    SEXP out = vb_named_list(nm, &np);
+    SEXP mw = Rf_allocVector(REALSXP, n);
+    SET_VECTOR_ELT(out, 2, mw);
+    SEXP cls = R_NilValue;
+    if (fam == 2) {
+        cls = Rf_allocVector(INTSXP, n);
+        SET_VECTOR_ELT(out, 1, cls);
+    }
+    double z0 = 0, z1 = 0, z2 = 0, wmin = 0, anypos = 0, ys = 0, yss = 0;
+    for (R_xlen_t t = 0; t < n; t++) { /* finiteness probes (x * 0 is NaN only if x is not finite) */
+        z0 += y[t] * 0;
+        z1 += w[t] * 0;
+        z2 += off[t] * 0;
+        wmin = w[t] < wmin ? w[t] : wmin;
+        anypos += w[t] > 0;
+        ys += y[t];
+    }
+    if (!R_FINITE(z0)) bad = 1;
+    else if (!R_FINITE(z1)) bad = 2;
+    else if (!R_FINITE(z2)) bad = 3;
+    else if (wmin < 0) bad = 4;
+    else if (anypos == 0) bad = 5;
+    else if (fam == 0) {
+        double my = ys / n;
+        for (R_xlen_t t = 0; t < n; t++)
+            yss += w[t] * (y[t] - my) * (y[t] - my);
+        if (!R_FINITE(yss)) bad = 6;
+    } else if (fam == 1) {
+        for (R_xlen_t t = 0; t < n && !bad; t++)
+            if (y[t] < 0 || y[t] != nearbyint(y[t])) bad = 7;
+    } else {
+        for (R_xlen_t t = 0; t < n && !bad; t++)
+            if (w[t] != nearbyint(w[t])) bad = 8;
+        for (R_xlen_t t = 0; t < n && !bad; t++)
+            if (y[t] < 0 || y[t] != nearbyint(y[t]) || y[t] > w[t]) bad = 9;
+    }
+    SEXP ys_ = Rf_allocVector(REALSXP, 10);
+    SET_VECTOR_ELT(out, 3, ys_);
+    double *S = REAL(ys_);
+    for (int i = 0; i < 10; i++)
+        S[i] = NA_REAL;
+    if (!bad) {
+        double npos = 0, sw = 0, swy = 0, swyo = 0, swe = 0, so = 0, sy = 0, syo = 0;
+        int *c = fam == 2 ? INTEGER(cls) : NULL;
+        double *m = REAL(mw);
+        for (R_xlen_t t = 0; t < n; t++) {
+            double wt = w[t];
+            int on = wt > 0;
+            m[t] = fam == 2 ? wt : on;
+            if (c) c[t] = on ? (y[t] == wt) - (y[t] == 0) : NA_INTEGER;
+            if (!on) continue;
+            npos++;
+            sw += wt;
+            swy += wt * y[t];
+            swyo += wt * (y[t] - off[t]);
+            if (fam == 1) swe += wt * exp(off[t]);
+            so += off[t];
+            sy += y[t];
+            syo += y[t] - off[t];
+        }
+        double my = sy / npos, myo = syo / npos, dd = 0, wdd = 0;
+        for (R_xlen_t t = 0; t < n; t++)
+            if (w[t] > 0) {
+                double d = y[t] - my;
+                dd += d * d;
+                wdd += w[t] * d * d;
+            }
+        S[0] = npos;
+        S[1] = sw;
+        S[2] = swy;
+        S[3] = swyo;
+        S[4] = swe;
+        S[5] = so / npos;
+        S[6] = my;
+        S[7] = npos > 1 ? sqrt(dd / (npos - 1)) : NA_REAL;
+        S[8] = myo;
+        S[9] = wdd;
+    }
+    SEXP nms = PROTECT(Rf_allocVector(STRSXP, 10));
+    const char *sn[] = {"npos", "sw", "swy", "swyo", "swexpoff", "mean_off", "mean_y", "sd_y",
+                        "mean_yoff", "ydev2"};
+    for (int i = 0; i < 10; i++)
+        SET_STRING_ELT(nms, i, Rf_mkChar(sn[i]));
+    Rf_setAttrib(ys_, R_NamesSymbol, nms);
+    SET_VECTOR_ELT(out, 0, Rf_ScalarInteger(bad));
+    UNPROTECT(np + 1);
+    return out;
+}
+
+/*
+ * min and max of u over the success-only (cls 1), failure-only (-1) and
+ * mixed (0) rows, +-Inf for a kind with no rows (NA rows not counted): the
+ * ranges of is_separated() for one direction u = X d.
+ */
+SEXP C_class_ranges(SEXP u, SEXP cls) {
+    if (TYPEOF(u) != REALSXP || TYPEOF(cls) != INTSXP || Rf_xlength(u) != Rf_xlength(cls))
+        Rf_error("'u' must be a double vector and 'cls' an integer vector of the same length");
+    R_xlen_t n = Rf_xlength(u);
+    const double *x = REAL(u);
+    const int *c = INTEGER(cls);
+    SEXP out = PROTECT(Rf_allocVector(REALSXP, 6));
+    double *r = REAL(out);
+    for (int i = 0; i < 6; i++)
+        r[i] = i % 2 ? R_NegInf : R_PosInf;
+    for (R_xlen_t t = 0; t < n; t++) {
+        if (c[t] == NA_INTEGER) continue;
+        double *q = r + (c[t] > 0 ? 0 : c[t] < 0 ? 2 : 4);
+        if (x[t] < q[0]) q[0] = x[t];
+        if (x[t] > q[1]) q[1] = x[t];
     }
     UNPROTECT(1);
     return out;

@@ -14,6 +14,8 @@ SEXP C_glm_jj(SEXP model, SEXP control);
 SEXP C_binomial_mean(SEXP m, SEXP v, SEXP gh);
 SEXP C_design_scan(SEXP X, SEXP w, SEXP cls);
 SEXP C_centre_design(SEXP X, SEXP centre);
+SEXP C_glm_response(SEXP y, SEXP w, SEXP off, SEXP fam);
+SEXP C_class_ranges(SEXP u, SEXP cls);
 
 /* spikes.c */
 SEXP C_spikes_history(SEXP x, SEXP basis, SEXP seg, SEXP first_lag);
@@ -56,6 +58,8 @@ static const R_CallMethodDef call_methods[] = {
     CALLDEF(binomial_mean, 3),
     CALLDEF(design_scan, 3),
     CALLDEF(centre_design, 2),
+    CALLDEF(glm_response, 4),
+    CALLDEF(class_ranges, 2),
     CALLDEF(spikes_history, 4),
     CALLDEF(spikes_simulate, 4),
     CALLDEF(btd_solve, 3),
