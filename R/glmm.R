@@ -71,7 +71,8 @@ print.vb_covariance_prior <- function(x, ...) {
 # An internal prior that fixes Sigma (for tests against exact evidences).
 fixed_covariance <- function(Sigma) structure(list(dist = "fixed", Sigma = Sigma), class = "vb_covariance_prior")
 
-has_bars <- function(formula) length(reformulas::findbars(formula)) > 0L
+has_bars <- function(formula) # (all.names() first: findbars() costs 0.2 ms)
+  any(c("|", "||") %in% all.names(formula)) && length(reformulas::findbars(formula)) > 0L
 
 approx_codes <- c(fullrank = 0L, partial = 1L, block = 2L, meanfield = 3L)
 
@@ -102,6 +103,7 @@ vb_glmm <- function(mc, formula, data, family, prior, prior_intercept, prior_pre
   mf$formula <- reformulas::subbars(formula)
   mf$drop.unused.levels <- TRUE
   mf[[1L]] <- quote(stats::model.frame)
+  if (!"na.action" %in% names(mc) && !is.null(qna <- default_na_action(data))) mf$na.action <- qna
   expo_scalar <- NULL
   if (!is.null(mf$exposure)) {
     ev <- eval(mf$exposure, data, env)

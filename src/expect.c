@@ -375,9 +375,3 @@ double vb_ebinom_n(int n, const double *y, const double *w, const double *m, con
     if (L) F += ebinom_lanes(L, idx, y, w, m, v, dm, dv);
     return F;
 }
-
-double vb_esigmoid(double m, double v, int k, const double *x, const double *wt) {
-    double s1, s2;
-    binom_moments(m, v, k, x, wt, NULL, &s1, &s2);
-    return s1;
-}

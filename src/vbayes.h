@@ -123,8 +123,7 @@ double vb_epois(double y, double w, double m, double v, double *dm, double *dv);
 /* binomial, y successes of w trials, logit link, Gauss-Hermite rule (x, wt) of k nodes */
 double vb_ebinom(double y, double w, double m, double v, int k, const double *x, const double *wt,
                  double *dm, double *dv);
-/* E sigmoid(eta): the binomial mean response */
-double vb_esigmoid(double m, double v, int k, const double *x, const double *wt);
+/* vb_ebinom over n observations, eight at a time where q is narrow */
 double vb_ebinom_n(int n, const double *y, const double *w, const double *m, const double *v,
                    int k, const double *x, const double *wt, double *dm, double *dv);
 static inline double vb_softplus(double x) { /* log(1 + e^x) without overflow */

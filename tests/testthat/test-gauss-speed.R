@@ -156,3 +156,66 @@ test_that("a gaussian fit in the flat-prior limit agrees with lm() (formula and 
                control = vb_control(quiet = TRUE, tol = 1e-12))
   expect_equal(unname(coef(fm)), unname(coef(lm.fit(X, d$y))), tolerance = 1e-8)
 })
+
+test_that("the rss shortcut about the start is exact to 1e-9 when the fit explains little of y", {
+  # R^2 well below 0.99: the reference point stays at the start (no second
+  # pair of passes over X), so rss(mu) comes from rss(mu0) - 2 d'g0 + d'G d
+  # with d the whole move from the intercept-only start
+  set.seed(186)
+  n <- 50000
+  X <- cbind("(Intercept)" = 1, x1 = 5 + rnorm(n), x2 = rnorm(n), x3 = runif(n))
+  y <- 1e4 + 0.3 * X[, 2] - 0.2 * X[, 3] + 0.1 * X[, 4] + rnorm(n, sd = 2)
+  w <- rep(c(1, 3, 0.5), length.out = n)
+  pr <- list(type = rep("normal", 4), location = rep(0, 4), scale = c(1e5, 10, 10, 10))
+  for (ap in c("fullrank", "meanfield")) {
+    fit <- vb_fit(X, y, weights = w, approx = ap, prior = normal(0, 10), prior_intercept = normal(0, 1e5),
+                  prior_precision = gamma_prior(1, 1), control = vb_control(quiet = TRUE, tol = 1e-10))
+    expect_true(fit$converged, label = ap)
+    mu <- unname(coef(fit)); S <- unname(vcov(fit))
+    r <- (y - mu[1]) - drop(X[, -1] %*% mu[-1]) # y - mu_0 exact (Sterbenz)
+    ss <- sum(w * r^2) + sum(diag(crossprod(X * sqrt(w)) %*% S))
+    expect_lt(abs(fit$tau[["rate"]] - (1 + ss / 2)) / (1 + ss / 2), 1e-9, label = ap)
+    ref <- ref_elbo_fit(fit, pr)
+    expect_lt(abs(fit$elbo - ref[["elbo"]]) / abs(ref[["elbo"]]), 1e-10, label = ap)
+    expect_true(all(diff(fit$elbo_trace) >= -1e-10 * abs(fit$elbo)), label = ap)
+    # deviance() is the expected weighted rss at the returned q, from one exact pass
+    expect_lt(abs(deviance(fit) - ss) / ss, 1e-10, label = ap)
+  }
+})
+
+test_that("the response checks and sums in C agree with R, and each check gives its message", {
+  set.seed(187)
+  n <- 301
+  y <- rpois(n, 3); w <- rep(c(2, 0, 1, 5), length.out = n); off <- rnorm(n, sd = 0.3)
+  for (fam in 0:2) {
+    yy <- if (fam == 2) pmin(y, w) else y + 0
+    r <- .Call(vbayes:::C_glm_response, as.double(yy), w, off, fam)
+    expect_identical(r$bad, 0L)
+    pos <- w > 0
+    ref <- c(npos = sum(pos), sw = sum(w[pos]), swy = sum(w[pos] * yy[pos]),
+             swyo = sum(w[pos] * (yy[pos] - off[pos])), swexpoff = if (fam == 1) sum(w[pos] * exp(off[pos])) else 0,
+             mean_off = mean(off[pos]), mean_y = mean(yy[pos]), sd_y = sd(yy[pos]),
+             mean_yoff = mean(yy[pos] - off[pos]), ydev2 = sum(w[pos] * (yy[pos] - mean(yy[pos]))^2))
+    expect_equal(r$ystats, ref, tolerance = 1e-13)
+    expect_identical(r$mw, if (fam == 2) w else as.double(pos))
+    if (fam == 2) {
+      cls <- as.integer(yy == w) - as.integer(yy == 0); cls[!pos] <- NA_integer_
+      expect_identical(r$cls, cls)
+      u <- rnorm(n)
+      rr <- function(k) if (any(cls %in% k)) range(u[cls %in% k]) else c(Inf, -Inf)
+      expect_identical(.Call(vbayes:::C_class_ranges, u, cls), c(rr(1L), rr(-1L), rr(0L)))
+    } else expect_null(r$cls)
+  }
+  X <- cbind("(Intercept)" = 1, x = seq(-1, 1, length.out = 6))
+  expect_error(vb_fit(X, c(1, 2, NA, 1, 0, 1)), "'y' contains NA")
+  expect_error(vb_fit(X, 1:6, weights = c(1, 1, NaN, 1, 1, 1)), "'weights' contains NA")
+  expect_error(vb_fit(X, 1:6, offset = c(0, 0, 0, Inf, 0, 0)), "'offset' contains NA")
+  expect_error(vb_fit(X, 1:6, weights = c(1, -1, 1, 1, 1, 1)), "non-negative")
+  expect_error(vb_fit(X, 1:6, weights = rep(0, 6)), "every weight is zero")
+  expect_error(vb_fit(X, c(1, 2, 3, 4, 5, 1e200)), "too large")
+  expect_error(vb_fit(X, c(1, 2, 1.5, 0, 1, 1), family = poisson()), "whole counts")
+  expect_error(vb_fit(X, c(1, 2, -1, 0, 1, 1), family = poisson()), "whole counts")
+  expect_error(vb_fit(X, c(1, 0, 1, 0, 1, 1), family = binomial(), weights = c(1, 1, 2.5, 1, 1, 1)), "whole numbers")
+  expect_error(vb_fit(X, c(1, 0, 3, 0, 1, 1), family = binomial(), weights = c(1, 1, 2, 1, 1, 1)), "between 0 and")
+  expect_error(vb_fit(X, 1:6, family = poisson(), exposure = c(1, 1, NA, 1, 1, 1)), "'exposure' contains NA")
+})

@@ -96,6 +96,29 @@ test_that("fitted() and residuals() follow na.action like glm()", {
   expect_equal(nobs(fit), nobs(g))
 })
 
+test_that("without an na.action argument the \"na.action\" option applies, as in glm()", {
+  d <- mtcars[, c("mpg", "wt", "hp")]
+  d$wt[3] <- NA
+  for (opt in c("na.omit", "na.exclude")) {
+    old <- options(na.action = opt)
+    fit <- vb(mpg ~ wt + hp, data = d, control = vb_control(quiet = TRUE))
+    g <- glm(mpg ~ wt + hp, data = d)
+    options(old)
+    expect_identical(fit$na.action, g$na.action, label = opt)
+    expect_identical(dim(fit$model), dim(g$model), label = opt)
+    expect_equal(is.na(residuals(fit)), is.na(residuals(g)), ignore_attr = TRUE, label = opt)
+  }
+  old <- options(na.action = "na.fail")
+  expect_error(vb(mpg ~ wt, data = d, control = vb_control(quiet = TRUE)), "missing values")
+  expect_identical(vb(mpg ~ hp, data = d, control = vb_control(quiet = TRUE))$model,
+                   model.frame(mpg ~ hp, data = d))
+  options(old)
+  # a frame without NA is the model frame glm() builds
+  fit <- vb(mpg ~ hp + factor(cyl), data = mtcars, control = vb_control(quiet = TRUE))
+  expect_identical(fit$model, glm(mpg ~ hp + factor(cyl), data = mtcars)$model)
+  expect_null(fit$na.action)
+})
+
 test_that("fields are matched exactly: an x = FALSE fit says to refit with x = TRUE", {
   fit <- vb(mpg ~ wt, data = mtcars, x = FALSE)
   expect_null(fit[["x"]])
