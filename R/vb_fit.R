@@ -79,7 +79,9 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
     if (is.numeric(core$ewrss) && length(core$ewrss) == 1L) core$ewrss
     else expected_wrss(X, y, weights, eta, Sigma)
   }
-  fitted <- response_mean(family, eta, v, control$gh_nodes)
+  fitted <- core$fitted # binomial: from the engine's last expectations, NA where w = 0
+  if (is.null(fitted)) fitted <- response_mean(family, eta, v, control$gh_nodes)
+  else if (anyNA(fitted)) fitted[is.na(fitted)] <- response_mean(family, eta, v, control$gh_nodes)[is.na(fitted)]
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
   rank <- if (is.numeric(core$rank) && !is.na(core$rank)) core$rank else design_rank(X)
   separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, mu, d$scan, eta - offset)

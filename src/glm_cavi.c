@@ -1481,6 +1481,8 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
                              M.family == VB_GAUSSIAN ? tau : NULL, S.m, vout);
     vb_glm_result_rank(out, S.rank);
     if (gauss) vb_glm_result_ewrss(out, ewrss);
+    if (M.family == VB_BINOMIAL && S.grad_ok && status != VB_INTERRUPTED) /* dm at the returned q */
+        vb_glm_result_fitted(out, &M, S.dm);
     UNPROTECT(1);
     return out;
 }

@@ -250,7 +250,7 @@ SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, doubl
                    const double *m, const double *v) {
     const char *nms[] = {"mu",       "Sigma",      "elbo",   "trace",     "loglik",
                          "kl",       "iterations", "status", "converged", "tau",
-                         "eta_mean", "eta_var",    "rank",   "ewrss",     ""};
+                         "eta_mean", "eta_var",    "rank",   "ewrss",     "fitted", ""};
     int np = 0, n = M->n, p = M->p;
     SEXP out = vb_named_list(nms, &np);
     SET_VECTOR_ELT(out, 0, vb_real_vec(p, mu));
@@ -271,6 +271,19 @@ SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, doubl
 
 void vb_glm_result_rank(SEXP out, int rank) {
     if (rank >= 0) SET_VECTOR_ELT(out, 12, Rf_ScalarInteger(rank));
+}
+
+/*
+ * The binomial fitted means E sigmoid(eta_t) from dm_t = y_t - w_t E sigmoid(eta_t),
+ * the derivatives of the expected log likelihood at the returned q that the
+ * fit evaluated last; NA where w_t = 0 (not evaluated: R computes those).
+ */
+void vb_glm_result_fitted(SEXP out, const vb_glm *M, const double *dm) {
+    SEXP f = Rf_allocVector(REALSXP, M->n);
+    SET_VECTOR_ELT(out, 14, f);
+    double *o = REAL(f);
+    for (int t = 0; t < M->n; t++)
+        o[t] = M->wt[t] > 0 ? (M->y[t] - dm[t]) / M->wt[t] : NA_REAL;
 }
 
 /* The expected weighted residual sum of squares of a gaussian fit. */

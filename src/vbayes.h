@@ -194,6 +194,7 @@ SEXP vb_glm_result(const vb_glm *M, const double *mu, const double *Sigma, doubl
 /* sets the result's `rank` (rank of X'WX over positive-weight rows; NA unless set) */
 void vb_glm_result_rank(SEXP out, int rank);
 void vb_glm_result_ewrss(SEXP out, double ewrss);
+void vb_glm_result_fitted(SEXP out, const vb_glm *M, const double *dm);
 
 /* ---- sgvb_targets.c: the log joints SGVB fits, behind the vb_log_joint contract ---- */
 /*

@@ -337,3 +337,20 @@ test_that("the conjugate-gradient first step of a wide fullrank start reaches th
     }
   }
 })
+
+test_that("binomial fitted values are E sigmoid(eta) under the returned q, zero-weight rows included", {
+  set.seed(35)
+  n <- 400
+  X <- cbind("(Intercept)" = 1, x = rnorm(n), z = runif(n))
+  w <- sample(c(0, 1, 3, 10), n, TRUE)
+  y <- rbinom(n, w, plogis(-0.5 + X[, 2] - X[, 3]))
+  for (ap in c("fullrank", "meanfield")) {
+    fit <- vb_fit(X, y, family = binomial(), weights = w, approx = ap, control = vb_control(quiet = TRUE))
+    m <- fit$linear.predictors; v <- fit$linear.predictors.var
+    # quadrature of sigmoid(m + sqrt(v) z) against the standard normal
+    ref <- mapply(function(mt, vt) integrate(function(z) plogis(mt + sqrt(vt) * z) * dnorm(z), -Inf, Inf,
+                                             rel.tol = 1e-12)$value, m, v)
+    expect_lt(max(abs(fitted(fit) - ref)), 1e-10, label = ap)
+    expect_false(anyNA(fitted(fit)), label = ap)
+  }
+})
