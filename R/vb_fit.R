@@ -124,8 +124,7 @@ expected_wrss <- function(X, y, w, eta, Sigma) {
   rss + tr
 }
 
-# What vb() checks, at the matrix level: the design, the response for the
-# family, weights, offset and exposure.  Returns the cleaned pieces.
+# The messages of C_glm_response()'s checks, by its code `bad`.
 response_errors <- c(
   "vb_fit(): 'y' contains NA, NaN or infinite values.",
   "vb_fit(): 'weights' contains NA, NaN or infinite values.",
@@ -136,6 +135,9 @@ response_errors <- c(
   "vb_fit(): a poisson response must be non-negative whole counts.",
   "vb_fit(): for binomial(), 'weights' are numbers of trials and must be whole numbers.",
   "vb_fit(): for binomial(), 'y' must be whole numbers of successes between 0 and 'weights' (the trials).")
+
+# What vb() checks, at the matrix level: the design, the response for the
+# family, weights, offset and exposure.  Returns the cleaned pieces.
 check_glm_data <- function(X, y, family, weights, offset, exposure) {
   if (!is.matrix(X) || !is.numeric(X) || is.complex(X))
     stop("vb_fit(): 'X' must be a numeric matrix.", call. = FALSE)
@@ -171,8 +173,8 @@ check_glm_data <- function(X, y, family, weights, offset, exposure) {
     offset <- offset + log(exposure)
   }
   # One C pass over y, weights and offset (src/glm_model.c, C_glm_response):
-  # the checks below, the classes of the binomial rows, the moment weights and
-  # the sums the default priors and the start need.
+  # the family's checks (response_errors), the classes of the binomial rows,
+  # the moment weights and the sums the default priors and the start need.
   resp <- .Call(C_glm_response, y, weights, offset, family_code(family))
   if (resp$bad != 0L) stop(response_errors[resp$bad], call. = FALSE)
   # One C pass over X (C_design_scan): finiteness, the largest entry, the

@@ -62,7 +62,7 @@ typedef struct {
     double *mu0;                             /* p: the start's previous mean */
     int m_v0;                                /* (m, v) = (offset + X mu, 0) now */
     int obs_v0;                              /* ... and dm, dv, L_v0 = sum f there */
-    double L_v0;
+    double L_v0;                             /* (log_post_v0, for irls_newton) */
     int rank;                                /* rank of X'WX, -1 until known */
     const double *warm;                      /* p x p starting precision, or NULL */
     double *rwork;                           /* p^2 + 4p for vb_gram_rank    */
@@ -1107,11 +1107,11 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
  * h = g0 + G mu0 (no separate pass), and is moved to the current mean by the
  * two passes once rss(mu) has fallen below 1/100 of rss(mu0): a fit with R^2
  * below 0.99 (against the intercept-only start) makes three passes over X
- * besides X'WX, a closer fit five.  One exact dgemv at the end gives the fitted values and the
- * final weighted residual sum.  The linear-predictor variances are not formed
- * (a dtrsm pass as costly as X'WX itself): R computes them on demand.  The
- * same ELBO as the general sweep, the same starting point, updates and
- * convergence test.
+ * besides X'WX, a closer fit five.  One exact dgemv at the end gives the
+ * fitted values and the final weighted residual sum.  The linear-predictor
+ * variances are not formed (a dtrsm pass as costly as X'WX itself): R
+ * computes them on demand.  The same ELBO as the general sweep, the same
+ * starting point, updates and convergence test.
  */
 typedef struct {
     double *G, *h, *R, *g, *work; /* p x p, p, p x p, p, 2 p x p */

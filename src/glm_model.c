@@ -790,22 +790,24 @@ SEXP C_glm_response(SEXP y_, SEXP w_, SEXP off_, SEXP fam_) {
         cls = Rf_allocVector(INTSXP, n);
         SET_VECTOR_ELT(out, 1, cls);
     }
-    double z0 = 0, z1 = 0, z2 = 0, wmin = 0, anypos = 0, ys = 0, yss = 0;
-    for (R_xlen_t t = 0; t < n; t++) { /* finiteness probes (x * 0 is NaN only if x is not finite) */
-        z0 += y[t] * 0;
-        z1 += w[t] * 0;
-        z2 += off[t] * 0;
+    /* finiteness probes (x * 0 is NaN only where x is not finite), min w, the
+     * rows that count and sum y, in two lanes (no branch per row) */
+    double z[2] = {0, 0}, wmin = 0, ys[2] = {0, 0}, yss = 0;
+    R_xlen_t anypos = 0;
+    for (R_xlen_t t = 0; t < n; t++) {
+        z[t & 1] += y[t] * 0 + w[t] * 0 + off[t] * 0;
         wmin = w[t] < wmin ? w[t] : wmin;
         anypos += w[t] > 0;
-        ys += y[t];
+        ys[t & 1] += y[t];
     }
-    if (!R_FINITE(z0)) bad = 1;
-    else if (!R_FINITE(z1)) bad = 2;
-    else if (!R_FINITE(z2)) bad = 3;
-    else if (wmin < 0) bad = 4;
-    else if (anypos == 0) bad = 5;
+    if (!R_FINITE(z[0] + z[1])) /* which one */
+        bad = !vb_all_finite(n, y) ? 1 : !vb_all_finite(n, w) ? 2 : 3;
+    else if (wmin < 0)
+        bad = 4;
+    else if (anypos == 0)
+        bad = 5;
     else if (fam == 0) {
-        double my = ys / n;
+        double my = (ys[0] + ys[1]) / n;
         for (R_xlen_t t = 0; t < n; t++)
             yss += w[t] * (y[t] - my) * (y[t] - my);
         if (!R_FINITE(yss)) bad = 6;
@@ -824,31 +826,34 @@ SEXP C_glm_response(SEXP y_, SEXP w_, SEXP off_, SEXP fam_) {
     for (int i = 0; i < 10; i++)
         S[i] = NA_REAL;
     if (!bad) {
-        double npos = 0, sw = 0, swy = 0, swyo = 0, swe = 0, so = 0, sy = 0, syo = 0;
-        int *c = fam == 2 ? INTEGER(cls) : NULL;
         double *m = REAL(mw);
+        for (R_xlen_t t = 0; t < n; t++)
+            m[t] = fam == 2 ? w[t] : w[t] > 0;
+        if (fam == 2) {
+            int *c = INTEGER(cls);
+            for (R_xlen_t t = 0; t < n; t++)
+                c[t] = w[t] > 0 ? (y[t] == w[t]) - (y[t] == 0) : NA_INTEGER;
+        }
+        /* weighted sums need no mask (w = 0 adds 0); unweighted ones take on_t */
+        double sw = 0, swy = 0, swyo = 0, swe = 0, so = 0, sy = 0, syo = 0;
         for (R_xlen_t t = 0; t < n; t++) {
-            double wt = w[t];
-            int on = wt > 0;
-            m[t] = fam == 2 ? wt : on;
-            if (c) c[t] = on ? (y[t] == wt) - (y[t] == 0) : NA_INTEGER;
-            if (!on) continue;
-            npos++;
+            double wt = w[t], on = wt > 0;
             sw += wt;
             swy += wt * y[t];
             swyo += wt * (y[t] - off[t]);
-            if (fam == 1) swe += wt * exp(off[t]);
-            so += off[t];
-            sy += y[t];
-            syo += y[t] - off[t];
+            so += on * off[t];
+            sy += on * y[t];
+            syo += on * (y[t] - off[t]);
         }
-        double my = sy / npos, myo = syo / npos, dd = 0, wdd = 0;
-        for (R_xlen_t t = 0; t < n; t++)
-            if (w[t] > 0) {
-                double d = y[t] - my;
-                dd += d * d;
-                wdd += w[t] * d * d;
-            }
+        if (fam == 1)
+            for (R_xlen_t t = 0; t < n; t++)
+                if (w[t] > 0) swe += w[t] * exp(off[t]);
+        double npos = (double)anypos, my = sy / npos, myo = syo / npos, dd = 0, wdd = 0;
+        for (R_xlen_t t = 0; t < n; t++) {
+            double d = y[t] - my, on = w[t] > 0;
+            dd += on * d * d;
+            wdd += w[t] * d * d;
+        }
         S[0] = npos;
         S[1] = sw;
         S[2] = swy;
