@@ -1112,6 +1112,14 @@ static int cavi_run(cavi_state *S, const vb_settings *set, vb_trace *tr, int *it
  * variances are not formed (a dtrsm pass as costly as X'WX itself): R
  * computes them on demand.  The same ELBO as the general sweep, the same
  * starting point, updates and convergence test.
+ *
+ * Implicit centring (model$uncentred_by = c, model$uncentred_int): the
+ * coefficients are those of X_c = X - 1 c' = X B, B = I - e_int c' (column
+ * int of X is all ones), while the passes read the uncentred X: G_c = B' G B
+ * in O(p^2), X_c mu = X (B mu), X_c' u = B' (X' u).  vb_fit() asks for it
+ * only when every |c_j| is within 10 sd_j, so the cancellation in G_c and
+ * X (B mu) costs at most about two digits; the centred copy of X (n p
+ * writes) is not made.
  */
 typedef struct {
     double *G, *h, *R, *g, *work; /* p x p, p, p x p, p, 2 p x p */
@@ -1120,15 +1128,32 @@ typedef struct {
     int diag;                     /* meanfield: Lambda = diag(E tau G_jj + 1/b_j^2) */
     double *mu0, *g0, rss0;       /* reference point: mean, h - G mu0, exact rss there */
     double trGS;                  /* tr(G Sigma) of the last q(tau) step */
+    const double *cen;            /* implicit centring: c (p), or NULL */
+    int cint;                     /* ... and the intercept's column */
+    double *mraw;                 /* p: B mu */
 } gauss_stats;
 
+/* The coefficients of the uncentred X for mu (B mu), or mu itself. */
+static const double *gauss_raw_mean(gauss_stats *T, const double *mu, int p) {
+    if (!T->cen) return mu;
+    double s = 0;
+    for (int j = 0; j < p; j++) {
+        T->mraw[j] = mu[j];
+        s += T->cen[j] * mu[j];
+    }
+    T->mraw[T->cint] -= s;
+    return T->mraw;
+}
+
 /* m = offset + X mu (one dgemv); returns sum_t w_t (y_t - m_t)^2, exactly. */
-static double gauss_rss_exact(cavi_state *S) {
+static double gauss_rss_exact(cavi_state *S, gauss_stats *T) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
     double done = 1.0, s0 = 0, s1 = 0;
     memcpy(S->m, M->off, sizeof(double) * n);
-    if (p > 0) F77_CALL(dgemv)("N", &n, &p, &done, M->X, &n, S->mu, &one, &done, S->m, &one FCONE);
+    if (p > 0)
+        F77_CALL(dgemv)
+    ("N", &n, &p, &done, M->X, &n, gauss_raw_mean(T, S->mu, p), &one, &done, S->m, &one FCONE);
     int t = 0;
     for (; t + 2 <= n; t += 2) {
         double r0 = M->y[t] - S->m[t], r1 = M->y[t + 1] - S->m[t + 1];
@@ -1151,12 +1176,17 @@ static double gauss_set_reference(cavi_state *S, gauss_stats *T) {
     vb_glm *M = S->M;
     int n = M->n, p = M->p, one = 1;
     double done = 1.0, dzero = 0.0;
-    T->rss0 = gauss_rss_exact(S);
+    T->rss0 = gauss_rss_exact(S, T);
     memcpy(T->mu0, S->mu, sizeof(double) * p);
     if (p > 0) {
         for (int t = 0; t < n; t++)
             S->work[t] = M->wt[t] * (M->y[t] - S->m[t]);
         F77_CALL(dgemv)("T", &n, &p, &done, M->X, &n, S->work, &one, &dzero, T->g0, &one FCONE);
+        if (T->cen) { /* B' (X' W r0) */
+            double gi = T->g0[T->cint];
+            for (int j = 0; j < p; j++)
+                T->g0[j] -= T->cen[j] * gi;
+        }
     }
     return T->rss0;
 }
@@ -1305,6 +1335,16 @@ static int gauss_run(cavi_state *S, gauss_stats *T, const vb_settings *set, vb_t
     for (int t = 0; t < n; t++)
         T->neff += M->wt[t] > 0;
     if (vb_xtwx(n, p, M->X, n, M->wt, T->Z, T->G) != VB_OK) return VB_INTERRUPTED;
+    if (T->cen) { /* G_c = B' G B: G_jk - c_j u_k - u_j c_k + c_j c_k G_ii, u = G e_int */
+        int i = T->cint;
+        double *u = T->work, gii = T->G[i + (size_t)i * p];
+        for (int j = 0; j < p; j++)
+            u[j] = T->G[j + (size_t)i * p];
+        for (int k = 0; k < p; k++)
+            for (int j = 0; j < p; j++)
+                T->G[j + (size_t)k * p] += -T->cen[j] * u[k] - u[j] * T->cen[k] +
+                                           T->cen[j] * T->cen[k] * gii;
+    }
     S->rank = vb_gram_rank(p, T->G, S->rwork);
     /* the start is the first reference point: h = X'W (y - offset) = g0 + G mu0 */
     gauss_set_reference(S, T);
@@ -1345,7 +1385,7 @@ static void gauss_finish(cavi_state *S, gauss_stats *T, double *ewrss) {
     double tr = 0;
     for (size_t i = 0; i < (size_t)p * p; i++)
         tr += T->G[i] * S->Sig[i];
-    *ewrss = gauss_rss_exact(S) + tr;
+    *ewrss = gauss_rss_exact(S, T) + tr;
 }
 
 /* ------------------------------------------------------- entry point -- */
@@ -1405,6 +1445,19 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
     for (int j = 0; j < p; j++)
         gauss = gauss && M.ptype[j] == VB_PRIOR_NORMAL;
     size_t ng = gauss ? 0 : (size_t)n;
+    /* implicit centring: only the gaussian path reads the uncentred X */
+    SEXP cen = vb_elt(model, "uncentred_by");
+    int cint = -1;
+    if (!Rf_isNull(cen)) {
+        if (!gauss) Rf_error("'uncentred_by' applies to gaussian fits with normal priors only");
+        if (TYPEOF(cen) != REALSXP || Rf_xlength(cen) != p)
+            Rf_error("'uncentred_by' must be a double vector with one value per column");
+        cint = Rf_asInteger(vb_elt(model, "uncentred_int")) - 1;
+        if (cint < 0 || cint >= p) Rf_error("'uncentred_int' must be a column index");
+        for (int j = 0; j < p; j++)
+            if (!R_FINITE(REAL(cen)[j])) Rf_error("'uncentred_by' must be finite");
+        if (REAL(cen)[cint] != 0) Rf_error("'uncentred_by' must be 0 at the intercept");
+    }
     double **nbufs[] = {&S.m, &S.v, &S.vold, &S.mt, &S.vt, &S.dm, &S.dv, &S.dmt, &S.dvt, &S.work};
     for (int i = 0; i < 10; i++)
         *nbufs[i] = alloc0(i == 0 || i == 9 ? (size_t)n : ng);
@@ -1465,6 +1518,9 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         T.Z = alloc0((size_t)(n < VB_CHUNK ? n : VB_CHUNK) * p);
         T.mu0 = alloc0(p);
         T.g0 = alloc0(p);
+        T.cen = cint >= 0 ? REAL(cen) : NULL;
+        T.cint = cint;
+        T.mraw = alloc0(p);
         status = gauss_run(&S, &T, &set, &tr, &it, &elbo, &ll, &kl);
         if (status != VB_INTERRUPTED && !vb_unwind_pending())
             gauss_finish(&S, &T, &ewrss);
