@@ -48,7 +48,7 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   # mean is more than 10 sd from 0 (src/glm_cavi.c).
   ce <- pri$centre
   implicit <- !is.null(ce) && family$family == "gaussian" && method == "cavi" && !ard &&
-    approx != "block" && all(pa$type == 0L) && all(abs(ce) <= 10 * d$scan$sd)
+    approx != "block" && all(pa$type == 0L) && isTRUE(all(abs(ce) <= 10 * d$scan$sd))
   model <- glm_model(if (implicit) X else centre_design(X, ce), y, weights, offset, family, pa,
                      pri$precision, control)
   if (implicit) {
