@@ -1452,8 +1452,10 @@ SEXP C_glm_cavi(SEXP model, SEXP init, SEXP blocks, SEXP control) {
         if (!gauss) Rf_error("'uncentred_by' applies to gaussian fits with normal priors only");
         if (TYPEOF(cen) != REALSXP || Rf_xlength(cen) != p)
             Rf_error("'uncentred_by' must be a double vector with one value per column");
-        cint = Rf_asInteger(vb_elt(model, "uncentred_int")) - 1;
-        if (cint < 0 || cint >= p) Rf_error("'uncentred_int' must be a column index");
+        cint = Rf_asInteger(vb_elt(model, "uncentred_int"));
+        if (cint == NA_INTEGER || cint < 1 || cint > p)
+            Rf_error("'uncentred_int' must be a column index");
+        cint--;
         for (int j = 0; j < p; j++)
             if (!R_FINITE(REAL(cen)[j])) Rf_error("'uncentred_by' must be finite");
         if (REAL(cen)[cint] != 0) Rf_error("'uncentred_by' must be 0 at the intercept");
