@@ -241,8 +241,8 @@ expand_priors <- function(cn, prior, prior_intercept, coef_mult, int_mult) {
 # The priors a fit uses: the C arrays (in the coordinates the engine works
 # in: centred when `centre` is not NULL), the adjusted gamma prior, and what
 # was specified, for prior_summary().  X, y, weights, offset as checked by
-# check_glm_data(); see ?priors for the rule.  `scan` (check_glm_data()'s
-# C_design_scan of X with these moment weights) saves the passes over X.
+# check_glm_data(); see ?priors for the rule.  `scan`: check_glm_data()'s
+# scan of these data (made here when not given).
 resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept, prior_precision,
                            scan = NULL) {
   pr <- as_vb_prior(prior, "prior")
@@ -250,26 +250,13 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   pp <- as_vb_prior(prior_precision, "prior_precision", "gamma")
   gauss <- family$family == "gaussian"
   cn <- colnames(X)
+  # the moments come from check_glm_data()'s C passes (binomial: over the
+  # trials, so grouped and 0/1 data of the same trials get one prior)
+  if (is.null(scan)) scan <- check_glm_data(X, y, family, weights, offset, NULL)$scan
   ys <- scan$ystats
-  if (!is.null(ys)) { # check_glm_data()'s sums over the rows with positive weight
-    anypos <- ys[["npos"]] > 0
-    sdy <- if (gauss) ys[["sd_y"]] else 1
-    loc_y <- if (gauss) ys[["mean_yoff"]] else 0
-  } else {
-    pos <- weights > 0
-    anypos <- any(pos)
-    # binomial weights are trials: moments over the trials, so grouped and
-    # 0/1 data of the same trials get one prior; otherwise sd() and mean()
-    allpos <- all(pos)
-    unit <- family$family != "binomial" # unit moment weights: mean() and sd()
-    w <- if (!unit) weights[pos] else rep(1, sum(pos))
-    wmean <- function(v) if (unit) mean(v) else sum(w * v) / sum(w)
-    wsd <- function(v) if (sum(w) <= 1) NA_real_ else if (unit) stats::sd(v)
-                       else sqrt(sum(w * (v - wmean(v))^2) / (sum(w) - 1))
-    sub <- function(v) if (allpos) v else v[pos]
-    sdy <- if (gauss && anypos) wsd(sub(y)) else 1
-    loc_y <- if (gauss && anypos) wmean(sub(y) - sub(offset)) else 0
-  }
+  anypos <- ys[["npos"]] > 0
+  sdy <- if (gauss) ys[["sd_y"]] else 1
+  loc_y <- if (gauss) ys[["mean_yoff"]] else 0
   if (!is.finite(sdy) || sdy <= 0) sdy <- 1 # a constant response: as rstanarm without y
   default <- c(prior = is.null(pr), prior_intercept = is.null(pint), prior_precision = is.null(pp))
   if (is.null(pr)) pr <- normal(0, 2.5, autoscale = TRUE)
@@ -278,15 +265,8 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   is_int <- cn == "(Intercept)"
   sdx <- rep(1, length(cn))
   if (isTRUE(pr$autoscale) && length(cn)) {
-    if (!is.null(scan)) {
-      sdx <- scan$sd
-      sdx[scan$const] <- 1
-    } else {
-      sdx <- vapply(seq_along(cn), function(j) {
-        x <- if (allpos) X[, j] else X[pos, j]
-        if (min(x) == max(x)) 1 else wsd(x)
-      }, 0)
-    }
+    sdx <- scan$sd
+    sdx[scan$const] <- 1
     sdx[!is.finite(sdx) | sdx <= 0] <- 1
   }
   coef_mult <- if (isTRUE(pr$autoscale)) sdy / sdx[!is_int] else 1
@@ -308,9 +288,8 @@ resolve_priors <- function(X, y, weights, offset, family, prior, prior_intercept
   int <- which(is_int)
   centre <- NULL
   if (default[["prior_intercept"]] && length(int) == 1L && length(cn) > 1L &&
-      (if (is.null(scan)) all(X[, int] == 1) else isTRUE(scan$ones[int])) && anypos) {
-    centre <- if (!is.null(scan)) scan$mean else
-      drop(crossprod(w, if (all(pos)) X else X[pos, , drop = FALSE])) / sum(w)
+      isTRUE(scan$ones[int]) && anypos) {
+    centre <- scan$mean
     names(centre) <- cn
     centre[int] <- 0
     if (all(centre == 0)) centre <- NULL

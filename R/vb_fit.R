@@ -90,7 +90,10 @@ vb_fit <- function(X, y, family = gaussian(), weights = NULL, offset = NULL, exp
   }
   fitted <- core$fitted # binomial: from the engine's last expectations, NA where w = 0
   if (is.null(fitted)) fitted <- response_mean(family, eta, v, control$gh_nodes)
-  else if (anyNA(fitted)) fitted[is.na(fitted)] <- response_mean(family, eta, v, control$gh_nodes)[is.na(fitted)]
+  else if (anyNA(fitted)) {
+    i <- which(is.na(fitted))
+    fitted[i] <- response_mean(family, eta[i], v[i], control$gh_nodes)
+  }
   yresp <- if (family$family == "binomial") ifelse(weights > 0, y / pmax(weights, 1e-300), 0) else y
   rank <- if (is.numeric(core$rank) && !is.na(core$rank)) core$rank else design_rank(X)
   separated <- family$family == "binomial" && p > 0 && is_separated(X, y, weights, mu, d$scan, eta - offset)
@@ -415,20 +418,12 @@ gauss_hermite_rule <- function(k) {
 }
 
 # Starting values: prior locations, the intercept at its no-covariate estimate;
-# q(tau) from the marginal variance of y.  `ys`: check_glm_data()'s sums over
-# the rows that count (C_glm_response), which save the passes over y here.
+# q(tau) from the marginal variance of y.  `ys`: the sums over the rows that
+# count (C_glm_response(), as check_glm_data() returns them; made here if not given).
 glm_init <- function(model, cn, ys = NULL) {
   mu <- model$prior_location
   i <- which(cn == "(Intercept)")
-  if (is.null(ys)) {
-    y <- model$y; w <- model$weights; off <- model$offset
-    pos <- w > 0
-    if (!all(pos)) { y <- y[pos]; w <- w[pos]; off <- off[pos] } # rows that count (no copy when all do)
-    my <- mean(y)
-    ys <- c(npos = length(y), sw = sum(w), swy = sum(w * y), swyo = sum(w * (y - off)),
-            swexpoff = if (model$family == 1L) sum(w * exp(off)) else NA, mean_off = mean(off),
-            mean_y = my, ydev2 = sum(w * (y - my)^2))
-  }
+  if (is.null(ys)) ys <- .Call(C_glm_response, model$y, model$weights, model$offset, model$family)$ystats
   if (length(i) == 1L && ys[["npos"]] > 0) {
     mu[i] <- switch(model$family + 1L,
       ys[["swyo"]] / ys[["sw"]],
